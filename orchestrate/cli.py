@@ -1,0 +1,330 @@
+"""The command line: each command parses, calls one core function, and renders its result.
+
+Exit codes: 0 ok; 1 a host, phase or gate failed; 2 bad inventory or usage; 3 the serving checks
+failed; 4 another orchestrate run holds the deployment lock; 70 an internal error (a bug);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrate import inventory as inv_mod
+from orchestrate.console import Console, emit_json, emit_table, emit_text
+from orchestrate.errors import EXIT_INTERRUPTED, OrchestrateError
+from orchestrate.plan import Plan, build_plan
+from orchestrate.render import compose as compose_r
+from orchestrate.render import docker as docker_r
+from orchestrate.render import k8s as k8s_r
+from orchestrate.render.yamlio import dump, dump_all
+
+DEFAULT_INVENTORY = "inventory/l20.yaml"
+LAST_USED = Path(".orchestrate") / "last-inventory"
+EXIT_INTERNAL = 70
+
+
+@dataclasses.dataclass
+class Options:
+    target: str
+    inventory: str | None
+    verbose: int
+    output: str
+
+    def console(self) -> Console:
+        return Console(self.verbose)
+
+
+def resolve_inventory(explicit: str | None, option: str | None) -> str:
+    """Positional argument, then -i, then $ORCHESTRATE_INVENTORY, then the last one used here."""
+    for candidate in (explicit, option, os.environ.get("ORCHESTRATE_INVENTORY")):
+        if candidate:
+            return candidate
+    try:
+        remembered = LAST_USED.read_text(encoding="utf-8").strip()
+    except OSError:
+        remembered = ""
+    return remembered if remembered and Path(remembered).exists() else DEFAULT_INVENTORY
+
+
+def _remember(path: str) -> None:
+    try:
+        LAST_USED.parent.mkdir(exist_ok=True)
+        LAST_USED.write_text(path + "\n", encoding="utf-8")
+    except OSError:
+        pass  # a read-only checkout is fine; this is only a convenience
+
+
+def _plan(opts: Options, explicit: str | None) -> Plan:
+    return build_plan(inv_mod.load(resolve_inventory(explicit, opts.inventory)))
+
+
+inventory_arg = click.argument("inventory_file", metavar="[INVENTORY]", required=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--target", type=click.Choice(["docker", "compose", "k8s"]), default="docker",
+              show_default=True, help="What render/plan produce: docker runs, compose or k8s.")
+@click.option("-i", "--inventory", "inventory", metavar="FILE",
+              help="Inventory file (default: $ORCHESTRATE_INVENTORY, the last one used here, "
+                   f"else {DEFAULT_INVENTORY}).")
+@click.option("-v", "--verbose", count=True, help="More detail (debug events).")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.version_option(package_name="orchestrate")
+@click.pass_context
+def cli(ctx: click.Context, target: str, inventory: str | None, verbose: int, output: str) -> None:
+    """Bring up multi-node vLLM on GPU hosts over SSH + Docker, or render it for k8s / compose."""
+    ctx.obj = Options(target, inventory, verbose, output)
+
+
+# ---------------------------------------------------------------- pure commands
+
+
+@cli.command()
+@inventory_arg
+@click.pass_obj
+def validate(opts: Options, inventory_file: str | None) -> None:
+    """Check an inventory; one line per problem, exit 2 when invalid."""
+    path = resolve_inventory(inventory_file, opts.inventory)
+    plan = build_plan(inv_mod.load(path))
+    if opts.output == "json":
+        emit_json({"inventory": path, "valid": True, "world_size": plan.world_size})
+    else:
+        emit_text(f"{path}: ok ({len(plan.nodes)} hosts, {plan.total_gpus} GPUs, "
+                  f"TP={plan.tensor_parallel} x PP={plan.pipeline_parallel}, {plan.backend})")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the inventory's JSON Schema."""
+    emit_json(inv_mod.json_schema())
+
+
+def plan_data(plan: Plan) -> dict[str, Any]:
+    data = dataclasses.asdict(plan)
+    data["endpoint"] = plan.endpoint
+    data["world_size"] = plan.world_size
+    return data
+
+
+def plan_text(plan: Plan) -> str:
+    import shlex
+
+    lines = [f"deployment {plan.name}: {plan.backend} backend, TP={plan.tensor_parallel} x "
+             f"PP={plan.pipeline_parallel} = {plan.world_size} GPUs on {len(plan.nodes)} hosts",
+             f"endpoint {plan.endpoint}  model {plan.model_host_path} as {plan.served_name}", ""]
+    for node in plan.nodes:
+        lines.append(f"# {node.alias} on {node.host} ({node.ssh.user}@{node.ssh.host}:"
+                     f"{node.ssh.port}), {node.gpus} GPUs, nic {node.nic}")
+        lines.append(shlex.join(docker_r.describe(node.container)))
+        lines.append("")
+    if plan.backend == "ray":
+        lines.append("# the head runs, once Ray has every node and GPU:")
+        lines.append(shlex.join(plan.serve_argv))
+    return "\n".join(lines)
+
+
+@cli.command("plan")
+@inventory_arg
+@click.pass_obj
+def plan_cmd(opts: Options, inventory_file: str | None) -> None:
+    """Print what would run on each host (secrets are shown as ${VAR} references)."""
+    plan = _plan(opts, inventory_file)
+    if opts.output == "json":
+        emit_json(plan_data(plan))
+    elif opts.target == "docker":
+        emit_text(plan_text(plan))
+    else:
+        _render_to(opts, plan, None, "deployment")
+
+
+def rendered(target: str, plan: Plan, flavor: str) -> dict[str, str]:
+    """{file name: text} for a target."""
+    header = f"# Rendered by orchestrate from deployment {plan.name!r}. Do not edit by hand.\n"
+    if target == "k8s":
+        docs = k8s_r.render(plan, "lws" if flavor == "lws" else "deployment")
+        suffix = "-lws" if flavor == "lws" else ""
+        note = (f"# Secrets come from the Secret {k8s_r.secret_name(plan)!r}: "
+                "kubectl -n NS create secret generic ... --from-literal=VAR=...\n")
+        return {f"{plan.name}{suffix}.yaml": dump_all(docs, header + note)}
+    if target == "compose":
+        return {f"{host}.yaml": dump(doc, header + f"# docker compose -f {host}.yaml up -d  "
+                                     f"(on host {host})\n")
+                for host, doc in compose_r.render(plan).items()}  # fmt: skip
+    return {f"{plan.name}.sh": "#!/bin/sh\n" + plan_text(plan) + "\n"}
+
+
+def _render_to(opts: Options, plan: Plan, out_dir: str | None, flavor: str) -> None:
+    files = rendered(opts.target, plan, flavor)
+    if out_dir is None:
+        emit_text("---\n".join(files.values()) if opts.target == "k8s" else
+                  "\n".join(f"# ---- {name}\n{text}" for name, text in files.items()))
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (Path(out_dir) / name).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {Path(out_dir) / name}", err=True)
+
+
+@cli.command()
+@inventory_arg
+@click.option("-o", "--out", "out_dir", metavar="DIR", help="Write files here instead of stdout.")
+@click.option("--flavor", type=click.Choice(["deployment", "lws"]), default="deployment",
+              show_default=True, help="k8s only: plain Deployments or a LeaderWorkerSet.")
+@click.pass_obj
+def render(opts: Options, inventory_file: str | None, out_dir: str | None, flavor: str) -> None:
+    """Render the plan for --target (k8s manifests, compose files, docker commands)."""
+    _render_to(opts, _plan(opts, inventory_file), out_dir, flavor)
+
+
+# ---------------------------------------------------------------- commands that touch hosts
+
+
+@cli.command()
+@inventory_arg
+@click.option("--dry-run", is_flag=True, help="Print what would run on each host; touch nothing.")
+@click.option("--no-checks", is_flag=True, help="Skip the chat/stream checks at the end.")
+@click.pass_obj
+def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool) -> None:
+    """Preflight, start head and workers, wait for Ray and vLLM, prove it serves."""
+    from orchestrate import apply
+
+    path = resolve_inventory(inventory_file, opts.inventory)
+    plan = build_plan(inv_mod.load(path))
+    if dry_run:
+        emit_json(plan_data(plan)) if opts.output == "json" else emit_text(plan_text(plan))
+        return
+    _remember(path)
+    report = apply.up(plan, opts.console(), run_checks=not no_checks)
+    if opts.output == "json":
+        emit_json(report.as_dict())
+        return
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items())
+    emit_text(f"ready: {report.endpoint}  model {plan.served_name}  {report.nodes} nodes, "
+              f"{report.gpus} GPUs\nphases: {phases}")
+
+
+@cli.command()
+@inventory_arg
+@click.pass_obj
+def down(opts: Options, inventory_file: str | None) -> None:
+    """Stop and remove the deployment's containers (workers, then head). Idempotent."""
+    from orchestrate import apply
+
+    removed = apply.down(_plan(opts, inventory_file), opts.console())
+    if opts.output == "json":
+        emit_json({"removed": removed})
+    else:
+        emit_text(f"down: removed {sum(removed.values())} container(s)")
+
+
+@cli.command()
+@inventory_arg
+@click.pass_obj
+def status(opts: Options, inventory_file: str | None) -> None:
+    """Per host: container state; Ray nodes and GPUs; vLLM health and key metrics."""
+    from orchestrate import apply, observe
+
+    plan = _plan(opts, inventory_file)
+    api_key = apply.resolve_secrets(plan).get("VLLM_API_KEY") if plan.api_key_env else None
+    data = observe.status(plan, opts.console(), api_key)
+    if opts.output == "json":
+        emit_json(data)
+    else:
+        _status_text(data)
+    if not data["healthy"]:
+        sys.exit(1)
+
+
+def _status_text(data: dict[str, Any]) -> None:
+    rows = [(h["role"], h["host"], h["address"], h["state"], h.get("spec", ""),
+             h.get("error", "") or (f"exit {h['exit_code']}" if h.get("exit_code") is not None
+                                    else ""))
+            for h in data["hosts"]]  # fmt: skip
+    emit_table(f"deployment {data['deployment']}", ["node", "host", "address", "state", "spec",
+                                                    "note"], rows)  # fmt: skip
+    ray = data.get("ray")
+    if ray and "error" not in ray:
+        emit_text(f"ray: {ray['nodes_alive']}/{ray['nodes_expected']} nodes alive, "
+                  f"{ray['gpus']:g}/{ray['gpus_expected']} GPUs")
+    v = data["vllm"]
+    line = f"vllm: {'healthy' if v['healthy'] else 'NOT healthy'} at {v['endpoint']}"
+    if v.get("models"):
+        line += f", models {', '.join(v['models'])}"
+    if v.get("metrics"):
+        m = v["metrics"]
+        line += (f"; running {m.get('requests_running', 0):g}, waiting "
+                 f"{m.get('requests_waiting', 0):g}, KV cache {100 * m.get('kv_cache_usage', 0):.1f}%")
+    if v.get("reason"):
+        line += f" ({v['reason']})"
+    emit_text(line)
+
+
+@cli.command()
+@click.argument("node")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
+@click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option("--since", metavar="DURATION", help="Only output newer than this (90s, 10m, 2h).")
+@click.pass_obj
+def logs(opts: Options, node: str, follow: bool, tail: int | None, since: str | None) -> None:
+    """Container output of NODE: head, worker-N or an inventory host name."""
+    from orchestrate import observe
+
+    observe.logs(_plan(opts, None), node, follow=follow, tail=tail, since=since)
+
+
+@cli.command()
+@inventory_arg
+@click.pass_obj
+def check(opts: Options, inventory_file: str | None) -> None:
+    """Run the post's curl checks: /health, /v1/models, a chat completion and a streamed one."""
+    from orchestrate import apply
+
+    results = apply.check(_plan(opts, inventory_file), opts.console())
+    if opts.output == "json":
+        emit_json([r.as_dict() for r in results])
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _debug_log() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "orchestrate" / "debug.log"
+
+
+def main(argv: list[str] | None = None) -> None:
+    console = Console()
+    try:
+        cli.main(args=argv, prog_name="orchestrate", standalone_mode=False)
+    except OrchestrateError as exc:
+        console.error(exc.lines())
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        console.error(["interrupted"])
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.error(["interrupted: `orchestrate up` finishes the job, `orchestrate down` "
+                       "cleans up"])  # fmt: skip
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception:  # a bug: people get one line, the traceback goes to the debug log
+        path = _debug_log()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(traceback.format_exc(), encoding="utf-8")
+        except OSError:
+            pass
+        console.error([f"internal error ({sys.exc_info()[0].__name__}); this is a bug in "  # type: ignore[union-attr]
+                       f"orchestrate. Details: {path}"])
+        sys.exit(EXIT_INTERNAL)

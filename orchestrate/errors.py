@@ -1,0 +1,130 @@
+"""One exception tree for orchestrate.
+
+    OrchestrateError                 anything we expected could go wrong; the CLI prints it, no traceback
+     +-- InventoryError              the inventory file is unreadable or invalid (exit 2)
+     +-- UsageError                  a command line that cannot be acted on (exit 2)
+     +-- HostError                   one host failed: carries the host name and what to do
+     |    +-- ConnectError           SSH could not connect / authenticate / verify the host key
+     |    +-- EngineError            the Docker Engine on the host failed or is unreachable
+     |    +-- RemoteCommandError     a command on the host exited non-zero or timed out
+     +-- PhaseError                  a phase failed on one or more hosts (wraps HostErrors, fan-out)
+     +-- GateError                   a readiness gate (Ray nodes, vLLM health) did not pass in time
+     |    +-- ChecksError            the chat/stream checks failed (exit 3)
+     +-- LockError                   another orchestrate run holds the deployment lock
+
+Boundary modules (remote.py, engine.py, checks.py) map paramiko, docker and httpx errors into
+this tree once; nothing above them catches library exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CHECKS = 3
+EXIT_LOCKED = 4
+EXIT_INTERRUPTED = 130
+
+
+class OrchestrateError(Exception):
+    """An expected failure with a message written for people."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def lines(self) -> list[str]:
+        out = [self.message]
+        if self.hint:
+            out.append(f"  Try: {self.hint}")
+        return out
+
+
+class InventoryError(OrchestrateError):
+    """Carries one line per problem: `file: field.path: what is wrong`."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+    def lines(self) -> list[str]:
+        return list(self.problems)
+
+
+class UsageError(OrchestrateError):
+    exit_code = EXIT_USAGE
+
+
+class HostError(OrchestrateError):
+    def __init__(self, host: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{host}: {message}", hint=hint)
+        self.host = host
+
+
+class ConnectError(HostError):
+    pass
+
+
+class EngineError(HostError):
+    pass
+
+
+class RemoteCommandError(HostError):
+    def __init__(
+        self, host: str, message: str, *, tail: str = "", hint: str | None = None
+    ) -> None:
+        super().__init__(host, message, hint=hint)
+        self.tail = tail
+
+    def lines(self) -> list[str]:
+        out = [self.message]
+        out += [f"  | {line}" for line in self.tail.splitlines()[-15:]]
+        if self.hint:
+            out.append(f"  Try: {self.hint}")
+        return out
+
+
+class PhaseError(OrchestrateError):
+    """A phase failed on some hosts; every failure is kept (fan-out never drops one)."""
+
+    def __init__(self, phase: str, failures: Sequence[OrchestrateError]) -> None:
+        names = ", ".join(getattr(f, "host", "?") for f in failures)
+        super().__init__(f"{phase} failed on {len(failures)} host(s): {names}")
+        self.phase = phase
+        self.failures = list(failures)
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        for failure in self.failures:
+            out += failure.lines()
+        return out
+
+
+class GateError(OrchestrateError):
+    def __init__(self, message: str, *, tail: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.tail = tail
+
+    def lines(self) -> list[str]:
+        out = [self.message]
+        out += [f"  | {line}" for line in self.tail.splitlines()[-20:]]
+        if self.hint:
+            out.append(f"  Try: {self.hint}")
+        return out
+
+
+class ChecksError(GateError):
+    """The post-deploy checks (health, models, chat, stream) did not all pass."""
+
+    exit_code = EXIT_CHECKS
+
+
+class LockError(OrchestrateError):
+    exit_code = EXIT_LOCKED

@@ -1,0 +1,344 @@
+"""The plan: a pure function from an Inventory to frozen data that every renderer and the applier use.
+
+One plan, three outputs: Docker SDK kwargs, compose services and Kubernetes objects are all derived
+from the same `ContainerSpec`s, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+from orchestrate import scripts
+from orchestrate.inventory import Host, Inventory
+from orchestrate.secrets import ref_name
+
+Role = Literal["head", "worker"]
+LABEL_PREFIX = "orchestrate"
+LABEL_DEPLOYMENT = f"{LABEL_PREFIX}.deployment"
+LABEL_ROLE = f"{LABEL_PREFIX}.role"
+LABEL_HOST = f"{LABEL_PREFIX}.host"
+LABEL_RANK = f"{LABEL_PREFIX}.rank"
+LABEL_HASH = f"{LABEL_PREFIX}.spec-hash"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    image: str
+    entrypoint: tuple[str, ...]
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    # container variable -> name of the environment variable that supplies the secret value
+    secret_env: tuple[tuple[str, str], ...]
+    mounts: tuple[Mount, ...]
+    shm_size: int
+    gpus: int  # GPUs requested from the NVIDIA runtime; 0 on CPU hosts
+    privileged: bool
+    ipc: Literal["private", "host"]
+    stop_timeout: int
+    labels: tuple[tuple[str, str], ...]
+    network_mode: str = "host"
+
+    def spec_hash(self) -> str:
+        data = asdict(self)
+        data["labels"] = [kv for kv in self.labels if kv[0] != LABEL_HASH]
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def labels_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    host: str  # where to connect
+    port: int
+    user: str
+    key: str | None
+    known_hosts: str
+    host_key_policy: Literal["strict", "accept-new"]
+    connect_timeout: float
+    command_timeout: float
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    host: str  # inventory host name
+    address: str
+    nic: str
+    role: Role
+    rank: int  # 0 = head; workers 1..n in inventory order
+    gpus: int
+    k8s_node: str
+    ssh: SSHTarget
+    container: ContainerSpec
+
+    @property
+    def alias(self) -> str:
+        return "head" if self.role == "head" else f"worker-{self.rank}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    namespace: str
+    backend: Literal["ray", "mp"]
+    accelerator: Literal["nvidia", "cpu"]
+    image: str
+    image_source: Literal["registry", "local", "head"]
+    nodes: tuple[NodePlan, ...]
+    serve_argv: tuple[str, ...]  # the `vllm serve ...` that the head runs
+    served_name: str
+    model_host_path: str
+    model_container_path: str
+    model_manifest: str | None
+    api_port: int
+    api_key_env: str | None  # environment variable (on this machine) holding the API key
+    tensor_parallel: int
+    pipeline_parallel: int
+    ray_port: int
+    object_manager_port: int
+    dashboard_port: int
+    master_port: int
+    join_timeout: float
+    startup_timeout: float
+    check_prompt: str
+    check_max_tokens: int
+    check_timeout: float
+    shm_size: int
+    nic: str
+    env: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def head(self) -> NodePlan:
+        return self.nodes[0]
+
+    @property
+    def workers(self) -> tuple[NodePlan, ...]:
+        return self.nodes[1:]
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel
+
+    @property
+    def total_gpus(self) -> int:
+        return sum(n.gpus for n in self.nodes)
+
+    @property
+    def endpoint(self) -> str:
+        host = self.head.address
+        return f"http://[{host}]:{self.api_port}" if ":" in host else f"http://{host}:{self.api_port}"
+
+    def node(self, selector: str) -> NodePlan:
+        """`head`, `worker-N` or an inventory host name."""
+        for node in self.nodes:
+            if selector in (node.alias, node.host, node.container.name):
+                return node
+        raise KeyError(selector)
+
+    def secret_sources(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for node in self.nodes:
+            out.update(dict(node.container.secret_env))
+        return out
+
+
+# ---------------------------------------------------------------- building
+
+
+def build_plan(inv: Inventory) -> Plan:
+    hosts = [inv.head, *inv.workers]
+    serve_argv = _serve_argv(inv, rank=0)
+    nodes = tuple(_node(inv, host, rank) for rank, host in enumerate(hosts))
+    api_key_env = ref_name(inv.serve.api_key) if inv.serve.api_key else None
+    return Plan(
+        name=inv.name,
+        namespace=inv.namespace or inv.name,
+        backend=inv.backend,
+        accelerator=inv.accelerator,
+        image=inv.image,
+        image_source=inv.images.source,
+        nodes=nodes,
+        serve_argv=serve_argv,
+        served_name=_served_name(inv),
+        model_host_path=f"{inv.model.host_dir}/{inv.model.name}",
+        model_container_path=f"{inv.model.container_dir}/{inv.model.name}",
+        model_manifest=inv.model.manifest,
+        api_port=inv.serve.port,
+        api_key_env=api_key_env,
+        tensor_parallel=inv.serve.tensor_parallel_size,
+        pipeline_parallel=inv.serve.pipeline_parallel_size,
+        ray_port=inv.ray.port,
+        object_manager_port=inv.ray.object_manager_port,
+        dashboard_port=inv.ray.dashboard_port,
+        master_port=inv.mp.master_port,
+        join_timeout=inv.ray.join_timeout,
+        startup_timeout=inv.serve.startup_timeout,
+        check_prompt=inv.checks.prompt,
+        check_max_tokens=inv.checks.max_tokens,
+        check_timeout=inv.checks.timeout,
+        shm_size=inv.container.shm_size,
+        nic=inv.network.nic,
+        env=_common_env(inv),
+    )
+
+
+def _served_name(inv: Inventory) -> str:
+    return inv.model.served_name or inv.model.name
+
+
+def _serve_argv(inv: Inventory, rank: int) -> tuple[str, ...]:
+    s = inv.serve
+    argv = ["vllm", "serve", f"{inv.model.container_dir}/{inv.model.name}"]
+    argv += ["--served-model-name", _served_name(inv)]
+    argv += ["--tensor-parallel-size", str(s.tensor_parallel_size)]
+    argv += ["--pipeline-parallel-size", str(s.pipeline_parallel_size)]
+    if s.max_model_len:
+        argv += ["--max-model-len", str(s.max_model_len)]
+    if s.quantization:
+        argv += ["--quantization", s.quantization]
+    if s.dtype:
+        argv += ["--dtype", s.dtype]
+    if s.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", f"{s.gpu_memory_utilization:g}"]
+    if s.trust_remote_code:
+        argv.append("--trust-remote-code")
+    if inv.backend == "ray":
+        argv += ["--distributed-executor-backend", "ray"]
+    else:
+        argv += _mp_args(inv, rank)
+    if rank == 0:
+        argv += ["--host", "0.0.0.0", "--port", str(s.port)]
+    return (*argv, *s.extra_args)
+
+
+def _mp_args(inv: Inventory, rank: int) -> list[str]:
+    nnodes = len(inv.hosts)
+    if nnodes == 1:
+        return ["--distributed-executor-backend", "mp"]
+    args = ["--nnodes", str(nnodes), "--node-rank", str(rank)]
+    args += ["--master-addr", inv.head.address, "--master-port", str(inv.mp.master_port)]
+    return [*args, "--headless"] if rank else args
+
+
+def _common_env(inv: Inventory) -> tuple[tuple[str, str], ...]:
+    env = {"HF_HUB_OFFLINE": "1"}  # a model missing on a host fails fast instead of downloading
+    if inv.network.nccl_ib_disable:
+        env["NCCL_IB_DISABLE"] = "1"
+    if inv.network.nccl_debug:
+        env["NCCL_DEBUG"] = inv.network.nccl_debug
+    env.update({k: v for k, v in inv.env.items() if ref_name(v) is None})
+    return tuple(sorted(env.items()))
+
+
+def _secret_env(inv: Inventory) -> tuple[tuple[str, str], ...]:
+    refs = {k: ref_name(v) for k, v in inv.env.items()} | {
+        k: ref_name(v) for k, v in inv.secrets.items()
+    }
+    if inv.serve.api_key:
+        refs["VLLM_API_KEY"] = ref_name(inv.serve.api_key)
+    return tuple(sorted((k, v) for k, v in refs.items() if v))
+
+
+def _node(inv: Inventory, host: Host, rank: int) -> NodePlan:
+    role: Role = "head" if rank == 0 else "worker"
+    nic = host.nic or inv.network.nic
+    return NodePlan(
+        host=host.name,
+        address=host.address,
+        nic=nic,
+        role=role,
+        rank=rank,
+        gpus=host.gpus,
+        k8s_node=host.k8s_node or host.address,
+        ssh=_ssh(inv, host),
+        container=_container(inv, host, rank, role, nic),
+    )
+
+
+def _ssh(inv: Inventory, host: Host) -> SSHTarget:
+    d = inv.ssh
+    return SSHTarget(
+        host=host.ssh.host or host.address,
+        port=host.ssh.port or d.port,
+        user=host.ssh.user or d.user,
+        key=os.path.expanduser(k) if (k := host.ssh.key or d.key) else None,
+        known_hosts=os.path.expanduser(d.known_hosts),
+        host_key_policy=d.host_key_policy,
+        connect_timeout=d.connect_timeout,
+        command_timeout=d.command_timeout,
+    )
+
+
+def container_name(inv_name: str, role: Role, rank: int) -> str:
+    return f"{inv_name}-head" if role == "head" else f"{inv_name}-worker-{rank}"
+
+
+def _container(inv: Inventory, host: Host, rank: int, role: Role, nic: str) -> ContainerSpec:
+    env = dict(_common_env(inv))
+    env |= {"VLLM_HOST_IP": host.address, "NCCL_SOCKET_IFNAME": nic, "GLOO_SOCKET_IFNAME": nic}
+    entrypoint, command = _entry(inv, host, rank, env)
+    name = container_name(inv.name, role, rank)
+    labels = {
+        LABEL_DEPLOYMENT: inv.name,
+        LABEL_ROLE: role,
+        LABEL_HOST: host.name,
+        LABEL_RANK: str(rank),
+    }
+    spec = ContainerSpec(
+        name=name,
+        image=inv.image,
+        entrypoint=entrypoint,
+        command=command,
+        env=tuple(sorted(env.items())),
+        secret_env=_secret_env(inv),
+        mounts=(Mount(inv.model.host_dir, inv.model.container_dir, read_only=True),),
+        shm_size=inv.container.shm_size,
+        gpus=host.gpus if inv.accelerator == "nvidia" else 0,
+        privileged=inv.container.privileged,
+        ipc=inv.container.ipc,
+        stop_timeout=inv.container.stop_timeout,
+        labels=tuple(sorted(labels.items())),
+    )
+    labels[LABEL_HASH] = spec.spec_hash()
+    return replace(spec, labels=tuple(sorted(labels.items())))
+
+
+def _entry(
+    inv: Inventory, host: Host, rank: int, env: dict[str, str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if inv.backend == "mp":
+        return ("vllm",), _serve_argv(inv, rank)[1:]
+    env |= {
+        "ORCH_RAY_PORT": str(inv.ray.port),
+        "ORCH_OBJECT_MANAGER_PORT": str(inv.ray.object_manager_port),
+        "ORCH_GPUS": str(host.gpus),
+        "ORCH_JOIN_TIMEOUT": f"{inv.ray.join_timeout:g}",
+    }
+    if inv.ray.object_store_memory:
+        env["ORCH_OBJECT_STORE_MEMORY"] = str(inv.ray.object_store_memory)
+    if rank == 0:
+        env |= {
+            "ORCH_DASHBOARD_PORT": str(inv.ray.dashboard_port),
+            "ORCH_EXPECTED_NODES": str(len(inv.hosts)),
+            "ORCH_EXPECTED_GPUS": str(sum(h.gpus for h in inv.hosts)),
+            "ORCH_EXPECTED_IPS": ",".join(h.address for h in inv.hosts),
+        }
+        return ("bash", "-c"), (scripts.RAY_HEAD, "orchestrate-head", *_serve_argv(inv, 0))
+    env["ORCH_HEAD_ADDR"] = inv.head.address
+    return ("bash", "-c"), (scripts.RAY_WORKER, "orchestrate-worker")

@@ -1,0 +1,1 @@
+"""Renderers: a Plan in, data out (Kubernetes objects, compose files, Docker SDK kwargs)."""

@@ -1,0 +1,55 @@
+"""docker-compose files from a Plan: one file per host, reproducing run_cluster.sh's `docker run`.
+
+Host network, shm size, GPUs through device reservations, the model mount, the NCCL/Gloo/VLLM env.
+Secrets are `${VAR}` references that compose interpolates from the shell at `up` time; every other
+`$` is escaped as `$$` so compose passes it through literally.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrate.plan import NodePlan, Plan
+
+
+def _lit(value: str) -> str:
+    return value.replace("$", "$$")
+
+
+def render(plan: Plan) -> dict[str, dict[str, Any]]:
+    """{host name: compose document}"""
+    return {node.host: _document(plan, node) for node in plan.nodes}
+
+
+def _document(plan: Plan, node: NodePlan) -> dict[str, Any]:
+    return {"services": {node.alias: _service(node)}}
+
+
+def _service(node: NodePlan) -> dict[str, Any]:
+    spec = node.container
+    env = {k: _lit(v) for k, v in spec.env}
+    env |= {k: f"${{{src}}}" for k, src in spec.secret_env}
+    svc: dict[str, Any] = {
+        "image": spec.image,
+        "container_name": spec.name,
+        "network_mode": spec.network_mode,
+        "shm_size": str(spec.shm_size),
+        "entrypoint": [_lit(a) for a in spec.entrypoint],
+        "command": [_lit(a) for a in spec.command],
+        "environment": env,
+        "volumes": [
+            {"type": "bind", "source": m.source, "target": m.target, "read_only": m.read_only}
+            for m in spec.mounts
+        ],
+        "labels": dict(spec.labels),
+        "stop_grace_period": f"{spec.stop_timeout}s",
+        "restart": "no",
+    }
+    if spec.ipc == "host":
+        svc["ipc"] = "host"
+    if spec.privileged:
+        svc["privileged"] = True
+    if spec.gpus:
+        device = {"driver": "nvidia", "count": spec.gpus, "capabilities": ["gpu"]}
+        svc["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
+    return svc

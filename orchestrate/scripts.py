@@ -1,0 +1,88 @@
+"""Entrypoint scripts that run inside the containers.
+
+They are constant text: every value reaches them through environment variables (ORCH_*) or as
+positional arguments ("$@"), never by string formatting, so no inventory value can inject shell.
+The same text is used by `up`, the compose files and the Kubernetes manifests.
+"""
+
+from __future__ import annotations
+
+# Ray head: start the GCS, then hold `vllm serve` until Ray has every expected node and GPU
+# (vLLM #13909, production-stack wait_for_ray.py), then exec it so vLLM's output is the
+# container's output and outlives the orchestrator.
+RAY_HEAD = r"""set -eu
+log() { echo "orchestrate: $*" >&2; }
+command -v ray >/dev/null 2>&1 || {
+  log "ray is not installed in this image; current vllm/vllm-openai images no longer ship Ray."
+  log "Use backend: mp in the inventory, or an image that contains ray."
+  exit 127
+}
+extra=""
+if [ -n "${ORCH_OBJECT_STORE_MEMORY:-}" ]; then extra="--object-store-memory=$ORCH_OBJECT_STORE_MEMORY"; fi
+ray start --head --disable-usage-stats \
+  --node-ip-address="$VLLM_HOST_IP" --port="$ORCH_RAY_PORT" \
+  --object-manager-port="$ORCH_OBJECT_MANAGER_PORT" \
+  --dashboard-host=0.0.0.0 --dashboard-port="$ORCH_DASHBOARD_PORT" \
+  --num-gpus="$ORCH_GPUS" $extra
+log "ray head started; waiting for $ORCH_EXPECTED_NODES nodes and $ORCH_EXPECTED_GPUS GPUs"
+python3 - <<'PY'
+import os, sys, time
+import ray
+want_nodes = int(os.environ["ORCH_EXPECTED_NODES"])
+want_gpus = float(os.environ["ORCH_EXPECTED_GPUS"])
+want_ips = set(os.environ.get("ORCH_EXPECTED_IPS", "").split(",")) - {""}
+deadline = time.monotonic() + float(os.environ.get("ORCH_JOIN_TIMEOUT", "300"))
+ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+while True:
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    ips = {n["NodeManagerAddress"] for n in alive}
+    gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in alive)
+    if len(alive) >= want_nodes and gpus >= want_gpus and want_ips <= ips:
+        print(f"orchestrate: ray ready: {len(alive)} nodes, {gpus:g} GPUs", file=sys.stderr, flush=True)
+        break
+    if time.monotonic() > deadline:
+        missing = ", ".join(sorted(want_ips - ips)) or "none"
+        print(f"orchestrate: ray gate timed out: {len(alive)}/{want_nodes} nodes, "
+              f"{gpus:g}/{want_gpus:g} GPUs; missing node IPs: {missing}", file=sys.stderr, flush=True)
+        sys.exit(3)
+    time.sleep(1)
+ray.shutdown()
+PY
+log "starting: $*"
+exec "$@"
+"""
+
+# Ray worker: wait for the head's GCS port (dynamo #14108, KubeRay wait-gcs-ready), then join.
+RAY_WORKER = r"""set -eu
+log() { echo "orchestrate: $*" >&2; }
+command -v ray >/dev/null 2>&1 || { log "ray is not installed in this image; use backend: mp"; exit 127; }
+deadline=$(( $(date +%s) + ${ORCH_JOIN_TIMEOUT%.*} ))
+until (exec 3<>"/dev/tcp/$ORCH_HEAD_ADDR/$ORCH_RAY_PORT") 2>/dev/null; do
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    log "head GCS $ORCH_HEAD_ADDR:$ORCH_RAY_PORT not reachable after ${ORCH_JOIN_TIMEOUT}s"; exit 1
+  fi
+  sleep 1
+done
+extra=""
+if [ -n "${ORCH_OBJECT_STORE_MEMORY:-}" ]; then extra="--object-store-memory=$ORCH_OBJECT_STORE_MEMORY"; fi
+exec ray start --block --disable-usage-stats \
+  --address="$ORCH_HEAD_ADDR:$ORCH_RAY_PORT" --node-ip-address="$VLLM_HOST_IP" \
+  --object-manager-port="$ORCH_OBJECT_MANAGER_PORT" --num-gpus="$ORCH_GPUS" $extra
+"""
+
+# Used by a Kubernetes init container: the same TCP wait, without joining.
+WAIT_FOR_HEAD = r"""deadline=$(( $(date +%s) + ${ORCH_JOIN_TIMEOUT%.*} ))
+until (exec 3<>"/dev/tcp/$ORCH_HEAD_ADDR/$ORCH_RAY_PORT") 2>/dev/null; do
+  [ "$(date +%s)" -lt "$deadline" ] || { echo "orchestrate: head GCS not reachable" >&2; exit 1; }
+  sleep 2
+done
+"""
+
+# Python run inside the head container by `up` and `status` to read Ray's view as JSON.
+RAY_NODES_PY = r"""
+import json, ray
+ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+print(json.dumps([{"ip": n["NodeManagerAddress"], "alive": bool(n.get("Alive")),
+                   "gpus": n.get("Resources", {}).get("GPU", 0), "host": n.get("NodeManagerHostname")}
+                  for n in ray.nodes()]))
+"""
