@@ -1,0 +1,376 @@
+"""Apply a plan to real hosts: up (connect, preflight, image, containers, gates, checks) and down.
+
+Phases are barriers (head -> workers -> ray gate -> serve -> checks); inside a phase every host
+runs in parallel and every failure is reported (session.fan_out).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docker.models.containers import Container
+
+from orchestrate import checks, observe, secrets
+from orchestrate.console import Events, quiet
+from orchestrate.errors import (
+    ChecksError,
+    EngineError,
+    GateError,
+    HostError,
+    LockError,
+    OrchestrateError,
+    UsageError,
+)
+from orchestrate.plan import NodePlan, Plan
+from orchestrate.reconcile import Changes, reconcile
+from orchestrate.render.docker import run_kwargs
+from orchestrate.session import Session, fan_out
+
+POLL_S = 0.25
+
+
+@dataclass
+class UpReport:
+    endpoint: str
+    changes: dict[str, str]
+    phases: dict[str, float] = field(default_factory=dict)
+    nodes: int = 0
+    gpus: int = 0
+    ray_nodes: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[checks.CheckResult] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "changes": self.changes,
+            "phases_s": {k: round(v, 2) for k, v in self.phases.items()},
+            "nodes": self.nodes,
+            "gpus": self.gpus,
+            "ray_nodes": self.ray_nodes,
+            "checks": [c.as_dict() for c in self.checks],
+        }
+
+
+# ---------------------------------------------------------------- locking
+
+
+def _lock_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "orchestrate" / "locks"
+
+
+@contextmanager
+def deployment_lock(name: str, action: str) -> Iterator[None]:
+    """One `up`/`down` per deployment at a time on this machine; a second one refuses at once."""
+    path = _lock_dir() / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise LockError(
+                f"deployment {name} is busy: {holder}",
+                hint="wait for it to finish, or stop that process",
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"`orchestrate {action}` pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def resolve_secrets(plan: Plan) -> dict[str, str]:
+    sources = plan.secret_sources()
+    try:
+        return secrets.resolve(sources)
+    except secrets.MissingSecretError as exc:
+        raise UsageError(
+            f"secret environment variable(s) not set: {exc.args[0]}",
+            hint="export them before running orchestrate (the inventory holds only ${VAR} references)",
+        ) from None
+
+
+class _Timer:
+    def __init__(self, report: UpReport, events: Events) -> None:
+        self.report, self.events = report, events
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        yield
+        self.report.phases[phase] = time.monotonic() - t0
+        self.events(phase, None, f"done in {self.report.phases[phase]:.1f}s")
+
+
+def _tail(engine_call: Callable[[], Any], n: int = 30) -> str:
+    try:
+        raw = engine_call()
+    except (OrchestrateError, OSError):
+        return ""
+    return secrets.masker(bytes(raw).decode("utf-8", "replace"))[-8000:]
+
+
+# ---------------------------------------------------------------- up
+
+
+def up(
+    plan: Plan, events: Events = quiet, *, run_checks: bool = True, api_key: str | None = None
+) -> UpReport:
+    secret_values = resolve_secrets(plan)
+    api_key = api_key or (secret_values.get("VLLM_API_KEY") if plan.api_key_env else None)
+    report = UpReport(plan.endpoint, {}, nodes=len(plan.nodes), gpus=plan.total_gpus)
+    timer = _Timer(report, events)
+    with deployment_lock(plan.name, "up"), Session(plan, events) as s:
+        with timer("connect"):
+            s.connect()
+        with timer("diff"):
+            changes = _diff(s)
+        report.changes = {h: a for h, a in changes.actions.items()}
+        with timer("preflight"):
+            _preflight(s, changes)
+        with timer("image"):
+            _ensure_image(s)
+        if changes.noop:
+            events("diff", None, "no changes: every container is running with its planned spec")
+        else:
+            _replace(s, changes, secret_values, timer)
+        if plan.backend == "ray":
+            with timer("ray"):
+                report.ray_nodes = _ray_gate(s)
+        with timer("serve"):
+            _wait_serving(s)
+        if run_checks:
+            with timer("checks"):
+                report.checks = _checks(plan, events, api_key)
+    return report
+
+
+def _diff(s: Session) -> Changes:
+    observed = dict(zip(
+        (n.host for n in s.plan.nodes),
+        fan_out("diff", s.plan.nodes, lambda n: observe.observed(s, n), s.events),
+        strict=True,
+    ))  # fmt: skip
+    changes = reconcile(s.plan, observed)
+    for host, action in changes.actions.items():
+        why = changes.reasons.get(host)
+        s.events("diff", host, action + (f" ({why})" if why else ""))
+    return changes
+
+
+def _preflight(s: Session, changes: Changes) -> None:
+    from orchestrate import preflight
+
+    targets = [n for n in s.plan.nodes if changes.actions[n.host] != "keep"]
+    preflight.basic(s, targets)
+
+
+def _ensure_image(s: Session) -> None:
+    from orchestrate import images_dist
+
+    images_dist.ensure(s)
+
+
+def _replace(s: Session, changes: Changes, secret_values: dict[str, str], timer: _Timer) -> None:
+    plan = s.plan
+
+    def stop(node: NodePlan) -> None:
+        engine = s.engine(node)
+        for c in engine.containers(plan.name):
+            s.events("stop", node.host, f"removing {c.name}")
+            engine.remove(c, node.container.stop_timeout)
+
+    with timer("stop"):
+        fan_out("stop", plan.workers, stop, s.events)
+        fan_out("stop", [plan.head], stop, s.events)
+    with timer("head"):
+        _start(s, plan.head, secret_values)
+        if plan.backend == "ray":
+            _wait_gcs(s)
+    with timer("workers"):
+        fan_out("workers", plan.workers, lambda n: _start(s, n, secret_values), s.events)
+
+
+def _start(s: Session, node: NodePlan, secret_values: dict[str, str]) -> None:
+    env = {k: secret_values[src] for k, src in node.container.secret_env}
+    kwargs = run_kwargs(node.container, env)
+    s.events("start", node.host, f"creating {node.container.name} ({node.role})")
+    s.engine(node).create_and_start(kwargs)
+
+
+def _container(s: Session, node: NodePlan) -> Container | None:
+    return s.engine(node).container(node.container.name)
+
+
+def _dead(s: Session, node: NodePlan, what: str, hint: str | None = None) -> GateError:
+    engine = s.engine(node)
+    c = engine.container(node.container.name)
+    state = c.attrs["State"] if c else {}
+    tail = _tail(lambda: engine.logs(c, tail=40)) if c else ""
+    code = state.get("ExitCode", "?")
+    return GateError(
+        f"{node.host}: {node.container.name} {what} (exit code {code}); last log lines:",
+        tail=tail,
+        hint=hint or f"orchestrate logs {node.alias} --tail 200",
+    )
+
+
+def _wait_gcs(s: Session) -> None:
+    node = s.plan.head
+    deadline = time.monotonic() + 120
+    probe = ["bash", "-c", 'exec 3<>"/dev/tcp/$VLLM_HOST_IP/$ORCH_RAY_PORT"']
+    while time.monotonic() < deadline:
+        c = _container(s, node)
+        if c is None or c.status not in ("running", "created"):
+            raise _dead(s, node, "stopped while starting the Ray head")
+        code, _ = s.engine(node).exec(c, probe)
+        if code == 0:
+            s.events("head", node.host, f"Ray GCS listening on {node.address}:{s.plan.ray_port}")
+            return
+        time.sleep(0.5)
+    raise _dead(s, node, "did not open the Ray GCS port within 120s")
+
+
+def _ray_gate(s: Session) -> list[dict[str, Any]]:
+    plan = s.plan
+    want_ips = {n.address for n in plan.nodes}
+    deadline = time.monotonic() + plan.join_timeout + 30
+    last: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        _raise_if_dead(s, "while Ray was forming")
+        last = observe.ray_nodes(s) or last
+        alive = [n for n in last if n["alive"]]
+        gpus = sum(n["gpus"] for n in alive)
+        ips = {n["ip"] for n in alive}
+        if len(alive) >= len(plan.nodes) and gpus >= plan.total_gpus and want_ips <= ips:
+            s.events("ray", None, f"{len(alive)} nodes alive, {gpus:g} GPUs, IPs match the inventory")
+            return last
+        time.sleep(1)
+    alive_ips = {n["ip"] for n in last if n["alive"]}
+    missing = [f"{n.host} ({n.address})" for n in plan.nodes if n.address not in alive_ips]
+    raise GateError(
+        f"Ray did not reach {len(plan.nodes)} nodes / {plan.total_gpus} GPUs; missing: "
+        + (", ".join(missing) or "GPUs only"),
+        hint="orchestrate logs worker-1; check network.nic and that the head's ports are reachable",
+    )
+
+
+def _raise_if_dead(s: Session, when: str) -> None:
+    for node in s.plan.nodes:
+        c = _container(s, node)
+        if c is None or c.status in ("exited", "dead"):
+            hint = _hint_from_logs(s, node)
+            raise _dead(s, node, f"exited {when}", hint)
+
+
+_KNOWN = {
+    "does not support ray": "vLLM on this platform cannot use Ray; set backend: mp in the inventory",
+    "ray is not installed": "the image has no Ray; set backend: mp, or use an image with ray",
+    "Insufficient space in /dev/shm": "raise container.shm_size (1Gi at least)",
+    "No available node types can fulfill": "Ray and vLLM disagree on node IPs; check network.nic",
+    "CUDA out of memory": "lower serve.gpu_memory_utilization or max_model_len, or add GPUs",
+}
+
+
+def _hint_from_logs(s: Session, node: NodePlan) -> str | None:
+    engine = s.engine(node)
+    c = engine.container(node.container.name)
+    text = _tail(lambda: engine.logs(c, tail=200)) if c else ""
+    return next((hint for needle, hint in _KNOWN.items() if needle in text), None)
+
+
+def _wait_serving(s: Session) -> None:
+    plan = s.plan
+    deadline = time.monotonic() + plan.startup_timeout
+    next_watch = 0.0
+    reason = ""
+    while time.monotonic() < deadline:
+        code, reason = checks.health(plan.endpoint, timeout=5)
+        if code == 200:
+            s.events("serve", plan.head.host, f"vLLM healthy at {plan.endpoint}")
+            return
+        if time.monotonic() >= next_watch:
+            _raise_if_dead(s, "before vLLM became healthy")
+            next_watch = time.monotonic() + 3
+        time.sleep(POLL_S)
+    raise GateError(
+        f"vLLM at {plan.endpoint} was not healthy within {plan.startup_timeout:g}s "
+        f"(last: {reason})",
+        tail=_tail(lambda: s.engine(plan.head).logs(_container(s, plan.head), tail=40)),
+        hint="orchestrate logs head -f; raise serve.startup_timeout for big models",
+    )
+
+
+def _checks(plan: Plan, events: Events, api_key: str | None) -> list[checks.CheckResult]:
+    results = checks.run_checks(plan, plan.endpoint, api_key)
+    for r in results:
+        extra = f", first token {r.ttft_ms:.0f} ms" if r.ttft_ms is not None else ""
+        events("checks", None, f"{'ok  ' if r.ok else 'FAIL'} {r.name:<12} "
+                               f"{r.latency_ms:7.0f} ms{extra}  {r.detail}")  # fmt: skip
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        raise ChecksError(
+            f"checks failed: {', '.join(failed)}",
+            hint="orchestrate logs head --tail 200; orchestrate check to retry",
+        )
+    return results
+
+
+# ---------------------------------------------------------------- down
+
+
+def down(plan: Plan, events: Events = quiet) -> dict[str, int]:
+    """Remove this deployment's containers: workers first, then the head. Idempotent."""
+    removed: dict[str, int] = {}
+    with deployment_lock(plan.name, "down"), Session(plan, events) as s:
+
+        def one(node: NodePlan) -> int:
+            engine = s.engine(node)
+            found = engine.containers(plan.name)
+            for c in found:
+                events("down", node.host, f"removing {c.name}")
+                engine.remove(c, node.container.stop_timeout)
+            if node.container.ipc == "host":
+                _sweep_shm(s, node)
+            removed[node.host] = len(found)
+            return len(found)
+
+        fan_out("down", plan.workers, one, events)
+        fan_out("down", [plan.head], one, events)
+    return removed
+
+
+def _sweep_shm(s: Session, node: NodePlan) -> None:
+    """--ipc host leaks vLLM's psm_* / sem.mp-* segments into the host's /dev/shm."""
+    try:
+        s.runner(node).run(
+            ["find", "/dev/shm", "-maxdepth", "1", "(", "-name", "psm_*", "-o",
+             "-name", "sem.mp-*", ")", "-delete"], timeout=30)  # fmt: skip
+    except HostError as exc:
+        s.events("down", node.host, f"could not sweep /dev/shm: {exc.message}")
+
+
+def check(plan: Plan, events: Events = quiet, api_key: str | None = None) -> list[checks.CheckResult]:
+    if api_key is None and plan.api_key_env:
+        api_key = resolve_secrets(plan).get("VLLM_API_KEY")
+    return _checks(plan, events, api_key)
+
+
+__all__ = ["EngineError", "UpReport", "check", "down", "up"]

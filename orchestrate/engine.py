@@ -1,0 +1,189 @@
+"""The Docker Engine of a host, through the Docker SDK, riding on our own SSH connection.
+
+docker-py's own ssh:// transport opens paramiko without any connect timeout (about 134 s on a
+silent host) and waits up to an hour to open a channel; see the test bed notes. We connect with
+timeouts ourselves (remote.SSHRunner) and give docker-py an adapter that opens each HTTP
+connection as a `docker system dial-stdio` channel on that transport, with a deadline.
+
+The boundary for docker/requests errors: mapped to EngineError here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import paramiko
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import Container
+from docker.transport.sshconn import SSHConnection, SSHConnectionPool, SSHHTTPAdapter
+
+from orchestrate.errors import EngineError
+from orchestrate.remote import SSHRunner
+
+API_VERSION = "1.41"  # Docker Engine 20.10, the oldest we support (the post used 20.10.5)
+
+
+class _Connection(SSHConnection):  # type: ignore[misc]
+    def connect(self) -> None:
+        try:
+            chan = self.ssh_transport.open_session(timeout=self.timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise requests.exceptions.ConnectionError(f"ssh channel: {exc}") from None
+        chan.settimeout(self.timeout)
+        chan.exec_command("docker system dial-stdio")
+        self.sock = chan
+
+
+class _Pool(SSHConnectionPool):  # type: ignore[misc]
+    def _new_conn(self) -> _Connection:
+        return _Connection(self.ssh_transport, self.timeout, self.ssh_host)
+
+
+class _Adapter(SSHHTTPAdapter):  # type: ignore[misc]
+    def __init__(self, ssh: paramiko.SSHClient, timeout: float) -> None:
+        self._ssh = ssh
+        super().__init__("ssh://orchestrate", timeout=timeout, max_pool_size=8)
+
+    def _create_paramiko_client(self, base_url: str) -> None:
+        self.ssh_client = self._ssh
+        self.ssh_params: dict[str, Any] = {}
+
+    def _connect(self) -> None:
+        transport = self.ssh_client.get_transport()
+        if transport is None or not transport.is_active():
+            raise requests.exceptions.ConnectionError("SSH transport is closed")
+
+    def get_connection(self, url: str, proxies: Any = None) -> _Pool:
+        with self.pools.lock:
+            pool = self.pools.get(url)
+            if pool:
+                return pool  # type: ignore[no-any-return]
+            self._connect()
+            pool = _Pool(ssh_client=self.ssh_client, timeout=self.timeout,
+                         maxsize=self.max_pool_size, host=self.ssh_host)  # fmt: skip
+            self.pools[url] = pool
+        return pool
+
+
+def client_over(runner: SSHRunner, timeout: float = 60) -> docker.DockerClient:
+    api = docker.APIClient(base_url="unix:///var/run/orchestrate-unused.sock",
+                           version=API_VERSION, timeout=timeout)  # fmt: skip
+    adapter = _Adapter(runner.client, timeout)
+    api.mount("http+docker://ssh", adapter)
+    api._custom_adapter = adapter
+    api.base_url = "http+docker://ssh"
+    client = docker.DockerClient.__new__(docker.DockerClient)
+    client.api = api
+    return client
+
+
+_TRANSPORT_ERRORS = (
+    DockerException, requests.exceptions.RequestException, paramiko.SSHException,
+    OSError, EOFError,
+)  # fmt: skip
+
+
+class Engine:
+    """Typed, error-mapped operations on one host's Docker Engine."""
+
+    def __init__(self, name: str, client: docker.DockerClient) -> None:
+        self.name = name
+        self.client = client
+
+    def _fail(self, what: str, exc: BaseException) -> EngineError:
+        text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
+        hint = None
+        if "dial-stdio" in text or "command not found" in text:
+            hint = "install the docker CLI on the host (needed for the SSH link)"
+        elif "Cannot connect to the Docker daemon" in text or "Connection aborted" in text:
+            hint = "start the Docker Engine on the host: systemctl start docker"
+        return EngineError(self.name, f"Docker {what} failed: {text}".strip(), hint=hint)
+
+    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (NotFound, ImageNotFound):
+            raise
+        except _TRANSPORT_ERRORS as exc:
+            raise self._fail(what, exc) from None
+
+    # ------------------------------------------------------------ engine
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = self.call("info", self.client.info)
+        return info
+
+    def ping(self) -> None:
+        self.call("ping", self.client.ping)
+
+    # ------------------------------------------------------------ images
+    def image_id(self, ref: str) -> str | None:
+        try:
+            image = self.call("image inspect", self.client.images.get, ref)
+        except (NotFound, ImageNotFound):
+            return None
+        return str(image.id)
+
+    def pull(self, ref: str) -> str:
+        repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "latest")
+        try:
+            self.call("pull", self.client.api.pull, repo, tag=tag)
+        except NotFound:
+            raise EngineError(self.name, f"image {ref} not found in its registry") from None
+        image_id = self.image_id(ref)
+        if image_id is None:
+            raise EngineError(self.name, f"pull of {ref} finished but the image is missing")
+        return image_id
+
+    def save(self, ref: str) -> Iterator[bytes]:
+        image = self.call("image inspect", self.client.images.get, ref)
+        return image.save(chunk_size=4 * 2**20)  # type: ignore[no-any-return]
+
+    def load(self, chunks: Iterator[bytes]) -> None:
+        self.call("image load", self.client.api.load_image, chunks)
+
+    # ------------------------------------------------------------ containers
+    def containers(self, deployment: str) -> list[Container]:
+        flt = {"label": f"orchestrate.deployment={deployment}"}
+        found = self.call("ps", self.client.containers.list, all=True, filters=flt)
+        return list(found)
+
+    def container(self, name: str) -> Container | None:
+        try:
+            found: Container = self.call("inspect", self.client.containers.get, name)
+            return found
+        except NotFound:
+            return None
+
+    def create_and_start(self, kwargs: dict[str, Any]) -> Container:
+        kwargs = dict(kwargs)
+        kwargs.pop("detach", None)
+        try:
+            container: Container = self.call("create", self.client.containers.create, **kwargs)
+        except (NotFound, ImageNotFound):
+            raise EngineError(
+                self.name, f"image {kwargs['image']} is not on this host",
+                hint="run `orchestrate up` again (it distributes the image) or pull it",
+            ) from None
+        self.call("start", container.start)
+        return container
+
+    def remove(self, container: Container, stop_timeout: int) -> None:
+        try:
+            if container.status in ("running", "restarting", "paused"):
+                self.call("stop", container.stop, timeout=stop_timeout)
+            self.call("remove", container.remove, force=True)
+        except NotFound:
+            pass
+
+    def exec(self, container: Container, argv: list[str], timeout: float = 60) -> tuple[int, str]:
+        try:
+            res = self.call("exec", container.exec_run, argv, demux=False)
+        except NotFound:
+            return 127, "container is gone"
+        return int(res.exit_code or 0), (res.output or b"").decode("utf-8", "replace")
+
+    def logs(self, container: Container, **kwargs: Any) -> Any:
+        return self.call("logs", container.logs, **kwargs)

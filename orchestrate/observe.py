@@ -1,0 +1,179 @@
+"""Read-only views of a deployment: containers per host, Ray's node table, vLLM health and metrics,
+and container logs. Status never raises for one bad host: it reports what it saw, truthfully.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
+
+import httpx
+
+from orchestrate import checks, scripts
+from orchestrate.console import Events, quiet
+from orchestrate.errors import HostError, OrchestrateError, UsageError
+from orchestrate.plan import LABEL_HASH, NodePlan, Plan
+from orchestrate.reconcile import Observed
+from orchestrate.secrets import masker
+from orchestrate.session import Session, fan_out
+
+
+def observed(s: Session, node: NodePlan) -> list[Observed]:
+    return [
+        Observed(node.host, c.name, c.labels.get(LABEL_HASH, ""), c.status)
+        for c in s.engine(node).containers(s.plan.name)
+    ]
+
+
+def ray_nodes(s: Session) -> list[dict[str, Any]]:
+    """Ray's node table as seen from inside the head container ([] while Ray is not up)."""
+    head = s.plan.head
+    engine = s.engine(head)
+    c = engine.container(head.container.name)
+    if c is None or c.status != "running":
+        return []
+    code, out = engine.exec(c, ["python3", "-c", scripts.RAY_NODES_PY])
+    if code != 0:
+        return []
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("["):
+            nodes: list[dict[str, Any]] = json.loads(line)
+            return nodes
+    return []
+
+
+# ---------------------------------------------------------------- status
+
+_METRICS = {
+    "vllm:num_requests_running": "requests_running",
+    "vllm:num_requests_waiting": "requests_waiting",
+    "vllm:kv_cache_usage_perc": "kv_cache_usage",
+    "vllm:gpu_cache_usage_perc": "kv_cache_usage",
+    "vllm:prompt_tokens_total": "prompt_tokens_total",
+    "vllm:generation_tokens_total": "generation_tokens_total",
+}
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Sum the series of the few vLLM metrics status shows, from Prometheus text."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)", line)
+        if match and match.group(1) in _METRICS:
+            key = _METRICS[match.group(1)]
+            out[key] = out.get(key, 0.0) + float(match.group(3))
+    return out
+
+
+def _host_status(s: Session, node: NodePlan) -> dict[str, Any]:
+    row: dict[str, Any] = {"host": node.host, "address": node.address, "role": node.alias}
+    try:
+        c = s.engine(node).container(node.container.name)
+    except HostError as exc:
+        s.drop(node)
+        return row | {"state": "unreachable", "error": exc.message}
+    if c is None:
+        return row | {"state": "absent"}
+    state = c.attrs.get("State", {})
+    want = node.container.labels_dict()[LABEL_HASH]
+    return row | {
+        "state": c.status,
+        "exit_code": state.get("ExitCode") if c.status != "running" else None,
+        "started_at": state.get("StartedAt"),
+        "spec": "current" if c.labels.get(LABEL_HASH) == want else "outdated",
+    }
+
+
+def _vllm_status(plan: Plan, api_key: str | None) -> dict[str, Any]:
+    code, reason = checks.health(plan.endpoint, timeout=5)
+    out: dict[str, Any] = {"endpoint": plan.endpoint, "healthy": code == 200}
+    if code != 200:
+        return out | {"reason": reason if code is None else f"HTTP {code}"}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        models = httpx.get(f"{plan.endpoint}/v1/models", headers=headers, timeout=10)
+        out["models"] = [m["id"] for m in models.json().get("data", [])]
+        metrics = httpx.get(f"{plan.endpoint}/metrics", timeout=10)
+        out["metrics"] = parse_metrics(metrics.text)
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        out["reason"] = f"metrics unavailable: {type(exc).__name__}"
+    return out
+
+
+def status(plan: Plan, events: Events = quiet, api_key: str | None = None) -> dict[str, Any]:
+    with Session(plan, events) as s:
+        hosts = [_safe(lambda n=n: _host_status(s, n), n) for n in plan.nodes]  # type: ignore[misc]
+        ray: dict[str, Any] | None = None
+        if plan.backend == "ray" and hosts[0].get("state") == "running":
+            try:
+                nodes = ray_nodes(s)
+                alive = [n for n in nodes if n["alive"]]
+                ray = {"nodes_alive": len(alive), "nodes_expected": len(plan.nodes),
+                       "gpus": sum(n["gpus"] for n in alive), "gpus_expected": plan.total_gpus,
+                       "nodes": nodes}  # fmt: skip
+            except OrchestrateError as exc:
+                ray = {"error": exc.message}
+        vllm = _vllm_status(plan, api_key)
+    healthy = vllm["healthy"] and all(h.get("state") == "running" for h in hosts)
+    return {"deployment": plan.name, "healthy": healthy, "hosts": hosts, "ray": ray, "vllm": vllm}
+
+
+def _safe(fn: Any, node: NodePlan) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = fn()
+        return result
+    except OrchestrateError as exc:
+        return {"host": node.host, "address": node.address, "role": node.alias,
+                "state": "unreachable", "error": exc.message}  # fmt: skip
+
+
+# ---------------------------------------------------------------- logs
+
+
+def logs(
+    plan: Plan,
+    selector: str,
+    *,
+    follow: bool = False,
+    tail: int | None = None,
+    since: str | None = None,
+    out: IO[str] | None = None,
+) -> None:
+    try:
+        node = plan.node(selector)
+    except KeyError:
+        names = ", ".join(x for n in plan.nodes for x in (n.alias, n.host))
+        raise UsageError(f"no node {selector!r} in this deployment", hint=f"one of: {names}") from None
+    sink = out or sys.stdout
+    with Session(plan) as s:
+        engine = s.engine(node)
+        c = engine.container(node.container.name)
+        if c is None:
+            raise HostError(node.host, f"container {node.container.name} does not exist",
+                            hint="orchestrate up")  # fmt: skip
+        kwargs: dict[str, Any] = {"stream": True, "follow": follow, "tail": tail or "all"}
+        if since:
+            kwargs["since"] = _since(since)
+        for chunk in _chunks(engine.logs(c, **kwargs)):
+            sink.write(masker(chunk.decode("utf-8", "replace")))
+            sink.flush()
+
+
+def _chunks(stream: Any) -> Iterator[bytes]:
+    yield from stream
+
+
+def _since(text: str) -> int:
+    import time
+
+    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not match:
+        raise UsageError(f"--since {text!r}: use a duration such as 90s, 10m, 2h or 1d")
+    seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return int(time.time()) - seconds
+
+
+__all__ = ["fan_out", "logs", "observed", "parse_metrics", "ray_nodes", "status"]

@@ -1,0 +1,223 @@
+"""SSH to the hosts (Fabric over paramiko), with a timeout on connect, banner, auth and every call.
+
+The boundary for paramiko/invoke errors: they are mapped to ConnectError / RemoteCommandError here,
+once. Commands are argv tuples, quoted with shlex.join in exactly one place (`_line`).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from fabric import Connection
+from invoke.exceptions import CommandTimedOut, UnexpectedExit
+
+from orchestrate.errors import ConnectError, RemoteCommandError
+from orchestrate.plan import SSHTarget
+from orchestrate.secrets import masker
+
+KEEPALIVE_S = 5
+
+
+@dataclass(frozen=True)
+class Result:
+    host: str
+    argv: tuple[str, ...]
+    exited: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
+
+    def tail(self, n: int = 15) -> str:
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return "\n".join(text[-n:])
+
+
+def _line(argv: Sequence[str]) -> str:
+    return shlex.join(argv)
+
+
+def _trust_hint(target: SSHTarget) -> str:
+    port = f"-p {target.port} " if target.port != 22 else ""
+    return (
+        f"verify the host's fingerprint, then `ssh-keyscan {port}{target.host} >> "
+        f"{target.known_hosts}`; or set ssh.host_key_policy: accept-new to trust on first use"
+    )
+
+
+class _SaveNewKey(paramiko.MissingHostKeyPolicy):
+    """accept-new: trust an unknown key once and record it; a changed key is still refused."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: Any) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="ascii") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class SSHRunner:
+    """One SSH connection to one host; `run` executes an argv with a deadline."""
+
+    def __init__(self, name: str, target: SSHTarget) -> None:
+        self.name = name
+        self.target = target
+        self._conn: Connection | None = None
+
+    # ------------------------------------------------------------ connection
+    def connect(self) -> SSHRunner:
+        if self._conn is not None and self._alive():
+            return self
+        self.close()
+        t = self.target
+        kwargs: dict[str, Any] = {
+            "banner_timeout": t.connect_timeout,
+            "auth_timeout": t.connect_timeout,
+            "channel_timeout": t.connect_timeout,
+            "allow_agent": False,
+            "look_for_keys": t.key is None,
+        }
+        if t.key:
+            kwargs["key_filename"] = [t.key]
+        conn = Connection(
+            t.host, user=t.user, port=t.port, connect_timeout=t.connect_timeout,
+            connect_kwargs=kwargs, inline_ssh_env=True,
+        )  # fmt: skip
+        self._set_host_key_policy(conn.client)
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException:
+            raise ConnectError(
+                self.name,
+                f"the SSH host key of {t.host} has CHANGED; refusing to connect (possible "
+                "man-in-the-middle, or the host was reinstalled)",
+                hint=f"if the change is expected: ssh-keygen -R {t.host} -f {t.known_hosts}, "
+                "then verify and add the new key",
+            ) from None
+        except paramiko.SSHException as exc:
+            raise self._map_ssh(exc) from None
+        except (TimeoutError, socket.timeout):
+            raise ConnectError(
+                self.name,
+                f"SSH to {t.host}:{t.port} timed out after {t.connect_timeout:g}s "
+                "(host down, frozen or a firewall dropping packets)",
+                hint="check that the host is up and reachable: ssh -p "
+                f"{t.port} {t.user}@{t.host} true",
+            ) from None
+        except OSError as exc:
+            raise ConnectError(
+                self.name,
+                f"cannot reach SSH at {t.host}:{t.port}: {exc.strerror or exc}",
+                hint="check that the host is up and sshd is running",
+            ) from None
+        transport = conn.client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(KEEPALIVE_S)
+        self._conn = conn
+        return self
+
+    def _set_host_key_policy(self, client: paramiko.SSHClient) -> None:
+        t = self.target
+        if os.path.exists(t.known_hosts):
+            try:
+                client.load_host_keys(t.known_hosts)
+            except (OSError, paramiko.SSHException) as exc:
+                raise ConnectError(self.name, f"cannot read {t.known_hosts}: {exc}") from None
+        elif t.host_key_policy == "strict":
+            raise ConnectError(
+                self.name,
+                f"known_hosts file {t.known_hosts} does not exist, so the host key of "
+                f"{t.host} cannot be verified",
+                hint=_trust_hint(t),
+            )
+        if t.host_key_policy == "accept-new":
+            client.set_missing_host_key_policy(_SaveNewKey(t.known_hosts))
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+
+    def _map_ssh(self, exc: paramiko.SSHException) -> ConnectError:
+        t = self.target
+        text = str(exc)
+        if "not found in known_hosts" in text:
+            return ConnectError(
+                self.name,
+                f"the SSH host key of {t.host} is unknown (not in {t.known_hosts}); refusing to "
+                "connect",
+                hint=_trust_hint(t),
+            )
+        if isinstance(exc, paramiko.AuthenticationException):
+            return ConnectError(
+                self.name,
+                f"SSH authentication as {t.user} failed on {t.host}",
+                hint=f"check ssh.user and ssh.key ({t.key or 'default keys'})",
+            )
+        return ConnectError(
+            self.name,
+            f"SSH to {t.host}:{t.port} failed: {text or type(exc).__name__}",
+            hint="check that sshd is running and answering on that port",
+        )
+
+    def _alive(self) -> bool:
+        transport = self._conn.client.get_transport() if self._conn else None
+        return bool(transport and transport.is_active())
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        """The connected paramiko client (the Docker Engine link rides on it)."""
+        return self.connect()._conn.client  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+            self._conn = None
+
+    # ------------------------------------------------------------ commands
+    def run(
+        self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True
+    ) -> Result:
+        conn = self.connect()._conn
+        assert conn is not None
+        limit = timeout or self.target.command_timeout
+        line = _line(argv)
+        try:
+            res = conn.run(line, hide=True, warn=True, timeout=limit, in_stream=False)
+        except CommandTimedOut:
+            self.close()
+            raise RemoteCommandError(
+                self.name, f"`{masker(line)[:200]}` did not finish within {limit:g}s"
+            ) from None
+        except UnexpectedExit as exc:  # only with warn=False; kept for safety
+            res = exc.result
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.close()
+            raise ConnectError(self.name, f"SSH connection lost: {exc or type(exc).__name__}") from None
+        result = Result(self.name, tuple(argv), res.exited, res.stdout, res.stderr)
+        if check and not result.ok:
+            raise RemoteCommandError(
+                self.name,
+                f"`{masker(line)[:200]}` exited with {result.exited}",
+                tail=masker(result.tail()),
+            )
+        return result
+
+    def put(self, local: str, remote: str) -> None:
+        conn = self.connect()._conn
+        assert conn is not None
+        try:
+            conn.put(local, remote)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise ConnectError(self.name, f"copy to {remote} failed: {exc}") from None
