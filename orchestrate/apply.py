@@ -154,6 +154,10 @@ def up(
         if plan.backend == "ray":
             with timer("ray"):
                 report.ray_nodes = _ray_gate(s)
+        if not plan.serve_start:
+            events("serve", None, "serve.start is false: the Ray cluster is up; run vllm serve "
+                   "in the head yourself (see `orchestrate plan`)")
+            return report
         with timer("serve"):
             _wait_serving(s)
         if run_checks:
@@ -179,7 +183,8 @@ def _preflight(s: Session, changes: Changes) -> None:
     from orchestrate import preflight
 
     targets = [n for n in s.plan.nodes if changes.actions[n.host] != "keep"]
-    preflight.basic(s, targets)
+    fresh = {h for h, a in changes.actions.items() if a == "create"}
+    preflight.basic(s, targets, fresh)
 
 
 def _ensure_image(s: Session) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
@@ -33,15 +34,18 @@ class Console:
         self.tty = self.stream.isatty()
         self._rich = RichConsole(file=self.stream, highlight=False) if self.tty else None
         self._t0 = time.monotonic()
+        self._lock = threading.Lock()  # events come from fan-out threads
 
     def __call__(self, phase: str, host: str | None, message: str) -> None:
         elapsed = time.monotonic() - self._t0
         where = f"{host}: " if host else ""
         line = masker(f"[{elapsed:6.1f}s] {phase:<9} {where}{message}")
-        if self._rich:
-            self._rich.print(line, markup=False, style="dim" if phase == "debug" else None)
-        elif phase != "debug" or self.verbose:
-            print(line, file=self.stream, flush=True)
+        with self._lock:
+            if self._rich:
+                self._rich.print(line, markup=False, style="dim" if phase == "debug" else None)
+            elif phase != "debug" or self.verbose:
+                self.stream.write(line + "\n")
+                self.stream.flush()
 
     def error(self, lines: Sequence[str]) -> None:
         for i, line in enumerate(lines):

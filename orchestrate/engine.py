@@ -139,7 +139,7 @@ class Engine:
 
     def save(self, ref: str) -> Iterator[bytes]:
         image = self.call("image inspect", self.client.images.get, ref)
-        return image.save(chunk_size=4 * 2**20)  # type: ignore[no-any-return]
+        return image.save(chunk_size=4 * 2**20, named=True)  # type: ignore[no-any-return]
 
     def load(self, chunks: Iterator[bytes]) -> None:
         self.call("image load", self.client.api.load_image, chunks)

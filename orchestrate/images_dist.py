@@ -62,6 +62,11 @@ def ensure(s: Session) -> dict[str, str]:
     else:
         source = _local_engine() if plan.image_source == "local" else s.engine(plan.head)
         want_id = source.image_id(image)
+        agreed = {ids[n.host] for n in plan.nodes}
+        if want_id is None and len(agreed) == 1 and None not in agreed:
+            want_id = str(agreed.pop())
+            s.events("image", None, f"{image} is not on the image source, but every host has "
+                     f"the same {want_id[7:19]}: using it")  # fmt: skip
         if want_id is None:
             where = "this machine" if plan.image_source == "local" else plan.head.host
             raise UsageError(f"image {image} is not on {where}, the image source",

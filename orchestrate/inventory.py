@@ -167,6 +167,7 @@ class Host(Strict):
     nic: Nic | None = None
     ssh: HostSSH = HostSSH()
     k8s_node: Text | None = None  # kubernetes.io/hostname of this machine; default: address
+    env: dict[EnvName, EnvValue] = {}  # added to (and overriding) the deployment's env on this host
 
 
 class Network(Strict):
@@ -232,6 +233,8 @@ class Serve(Strict):
     api_key: SecretRef | None = None
     extra_args: Annotated[list[Arg], AfterValidator(_extra_args), Field(max_length=256)] = []
     startup_timeout: Seconds = 1800
+    # false: bring up the Ray cluster only and run `vllm serve` yourself (`orchestrate plan` prints it)
+    start: bool = True
 
 
 class Checks(Strict):
@@ -305,6 +308,12 @@ def cross_check(inv: Inventory) -> list[str]:
             seen.setdefault(value, i)
     problems += _check_gpus(inv)
     problems += _check_ports(inv)
+    if not inv.serve.start and inv.backend != "ray":
+        problems.append("serve.start: false needs backend: ray (with mp, the containers are vLLM)")
+    for i, host in enumerate(inv.hosts):
+        refs = sorted(k for k, v in host.env.items() if ref_name(v))
+        if refs:
+            problems.append(f"hosts[{i}].env.{refs[0]}: put secret references in secrets:")
     overlap = sorted(set(inv.env) & set(inv.secrets))
     if overlap:
         problems.append(f"secrets.{overlap[0]}: also set in env; keep it in one place")

@@ -102,6 +102,7 @@ class Plan:
     image_source: Literal["registry", "local", "head"]
     nodes: tuple[NodePlan, ...]
     serve_argv: tuple[str, ...]  # the `vllm serve ...` that the head runs
+    serve_start: bool  # false: Ray cluster only
     served_name: str
     model_host_path: str
     model_container_path: str
@@ -175,6 +176,7 @@ def build_plan(inv: Inventory) -> Plan:
         image_source=inv.images.source,
         nodes=nodes,
         serve_argv=serve_argv,
+        serve_start=inv.serve.start,
         served_name=_served_name(inv),
         model_host_path=f"{inv.model.host_dir}/{inv.model.name}",
         model_container_path=f"{inv.model.container_dir}/{inv.model.name}",
@@ -292,6 +294,7 @@ def container_name(inv_name: str, role: Role, rank: int) -> str:
 def _container(inv: Inventory, host: Host, rank: int, role: Role, nic: str) -> ContainerSpec:
     env = dict(_common_env(inv))
     env |= {"VLLM_HOST_IP": host.address, "NCCL_SOCKET_IFNAME": nic, "GLOO_SOCKET_IFNAME": nic}
+    env |= host.env
     entrypoint, command = _entry(inv, host, rank, env)
     name = container_name(inv.name, role, rank)
     labels = {
@@ -339,6 +342,7 @@ def _entry(
             "ORCH_EXPECTED_GPUS": str(sum(h.gpus for h in inv.hosts)),
             "ORCH_EXPECTED_IPS": ",".join(h.address for h in inv.hosts),
         }
-        return ("bash", "-c"), (scripts.RAY_HEAD, "orchestrate-head", *_serve_argv(inv, 0))
+        serve = _serve_argv(inv, 0) if inv.serve.start else ()
+        return ("bash", "-c"), (scripts.RAY_HEAD, "orchestrate-head", *serve)
     env["ORCH_HEAD_ADDR"] = inv.head.address
     return ("bash", "-c"), (scripts.RAY_WORKER, "orchestrate-worker")

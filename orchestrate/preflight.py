@@ -70,12 +70,16 @@ def check_nvidia(s: Session, node: NodePlan) -> None:
         )
 
 
-def basic(s: Session, creating: Sequence[NodePlan]) -> None:
+def basic(s: Session, creating: Sequence[NodePlan], fresh: set[str] | None = None) -> None:
+    """Checks for the nodes about to be (re)created; ports only where none of ours runs yet
+    (`fresh` host names), since our own old container holds them until the stop phase."""
     plan = s.plan
 
     def one(node: NodePlan) -> None:
         problems: list[OrchestrateError] = []
-        checks = [check_model, check_ports]
+        checks = [check_model]
+        if fresh is None or node.host in fresh:
+            checks.append(check_ports)
         if plan.accelerator == "nvidia":
             checks.append(check_nvidia)
         for check in checks:

@@ -19,13 +19,25 @@ command -v ray >/dev/null 2>&1 || {
 }
 extra=""
 if [ -n "${ORCH_OBJECT_STORE_MEMORY:-}" ]; then extra="--object-store-memory=$ORCH_OBJECT_STORE_MEMORY"; fi
-ray start --head --disable-usage-stats \
-  --node-ip-address="$VLLM_HOST_IP" --port="$ORCH_RAY_PORT" \
-  --object-manager-port="$ORCH_OBJECT_MANAGER_PORT" \
-  --dashboard-host=0.0.0.0 --dashboard-port="$ORCH_DASHBOARD_PORT" \
-  --num-gpus="$ORCH_GPUS" $extra
+# bash is pid 1 here: without a trap it would ignore `docker stop`'s SIGTERM while it waits
+child=""
+trap 'kill -TERM "$child" 2>/dev/null; exit 143' TERM INT
+start_head() {
+  ray start --head --disable-usage-stats \
+    --node-ip-address="$VLLM_HOST_IP" --port="$ORCH_RAY_PORT" \
+    --object-manager-port="$ORCH_OBJECT_MANAGER_PORT" \
+    --dashboard-host=0.0.0.0 --dashboard-port="$ORCH_DASHBOARD_PORT" \
+    --num-gpus="$ORCH_GPUS" $extra "$@"
+}
+if [ "$#" -eq 0 ]; then  # serve.start: false -- the cluster only, as the post's first step
+  log "ray cluster only (serve.start is false)"
+  start_head --block & child=$!
+  wait "$child"
+  exit $?
+fi
+start_head
 log "ray head started; waiting for $ORCH_EXPECTED_NODES nodes and $ORCH_EXPECTED_GPUS GPUs"
-python3 - <<'PY'
+python3 - <<'PY' &
 import os, sys, time
 import ray
 want_nodes = int(os.environ["ORCH_EXPECTED_NODES"])
@@ -48,6 +60,8 @@ while True:
     time.sleep(1)
 ray.shutdown()
 PY
+child=$!
+wait "$child"
 log "starting: $*"
 exec "$@"
 """

@@ -47,10 +47,11 @@ def _namespace(plan: Plan) -> Obj:
 
 
 def _shared_env(plan: Plan) -> dict[str, str]:
-    env = plan.head.container.env_dict()
+    """Variables with the same value on every node (the rest go into each pod's own env)."""
+    common = set(plan.head.container.env)
     for node in plan.workers:
-        env.update(node.container.env_dict())
-    return {k: v for k, v in sorted(env.items()) if k not in _NODE_ENV and not _head_only(k)}
+        common &= set(node.container.env)
+    return {k: v for k, v in sorted(common) if k not in _NODE_ENV and not _head_only(k)}
 
 
 def _head_only(key: str) -> bool:

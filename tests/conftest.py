@@ -1,0 +1,138 @@
+"""Session fixtures for the real-infrastructure tests: the multi-host test bed, images, tiny model.
+
+The bed (hosts with their own sshd + dockerd) is brought up once per run and always torn down.
+Outside CI, a machine that cannot host it (not root, no dockerd binary) skips those tests;
+in CI (CI=true) that is a failure, so a broken setup can never pass silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.testbed import TestBed, bed_unavailable_reason, ensure_base_image, ensure_root_dockerd
+
+CACHE = Path(os.environ.get("ORCH_CACHE", "/var/cache/orchestrate"))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _need_bed() -> None:
+    reason = bed_unavailable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"the test bed cannot run here: {reason}")
+        pytest.skip(f"the test bed cannot run here: {reason}")
+
+
+@pytest.fixture(scope="session")
+def bed() -> Iterator[TestBed]:
+    _need_bed()
+    ensure_root_dockerd()
+    tb = TestBed()
+    tb.down()  # leftovers of an interrupted run
+    tb.up(3)
+    try:
+        yield tb
+    finally:
+        tb.down()
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    _need_bed()
+    ensure_root_dockerd()
+    return ensure_base_image()
+
+
+def _build(kind: str, base: str) -> str:
+    from orchestrate import images
+
+    tag = images.RAY_IMAGE if kind == "ray" else images.CPU_IMAGE
+    images.build_image(kind, tag=tag, base=base, cache_dir=CACHE,  # type: ignore[arg-type]
+                       on_event=lambda line: print(f"[image {kind}] {line}", file=sys.stderr))
+    return tag
+
+
+@pytest.fixture(scope="session")
+def ray_image(base_image: str) -> str:
+    return _build("ray", base_image)
+
+
+@pytest.fixture(scope="session")
+def cpu_image(base_image: str) -> str:
+    return _build("vllm-cpu", base_image)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(bed: TestBed, cpu_image: str) -> Path:
+    """The tiny random Qwen2 model, at the same path on every host (the bed's shared dir)."""
+    from orchestrate import images
+
+    out = bed.shared_dir / "models" / "tiny"
+    images.make_tiny_model(out, image=cpu_image)
+    return out
+
+
+def bed_inventory(bed: TestBed, path: Path, n: int, **sections: Any) -> Path:
+    """Write an inventory for the bed's first n hosts; `sections` override top-level keys."""
+    hosts = [
+        {"name": h.name, "address": h.address, "role": "head" if h.index == 1 else "worker",
+         "gpus": 1, "nic": h.nic}
+        for h in bed.hosts[:n]
+    ]  # fmt: skip
+    data: dict[str, Any] = {
+        "name": "bedtest",
+        "image": "orchestrate/ray:2.60.0",
+        "images": {"source": "local"},
+        "accelerator": "cpu",
+        "ssh": {"key": str(bed.key_path), "known_hosts": str(bed.known_hosts_path),
+                "connect_timeout": 5, "command_timeout": 60},
+        "container": {"shm_size": "1Gi", "stop_timeout": 20},
+        "model": {"host_dir": str(bed.shared_dir / "models"), "name": "tiny"},
+        "hosts": hosts,
+    }  # fmt: skip
+    for key, value in sections.items():
+        if key == "gpus":
+            for host in data["hosts"]:
+                host["gpus"] = value
+        elif key == "host_env":
+            for host, env in zip(data["hosts"], value, strict=False):
+                host["env"] = env
+        else:
+            data[key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def orch(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI as a user would; its stderr is echoed so CI logs show progress."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "orchestrate", *args], capture_output=True,
+                         text=True, timeout=timeout, env=full_env, cwd=ROOT)  # fmt: skip
+    res.elapsed = time.monotonic() - t0  # type: ignore[attr-defined]
+    sys.stderr.write(f"$ orchestrate {' '.join(args)}  -> {res.returncode} "
+                     f"({res.elapsed:.1f}s)\n{res.stderr[-6000:]}\n")  # type: ignore[attr-defined]
+    return res
+
+
+def orch_json(*args: str, timeout: float = 900) -> Any:
+    res = orch("--output", "json", *args, timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout)
+
+
+def ps(bed: TestBed, i: int) -> list[str]:
+    """Names and IDs of every container on host i, straight from its engine (not via orchestrate)."""
+    res = bed.docker(i, "ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Status}}")
+    assert res.returncode == 0, res.stderr
+    return [line for line in res.stdout.splitlines() if line.strip()]
