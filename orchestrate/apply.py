@@ -26,6 +26,7 @@ from orchestrate.errors import (
     HostError,
     LockError,
     OrchestrateError,
+    PhaseError,
     UsageError,
 )
 from orchestrate.plan import NodePlan, Plan
@@ -119,7 +120,7 @@ class _Timer:
         self.events(phase, None, f"done in {self.report.phases[phase]:.1f}s")
 
 
-def _tail(engine_call: Callable[[], Any], n: int = 30) -> str:
+def _tail(engine_call: Callable[[], Any]) -> str:
     try:
         raw = engine_call()
     except (OrchestrateError, OSError):
@@ -224,15 +225,19 @@ def _container(s: Session, node: NodePlan) -> Container | None:
     return s.engine(node).container(node.container.name)
 
 
-def _dead(s: Session, node: NodePlan, what: str, hint: str | None = None) -> GateError:
+def _dead(s: Session, node: NodePlan, what: str) -> GateError:
+    """A container died: say where, the known cause with the log line that shows it, the tail."""
     engine = s.engine(node)
     c = engine.container(node.container.name)
     state = c.attrs["State"] if c else {}
-    tail = _tail(lambda: engine.logs(c, tail=40)) if c else ""
-    code = state.get("ExitCode", "?")
+    text = _tail(lambda: engine.logs(c, tail=300)) if c else ""
+    cause, hint = _diagnose(text)
+    message = f"{node.host}: {node.container.name} {what} (exit code {state.get('ExitCode', '?')})"
+    if cause:
+        message += f": {cause}"
     return GateError(
-        f"{node.host}: {node.container.name} {what} (exit code {code}); last log lines:",
-        tail=tail,
+        message + "; last log lines:",
+        tail="\n".join(text.splitlines()[-20:]),
         hint=hint or f"orchestrate logs {node.alias} --tail 200",
     )
 
@@ -281,24 +286,28 @@ def _raise_if_dead(s: Session, when: str) -> None:
     for node in s.plan.nodes:
         c = _container(s, node)
         if c is None or c.status in ("exited", "dead"):
-            hint = _hint_from_logs(s, node)
-            raise _dead(s, node, f"exited {when}", hint)
+            raise _dead(s, node, f"exited {when}")
 
 
+# Log lines that name a known multi-node failure, and what to do about each.
 _KNOWN = {
     "does not support ray": "vLLM on this platform cannot use Ray; set backend: mp in the inventory",
     "ray is not installed": "the image has no Ray; set backend: mp, or use an image with ray",
     "Insufficient space in /dev/shm": "raise container.shm_size (1Gi at least)",
     "No available node types can fulfill": "Ray and vLLM disagree on node IPs; check network.nic",
     "CUDA out of memory": "lower serve.gpu_memory_utilization or max_model_len, or add GPUs",
+    "ray gate timed out": "a node never joined Ray: check network.nic, firewalls and the worker logs",
+    "unrecognized arguments": "remove or fix the flag in serve.extra_args",
 }
 
 
-def _hint_from_logs(s: Session, node: NodePlan) -> str | None:
-    engine = s.engine(node)
-    c = engine.container(node.container.name)
-    text = _tail(lambda: engine.logs(c, tail=200)) if c else ""
-    return next((hint for needle, hint in _KNOWN.items() if needle in text), None)
+def _diagnose(text: str) -> tuple[str | None, str | None]:
+    """(the log line that shows a known failure, what to do), or (None, None)."""
+    for line in reversed(text.splitlines()):
+        for needle, hint in _KNOWN.items():
+            if needle in line:
+                return line.strip()[:300], hint
+    return None, None
 
 
 def _wait_serving(s: Session) -> None:
@@ -357,8 +366,14 @@ def down(plan: Plan, events: Events = quiet) -> dict[str, int]:
             removed[node.host] = len(found)
             return len(found)
 
-        fan_out("down", plan.workers, one, events)
-        fan_out("down", [plan.head], one, events)
+        failures: list[OrchestrateError] = []
+        for phase in (plan.workers, (plan.head,)):  # workers first, then the head, even if a
+            try:                                      # worker host is unreachable right now
+                fan_out("down", phase, one, events)
+            except PhaseError as exc:
+                failures += exc.failures
+        if failures:
+            raise PhaseError("down", failures)
     return removed
 
 
