@@ -199,13 +199,17 @@ def _replace(s: Session, changes: Changes, secret_values: dict[str, str], timer:
 
     def stop(node: NodePlan) -> None:
         engine = s.engine(node)
-        for c in engine.containers(plan.name):
+        for c in engine.containers(plan.name, node.host):
             s.events("stop", node.host, f"removing {c.name}")
             engine.remove(c, node.container.stop_timeout)
 
     with timer("stop"):
         fan_out("stop", plan.workers, stop, s.events)
         fan_out("stop", [plan.head], stop, s.events)
+    if plan.docker_network:
+        name, subnet = plan.docker_network
+        for node in plan.nodes:  # one after another: local nodes share one engine
+            s.engine(node).ensure_network(name, subnet, plan.name)
     with timer("head"):
         _start(s, plan.head, secret_values)
         if plan.backend == "ray":
@@ -357,7 +361,7 @@ def down(plan: Plan, events: Events = quiet) -> dict[str, int]:
 
         def one(node: NodePlan) -> int:
             engine = s.engine(node)
-            found = engine.containers(plan.name)
+            found = engine.containers(plan.name, node.host)
             for c in found:
                 events("down", node.host, f"removing {c.name}")
                 engine.remove(c, node.container.stop_timeout)
@@ -374,6 +378,10 @@ def down(plan: Plan, events: Events = quiet) -> dict[str, int]:
                 failures += exc.failures
         if failures:
             raise PhaseError("down", failures)
+        if plan.docker_network:
+            for node in plan.nodes:
+                if s.engine(node).remove_network(plan.docker_network[0], plan.name):
+                    events("down", node.host, f"removed network {plan.docker_network[0]}")
     return removed
 
 

@@ -120,8 +120,9 @@ def plan_text(plan: Plan) -> str:
              f"PP={plan.pipeline_parallel} = {plan.world_size} GPUs on {len(plan.nodes)} hosts",
              f"endpoint {plan.endpoint}  model {plan.model_host_path} as {plan.served_name}", ""]
     for node in plan.nodes:
-        lines.append(f"# {node.alias} on {node.host} ({node.ssh.user}@{node.ssh.host}:"
-                     f"{node.ssh.port}), {node.gpus} GPUs, nic {node.nic}")
+        where = "this machine" if node.ssh.local else \
+            f"{node.ssh.user}@{node.ssh.host}:{node.ssh.port}"
+        lines.append(f"# {node.alias} on {node.host} ({where}), {node.gpus} GPUs, nic {node.nic}")
         lines.append(shlex.join(docker_r.describe(node.container)))
         lines.append("")
     if plan.backend == "ray":
@@ -268,15 +269,17 @@ def _status_text(data: dict[str, Any]) -> None:
 
 @cli.command()
 @click.argument("node")
+@inventory_arg
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
 @click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines.")
 @click.option("--since", metavar="DURATION", help="Only output newer than this (90s, 10m, 2h).")
 @click.pass_obj
-def logs(opts: Options, node: str, follow: bool, tail: int | None, since: str | None) -> None:
-    """Container output of NODE: head, worker-N or an inventory host name."""
+def logs(opts: Options, node: str, inventory_file: str | None, follow: bool, tail: int | None,
+         since: str | None) -> None:
+    """Container output of NODE (head, worker-N or an inventory host name): Ray and vLLM."""
     from orchestrate import observe
 
-    observe.logs(_plan(opts, None), node, follow=follow, tail=tail, since=since)
+    observe.logs(_plan(opts, inventory_file), node, follow=follow, tail=tail, since=since)
 
 
 @cli.command()
@@ -289,6 +292,112 @@ def check(opts: Options, inventory_file: str | None) -> None:
     results = apply.check(_plan(opts, inventory_file), opts.console())
     if opts.output == "json":
         emit_json([r.as_dict() for r in results])
+
+
+# ---------------------------------------------------------------- images, models, the demo
+
+DEMO_INVENTORY = "inventory/local-cpu.yaml"
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("ORCH_CACHE") or Path.home() / ".cache" / "orchestrate")
+
+
+def _base_image(base: str | None) -> str:
+    """--base, else the local debootstrap base when this machine has one, else python:3.11-slim."""
+    from orchestrate import images
+
+    if base:
+        return base
+    try:
+        import docker
+
+        docker.from_env(timeout=10).images.get(images.LOCAL_BASE)
+        return images.LOCAL_BASE
+    except Exception:  # no engine, or no such image: the build reports it properly
+        return images.DEFAULT_BASE
+
+
+def _build_error(exc: Exception) -> OrchestrateError:
+    return OrchestrateError(str(exc))
+
+
+@cli.group()
+def image() -> None:
+    """Build the images orchestrate ships recipes for (offline, from a host wheelhouse)."""
+
+
+@image.command("build")
+@click.argument("kind", type=click.Choice(["vllm-cpu", "ray"]), default="vllm-cpu")
+@click.option("--base", help="Base image (default: orchestrate/debian-py:bookworm if present, "
+              "else python:3.11-slim-bookworm).")
+@click.option("--tag", help="Image tag (default orchestrate/vllm-cpu:0.32.0 / orchestrate/ray:2.60.0).")
+@click.pass_obj
+def image_build(opts: Options, kind: str, base: str | None, tag: str | None) -> None:
+    """Build the vLLM-on-CPU image (vllm-cpu + ray, with the packaging fixes) or a Ray image."""
+    from orchestrate import images
+
+    console = opts.console()
+    try:
+        image_id = images.build_image(kind, tag=tag, base=_base_image(base),  # type: ignore[arg-type]
+                                      cache_dir=_cache_dir(),
+                                      on_event=lambda line: console("image", None, line))
+    except images.ImageBuildError as exc:
+        raise _build_error(exc) from None
+    emit_text(f"{tag or (images.CPU_IMAGE if kind == 'vllm-cpu' else images.RAY_IMAGE)} {image_id}")
+
+
+@cli.group()
+def model() -> None:
+    """Model helpers."""
+
+
+@model.command("make-tiny")
+@click.argument("out_dir", default="/var/tmp/orchestrate-demo/models/tiny")
+@click.option("--image", "image_ref", default=None, help="Image with torch + transformers "
+              "(default: the vllm-cpu image).")
+def model_make_tiny(out_dir: str, image_ref: str | None) -> None:
+    """Write a tiny random-weight Qwen2 model (real architecture, chat template) for demos."""
+    from orchestrate import images
+
+    try:
+        path = images.make_tiny_model(Path(out_dir), image=image_ref or images.CPU_IMAGE)
+    except images.ImageBuildError as exc:
+        raise _build_error(exc) from None
+    emit_text(str(path))
+
+
+@cli.command()
+@inventory_arg
+@click.option("--base", help="Base image for the vllm-cpu image build.")
+@click.pass_obj
+def demo(opts: Options, inventory_file: str | None, base: str | None) -> None:
+    """No GPUs? Serve a tiny model with real vLLM on this machine: two CPU nodes, PP=2.
+
+    Builds the vllm-cpu image (cached), writes the tiny model to the inventory's model path,
+    then runs `up` on inventory/local-cpu.yaml (two containers with their own addresses on a
+    Docker bridge, vLLM's mp backend) and its checks. `orchestrate down INVENTORY` cleans up.
+    """
+    from orchestrate import apply, images
+
+    path = inventory_file or opts.inventory or DEMO_INVENTORY
+    plan = build_plan(inv_mod.load(path))
+    console = opts.console()
+    try:
+        images.build_image("vllm-cpu", tag=plan.image, base=_base_image(base),
+                           cache_dir=_cache_dir(),
+                           on_event=lambda line: console("image", None, line))  # fmt: skip
+        console("model", None, f"tiny model at {plan.model_host_path}")
+        images.make_tiny_model(Path(plan.model_host_path), image=plan.image)
+    except images.ImageBuildError as exc:
+        raise _build_error(exc) from None
+    _remember(path)
+    report = apply.up(plan, console)
+    emit_text(f"ready: {report.endpoint} serves {plan.served_name!r}; try:\n"
+              f"  curl -s {report.endpoint}/v1/chat/completions -H 'Content-Type: application/json' "
+              f"-d '{{\"model\":\"{plan.served_name}\",\"messages\":[{{\"role\":\"user\","
+              f"\"content\":\"Say hello.\"}}]}}'\n"
+              f"  orchestrate status {path}; orchestrate down {path}")
 
 
 # ---------------------------------------------------------------- entry point

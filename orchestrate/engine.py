@@ -80,6 +80,15 @@ def client_over(runner: SSHRunner, timeout: float = 60) -> docker.DockerClient:
     return client
 
 
+def local_client(name: str, timeout: float = 60) -> docker.DockerClient:
+    """This machine's own engine (connection: local), from DOCKER_HOST or the default socket."""
+    try:
+        return docker.from_env(timeout=int(timeout))
+    except DockerException as exc:
+        raise EngineError(name, f"the local Docker Engine is unreachable: {exc}",
+                          hint="start Docker (dockerd) on this machine") from None  # fmt: skip
+
+
 _TRANSPORT_ERRORS = (
     DockerException, requests.exceptions.RequestException, paramiko.SSHException,
     OSError, EOFError,
@@ -145,8 +154,10 @@ class Engine:
         self.call("image load", self.client.api.load_image, chunks)
 
     # ------------------------------------------------------------ containers
-    def containers(self, deployment: str) -> list[Container]:
-        flt = {"label": f"orchestrate.deployment={deployment}"}
+    def containers(self, deployment: str, host: str) -> list[Container]:
+        """This deployment's containers for inventory host `host` (several local nodes can share
+        one engine)."""
+        flt = {"label": [f"orchestrate.deployment={deployment}", f"orchestrate.host={host}"]}
         found = self.call("ps", self.client.containers.list, all=True, filters=flt)
         return list(found)
 
@@ -184,6 +195,37 @@ class Engine:
         except NotFound:
             return 127, "container is gone"
         return int(res.exit_code or 0), (res.output or b"").decode("utf-8", "replace")
+
+    def ensure_network(self, name: str, subnet: str, deployment: str) -> None:
+        from docker.types import IPAMConfig, IPAMPool
+
+        found = self.call("network ls", self.client.networks.list, names=[name])
+        for net in found:
+            if net.name != name:
+                continue
+            configs = net.attrs.get("IPAM", {}).get("Config") or []
+            if subnet not in [c.get("Subnet") for c in configs]:
+                raise EngineError(self.name, f"Docker network {name} exists with another subnet "
+                                  f"({configs}); expected {subnet}",
+                                  hint=f"docker network rm {name}, or rename network.docker_network")
+            return
+        ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)])
+        labels = {"orchestrate.deployment": deployment}
+        try:
+            self.call("network create", self.client.networks.create, name, driver="bridge",
+                      ipam=ipam, labels=labels)  # fmt: skip
+        except EngineError as exc:
+            if "already exists" not in exc.message:
+                raise
+
+    def remove_network(self, name: str, deployment: str) -> bool:
+        for net in self.call("network ls", self.client.networks.list, names=[name]):
+            if net.name == name and net.attrs.get("Labels", {}).get("orchestrate.deployment") == deployment:
+                net.reload()
+                if not net.attrs.get("Containers"):
+                    self.call("network rm", net.remove)
+                    return True
+        return False
 
     def logs(self, container: Container, **kwargs: Any) -> Any:
         return self.call("logs", container.logs, **kwargs)

@@ -163,6 +163,8 @@ class Host(Strict):
     name: Name
     address: IP
     role: Literal["head", "worker"] = "worker"
+    # local: this machine's own Docker Engine, no SSH (the no-GPU demo: several nodes on one box)
+    connection: Literal["ssh", "local"] = "ssh"
     gpus: Annotated[int, Field(ge=1, le=64, strict=True)]
     nic: Nic | None = None
     ssh: HostSSH = HostSSH()
@@ -170,8 +172,25 @@ class Host(Strict):
     env: dict[EnvName, EnvValue] = {}  # added to (and overriding) the deployment's env on this host
 
 
+def _subnet(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a network such as 172.30.99.0/24 ({exc})") from None
+
+
+class DockerNetwork(Strict):
+    """A user-defined bridge network: each node container gets the host's `address` on it."""
+
+    name: Name
+    subnet: Annotated[str, AfterValidator(_subnet)]
+
+
 class Network(Strict):
     nic: Nic = "eth0"
+    # default: host networking, as run_cluster.sh; set this to give every node container its own
+    # address on one Docker bridge (all nodes then need connection: local)
+    docker_network: DockerNetwork | None = None
     nccl_ib_disable: bool = True
     nccl_debug: Literal["VERSION", "WARN", "INFO", "TRACE"] | None = None
 
@@ -308,6 +327,7 @@ def cross_check(inv: Inventory) -> list[str]:
             seen.setdefault(value, i)
     problems += _check_gpus(inv)
     problems += _check_ports(inv)
+    problems += _check_network(inv)
     if not inv.serve.start and inv.backend != "ray":
         problems.append("serve.start: false needs backend: ray (with mp, the containers are vLLM)")
     for i, host in enumerate(inv.hosts):
@@ -338,6 +358,23 @@ def _check_gpus(inv: Inventory) -> list[str]:
             "each; a tensor-parallel group must fill whole hosts or divide one host"
         ]
     return []
+
+
+def _check_network(inv: Inventory) -> list[str]:
+    net = inv.network.docker_network
+    local = [i for i, h in enumerate(inv.hosts) if h.connection == "local"]
+    if net is None:
+        if len(local) > 1:
+            return [f"hosts[{local[1]}].connection: several local nodes on one machine need "
+                    "network.docker_network (host networking would give them one address)"]
+        return []
+    problems = [f"hosts[{i}].connection: network.docker_network needs connection: local"
+                for i, h in enumerate(inv.hosts) if h.connection != "local"]  # fmt: skip
+    subnet = ipaddress.ip_network(net.subnet)
+    problems += [f"hosts[{i}].address: {h.address} is not in network.docker_network.subnet "
+                 f"{net.subnet}" for i, h in enumerate(inv.hosts)
+                 if ipaddress.ip_address(h.address) not in subnet]  # fmt: skip
+    return problems
 
 
 def _check_ports(inv: Inventory) -> list[str]:

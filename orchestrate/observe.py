@@ -24,7 +24,7 @@ from orchestrate.session import Session, fan_out
 def observed(s: Session, node: NodePlan) -> list[Observed]:
     return [
         Observed(node.host, c.name, c.labels.get(LABEL_HASH, ""), c.status)
-        for c in s.engine(node).containers(s.plan.name)
+        for c in s.engine(node).containers(s.plan.name, node.host)
     ]
 
 

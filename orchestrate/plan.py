@@ -48,7 +48,8 @@ class ContainerSpec:
     ipc: Literal["private", "host"]
     stop_timeout: int
     labels: tuple[tuple[str, str], ...]
-    network_mode: str = "host"
+    network_mode: str = "host"  # or the name of a Docker bridge network ...
+    ipv4_address: str | None = None  # ... with this container's address on it
 
     def spec_hash(self) -> str:
         data = asdict(self)
@@ -65,6 +66,7 @@ class ContainerSpec:
 
 @dataclass(frozen=True)
 class SSHTarget:
+    local: bool  # true: this machine's own Docker Engine and shell, no SSH
     host: str  # where to connect
     port: int
     user: str
@@ -122,6 +124,7 @@ class Plan:
     check_timeout: float
     shm_size: int
     nic: str
+    docker_network: tuple[str, str] | None = None  # (name, subnet) of a bridge network to create
     env: tuple[tuple[str, str], ...] = field(default=())
 
     @property
@@ -196,6 +199,7 @@ def build_plan(inv: Inventory) -> Plan:
         check_timeout=inv.checks.timeout,
         shm_size=inv.container.shm_size,
         nic=inv.network.nic,
+        docker_network=(net.name, net.subnet) if (net := inv.network.docker_network) else None,
         env=_common_env(inv),
     )
 
@@ -276,6 +280,7 @@ def _node(inv: Inventory, host: Host, rank: int) -> NodePlan:
 def _ssh(inv: Inventory, host: Host) -> SSHTarget:
     d = inv.ssh
     return SSHTarget(
+        local=host.connection == "local",
         host=host.ssh.host or host.address,
         port=host.ssh.port or d.port,
         user=host.ssh.user or d.user,
@@ -317,6 +322,8 @@ def _container(inv: Inventory, host: Host, rank: int, role: Role, nic: str) -> C
         ipc=inv.container.ipc,
         stop_timeout=inv.container.stop_timeout,
         labels=tuple(sorted(labels.items())),
+        network_mode=net.name if (net := inv.network.docker_network) else "host",
+        ipv4_address=host.address if inv.network.docker_network else None,
     )
     labels[LABEL_HASH] = spec.spec_hash()
     return replace(spec, labels=tuple(sorted(labels.items())))

@@ -78,7 +78,7 @@ def basic(s: Session, creating: Sequence[NodePlan], fresh: set[str] | None = Non
     def one(node: NodePlan) -> None:
         problems: list[OrchestrateError] = []
         checks = [check_model]
-        if fresh is None or node.host in fresh:
+        if (fresh is None or node.host in fresh) and not node.container.ipv4_address:
             checks.append(check_ports)
         if plan.accelerator == "nvidia":
             checks.append(check_nvidia)

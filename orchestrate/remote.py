@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,3 +223,45 @@ class SSHRunner:
             conn.put(local, remote)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise ConnectError(self.name, f"copy to {remote} failed: {exc}") from None
+
+
+class LocalRunner:
+    """The same interface as SSHRunner, for `connection: local` hosts (this machine)."""
+
+    def __init__(self, name: str, target: SSHTarget) -> None:
+        self.name = name
+        self.target = target
+
+    def connect(self) -> LocalRunner:
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def run(
+        self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True
+    ) -> Result:
+        limit = timeout or self.target.command_timeout
+        try:
+            res = subprocess.run(list(argv), capture_output=True, text=True, timeout=limit,
+                                 stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise RemoteCommandError(self.name, f"`{masker(_line(argv))[:200]}` did not finish "
+                                     f"within {limit:g}s") from None  # fmt: skip
+        except OSError as exc:
+            res = subprocess.CompletedProcess(list(argv), 127, "", str(exc))
+        result = Result(self.name, tuple(argv), res.returncode, res.stdout, res.stderr)
+        if check and not result.ok:
+            raise RemoteCommandError(self.name, f"`{masker(_line(argv))[:200]}` exited with "
+                                     f"{result.exited}", tail=masker(result.tail()))  # fmt: skip
+        return result
+
+    def put(self, local: str, remote: str) -> None:
+        shutil.copyfile(local, remote)
+
+
+Runner = SSHRunner | LocalRunner
+
+
+def runner_for(name: str, target: SSHTarget) -> Runner:
+    return LocalRunner(name, target) if target.local else SSHRunner(name, target)

@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from orchestrate.console import Events, quiet
-from orchestrate.engine import Engine, client_over
+from orchestrate.engine import Engine, client_over, local_client
 from orchestrate.errors import HostError, OrchestrateError, PhaseError
 from orchestrate.plan import NodePlan, Plan
-from orchestrate.remote import SSHRunner
+from orchestrate.remote import Runner, runner_for
 
 T = TypeVar("T")
 MAX_PARALLEL = 32
@@ -46,18 +46,20 @@ class Session:
     def __init__(self, plan: Plan, events: Events = quiet) -> None:
         self.plan = plan
         self.events = events
-        self._runners: dict[str, SSHRunner] = {}
+        self._runners: dict[str, Runner] = {}
         self._engines: dict[str, Engine] = {}
 
-    def runner(self, node: NodePlan) -> SSHRunner:
+    def runner(self, node: NodePlan) -> Runner:
         if node.host not in self._runners:
-            self._runners[node.host] = SSHRunner(node.host, node.ssh)
+            self._runners[node.host] = runner_for(node.host, node.ssh)
         return self._runners[node.host].connect()
 
     def engine(self, node: NodePlan) -> Engine:
         if node.host not in self._engines:
             timeout = max(30.0, node.ssh.command_timeout)
-            self._engines[node.host] = Engine(node.host, client_over(self.runner(node), timeout))
+            runner = self.runner(node)
+            client = local_client(node.host, timeout) if node.ssh.local else client_over(runner, timeout)
+            self._engines[node.host] = Engine(node.host, client)
         return self._engines[node.host]
 
     def connect(self, nodes: Iterable[NodePlan] | None = None) -> None:

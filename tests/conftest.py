@@ -23,6 +23,8 @@ from tests.testbed import TestBed, bed_unavailable_reason, ensure_base_image, en
 
 CACHE = Path(os.environ.get("ORCH_CACHE", "/var/cache/orchestrate"))
 ROOT = Path(__file__).resolve().parent.parent
+WORKDIR = Path("/var/tmp/orchestrate-tests")
+WORKDIR.mkdir(parents=True, exist_ok=True)
 
 
 def _need_bed() -> None:
@@ -117,8 +119,9 @@ def orch(*args: str, timeout: float = 900, env: dict[str, str] | None = None) ->
     """Run the real CLI as a user would; its stderr is echoed so CI logs show progress."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     t0 = time.monotonic()
+    # not the checkout: `up` remembers its inventory in ./.orchestrate/
     res = subprocess.run([sys.executable, "-m", "orchestrate", *args], capture_output=True,
-                         text=True, timeout=timeout, env=full_env, cwd=ROOT)  # fmt: skip
+                         text=True, timeout=timeout, env=full_env, cwd=WORKDIR)  # fmt: skip
     res.elapsed = time.monotonic() - t0  # type: ignore[attr-defined]
     sys.stderr.write(f"$ orchestrate {' '.join(args)}  -> {res.returncode} "
                      f"({res.elapsed:.1f}s)\n{res.stderr[-6000:]}\n")  # type: ignore[attr-defined]

@@ -203,3 +203,19 @@ def test_spec_hash_changes_with_the_spec_only() -> None:
     data["serve"]["max_model_len"] = 8192
     c = build_plan(inventory.parse(data))
     assert c.head.container.spec_hash() != a.head.container.spec_hash()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "inventory").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_inventories_are_valid(path: Path) -> None:
+    plan = _plan(path)
+    assert plan.world_size == plan.total_gpus
+
+
+def test_local_demo_plan_uses_its_own_bridge_addresses() -> None:
+    plan = _plan(ROOT / "inventory" / "local-cpu.yaml")
+    for node in plan.nodes:
+        assert node.ssh.local and node.container.network_mode == "orchestrate-demo"
+        assert node.container.ipv4_address == node.address
+        assert node.container.env_dict()["VLLM_HOST_IP"] == node.address
+    doc = compose.render(plan)["node-1"]
+    assert doc["networks"]["orchestrate-demo"]["ipam"]["config"] == [{"subnet": "172.30.99.0/24"}]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrate.plan import NodePlan, Plan
+from orchestrate.plan import ContainerSpec, NodePlan, Plan
 
 
 def _lit(value: str) -> str:
@@ -22,7 +22,17 @@ def render(plan: Plan) -> dict[str, dict[str, Any]]:
 
 
 def _document(plan: Plan, node: NodePlan) -> dict[str, Any]:
-    return {"services": {node.alias: _service(node)}}
+    doc: dict[str, Any] = {"services": {node.alias: _service(node)}}
+    if plan.docker_network:
+        name, subnet = plan.docker_network
+        doc["networks"] = {name: {"name": name, "ipam": {"config": [{"subnet": subnet}]}}}
+    return doc
+
+
+def _network(spec: ContainerSpec) -> dict[str, Any]:
+    if spec.ipv4_address:
+        return {"networks": {spec.network_mode: {"ipv4_address": spec.ipv4_address}}}
+    return {"network_mode": spec.network_mode}
 
 
 def _service(node: NodePlan) -> dict[str, Any]:
@@ -32,7 +42,7 @@ def _service(node: NodePlan) -> dict[str, Any]:
     svc: dict[str, Any] = {
         "image": spec.image,
         "container_name": spec.name,
-        "network_mode": spec.network_mode,
+        **_network(spec),
         "shm_size": str(spec.shm_size),
         "entrypoint": [_lit(a) for a in spec.entrypoint],
         "command": [_lit(a) for a in spec.command],

@@ -10,7 +10,7 @@ from orchestrate.plan import ContainerSpec
 
 def run_kwargs(spec: ContainerSpec, secrets: Mapping[str, str]) -> dict[str, Any]:
     """kwargs for `client.containers.create(**kw)`; `secrets` maps container variable -> value."""
-    from docker.types import DeviceRequest, Mount
+    from docker.types import DeviceRequest, EndpointConfig, Mount
 
     env = dict(spec.env) | {k: secrets[k] for k, _ in spec.secret_env}
     kwargs: dict[str, Any] = {
@@ -32,6 +32,9 @@ def run_kwargs(spec: ContainerSpec, secrets: Mapping[str, str]) -> dict[str, Any
     }
     if spec.ipc == "host":
         kwargs["ipc_mode"] = "host"
+    if spec.ipv4_address:
+        kwargs["network"] = spec.network_mode
+        kwargs["networking_config"] = {spec.network_mode: EndpointConfig("1.41", ipv4_address=spec.ipv4_address)}
     if spec.gpus:
         kwargs["device_requests"] = [DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
     return kwargs
@@ -40,6 +43,8 @@ def run_kwargs(spec: ContainerSpec, secrets: Mapping[str, str]) -> dict[str, Any
 def describe(spec: ContainerSpec) -> list[str]:
     """A `docker run`-like argv for people (plan, --dry-run); secret values never appear."""
     argv = ["docker", "run", "-d", "--name", spec.name, f"--network={spec.network_mode}"]
+    if spec.ipv4_address:
+        argv.append(f"--ip={spec.ipv4_address}")
     argv += [f"--shm-size={spec.shm_size}"]
     if spec.ipc == "host":
         argv.append("--ipc=host")
