@@ -9,7 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any
 
 from docker.models.containers import Container
 
-from orchestrate import checks, observe, secrets
+from orchestrate import checks, observe, preflight, secrets
 from orchestrate.console import Events, quiet
 from orchestrate.errors import (
     ChecksError,
@@ -132,7 +132,12 @@ def _tail(engine_call: Callable[[], Any]) -> str:
 
 
 def up(
-    plan: Plan, events: Events = quiet, *, run_checks: bool = True, api_key: str | None = None
+    plan: Plan,
+    events: Events = quiet,
+    *,
+    run_checks: bool = True,
+    api_key: str | None = None,
+    skip_checks: Iterable[str] = (),
 ) -> UpReport:
     secret_values = resolve_secrets(plan)
     api_key = api_key or (secret_values.get("VLLM_API_KEY") if plan.api_key_env else None)
@@ -145,7 +150,7 @@ def up(
             changes = _diff(s)
         report.changes = {h: a for h, a in changes.actions.items()}
         with timer("preflight"):
-            _preflight(s, changes)
+            _preflight(s, changes, skip_checks)
         with timer("image"):
             _ensure_image(s)
         if changes.noop:
@@ -180,12 +185,9 @@ def _diff(s: Session) -> Changes:
     return changes
 
 
-def _preflight(s: Session, changes: Changes) -> None:
-    from orchestrate import preflight
-
+def _preflight(s: Session, changes: Changes, skip: Iterable[str]) -> None:
     targets = [n for n in s.plan.nodes if changes.actions[n.host] != "keep"]
-    fresh = {h for h, a in changes.actions.items() if a == "create"}
-    preflight.basic(s, targets, fresh)
+    preflight.for_up(s, targets, skip)
 
 
 def _ensure_image(s: Session) -> None:
@@ -216,6 +218,7 @@ def _replace(s: Session, changes: Changes, secret_values: dict[str, str], timer:
             _wait_gcs(s)
     with timer("workers"):
         fan_out("workers", plan.workers, lambda n: _start(s, n, secret_values), s.events)
+    preflight.shm_in_containers(s)
 
 
 def _start(s: Session, node: NodePlan, secret_values: dict[str, str]) -> None:

@@ -133,16 +133,42 @@ def plan_text(plan: Plan) -> str:
 
 @cli.command("plan")
 @inventory_arg
+@click.option("--model-config", type=click.Path(exists=True, dir_okay=False),
+              help="The model's config.json here: add fit planning (weights, KV cache, TP/PP).")
 @click.pass_obj
-def plan_cmd(opts: Options, inventory_file: str | None) -> None:
+def plan_cmd(opts: Options, inventory_file: str | None, model_config: str | None) -> None:
     """Print what would run on each host (secrets are shown as ${VAR} references)."""
     plan = _plan(opts, inventory_file)
+    if model_config:
+        _print_fit(opts, plan, model_config)
+        return
     if opts.output == "json":
         emit_json(plan_data(plan))
     elif opts.target == "docker":
         emit_text(plan_text(plan))
     else:
         _render_to(opts, plan, None, "deployment")
+
+
+def _print_fit(opts: Options, plan: Plan, config_path: str) -> None:
+    import json
+
+    from orchestrate import fit, preflight
+
+    if not plan.gpu_memory_gib:
+        raise OrchestrateError("fit planning needs gpu_memory_gib in the inventory")
+    try:
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        report = preflight.fit_report(plan, config, plan.gpu_memory_gib)
+        shape = fit.ModelShape.from_config(config, name=plan.served_name)
+        best = fit.suggest(shape, plan.head.gpus, plan.gpu_memory_gib, len(plan.nodes),
+                           plan.max_model_len or 4096)  # fmt: skip
+    except (ValueError, OSError) as exc:
+        raise OrchestrateError(f"{config_path}: {exc}") from None
+    if opts.output == "json":
+        emit_json({"fit": report.as_dict(), "suggested": {"tp": best.tp, "pp": best.pp}})
+        return
+    emit_text("\n".join([*report.lines(), f"suggested: TP {best.tp} x PP {best.pp}"]))
 
 
 def rendered(target: str, plan: Plan, flavor: str) -> dict[str, str]:
@@ -191,8 +217,11 @@ def render(opts: Options, inventory_file: str | None, out_dir: str | None, flavo
 @inventory_arg
 @click.option("--dry-run", is_flag=True, help="Print what would run on each host; touch nothing.")
 @click.option("--no-checks", is_flag=True, help="Skip the chat/stream checks at the end.")
+@click.option("--skip-check", "skip_checks", multiple=True, metavar="CHECK",
+              help="Skip one preflight check (model, shm, nic, ports, gpus); repeatable.")
 @click.pass_obj
-def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool) -> None:
+def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool,
+       skip_checks: tuple[str, ...]) -> None:
     """Preflight, start head and workers, wait for Ray and vLLM, prove it serves."""
     from orchestrate import apply
 
@@ -202,13 +231,41 @@ def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool
         emit_json(plan_data(plan)) if opts.output == "json" else emit_text(plan_text(plan))
         return
     _remember(path)
-    report = apply.up(plan, opts.console(), run_checks=not no_checks)
+    report = apply.up(plan, opts.console(), run_checks=not no_checks, skip_checks=skip_checks)
     if opts.output == "json":
         emit_json(report.as_dict())
         return
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items())
     emit_text(f"ready: {report.endpoint}  model {plan.served_name}  {report.nodes} nodes, "
               f"{report.gpus} GPUs\nphases: {phases}")
+
+
+@cli.command("preflight")
+@inventory_arg
+@click.option("--skip", "skip", multiple=True, metavar="CHECK",
+              help="Skip a check (repeatable): " + ", ".join(
+                  ["docker", "gpus", "nic", "route", "hostname", "ports", "reach-head", "model",
+                   "shm", "image"]))
+@click.pass_obj
+def preflight_cmd(opts: Options, inventory_file: str | None, skip: tuple[str, ...]) -> None:
+    """Check every host before anything starts: one table, the fix for each failure."""
+    from orchestrate import preflight
+    from orchestrate.session import Session
+
+    plan = _plan(opts, inventory_file)
+    with Session(plan, opts.console() if opts.verbose else _quiet) as s:
+        rows = preflight.run(s, skip=skip)
+    if opts.output == "json":
+        emit_json(preflight.table_dict(rows))
+    else:
+        emit_table(f"preflight {plan.name}", ["host", "check", "status", "message", "fix"],
+                   [(r.host, r.check, r.status, r.message, r.fix) for r in rows])
+    if preflight.failures(rows):
+        sys.exit(1)
+
+
+def _quiet(phase: str, host: str | None, message: str) -> None:
+    pass
 
 
 @cli.command()

@@ -16,7 +16,7 @@ from typing import Any
 import docker
 import paramiko
 import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.transport.sshconn import SSHConnection, SSHConnectionPool, SSHHTTPAdapter
 

@@ -275,6 +275,8 @@ class Inventory(Strict):
     images: Images = Images()
     backend: Literal["ray", "mp"] = "ray"
     accelerator: Literal["nvidia", "cpu"] = "nvidia"
+    # memory of one GPU, for fit planning (preflight reads nvidia-smi when this is not set)
+    gpu_memory_gib: Annotated[float, Field(gt=0, le=4096)] | None = None
     ssh: SSHDefaults = SSHDefaults()
     network: Network = Network()
     ray: Ray = Ray()

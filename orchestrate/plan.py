@@ -125,6 +125,9 @@ class Plan:
     shm_size: int
     nic: str
     docker_network: tuple[str, str] | None = None  # (name, subnet) of a bridge network to create
+    gpu_memory_gib: float | None = None
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
     env: tuple[tuple[str, str], ...] = field(default=())
 
     @property
@@ -200,6 +203,9 @@ def build_plan(inv: Inventory) -> Plan:
         shm_size=inv.container.shm_size,
         nic=inv.network.nic,
         docker_network=(net.name, net.subnet) if (net := inv.network.docker_network) else None,
+        gpu_memory_gib=inv.gpu_memory_gib,
+        gpu_memory_utilization=inv.serve.gpu_memory_utilization,
+        max_model_len=inv.serve.max_model_len,
         env=_common_env(inv),
     )
 

@@ -1,16 +1,139 @@
-"""Checks run on every host before anything starts, each failure naming the host and the fix.
+"""Preflight: catch the known multi-node failures on every host before a GPU minute is wasted.
 
-`basic` is the preflight phase of `up`: model present, ports free, NVIDIA runtime present.
+Each check runs on every host in parallel and yields one row (host, check, status, message, fix);
+cross-host checks (same image, same driver, same vLLM) compare the rows afterwards. `up` runs the
+checks that matter for the hosts it is about to (re)create and stops on the first failing phase;
+`orchestrate preflight` prints the whole table. See the research notes' failure modes 1-19.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
 
-from orchestrate.errors import HostError, OrchestrateError
+from orchestrate.errors import HostError, PhaseError
 from orchestrate.plan import NodePlan, Plan
 from orchestrate.session import Session, fan_out
+
+Status = Literal["ok", "warn", "fail", "skip"]
+SHM_FLOOR = 1 << 30  # vLLM rank 0 needs ~170 MiB; NCCL and Ray far more: below 1 GiB is a mistake
+
+
+@dataclass(frozen=True)
+class Row:
+    host: str
+    check: str
+    status: Status
+    message: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+CheckFn = Callable[[Session, NodePlan], Row]
+CHECKS: dict[str, CheckFn] = {}
+
+
+def check(name: str) -> Callable[[CheckFn], CheckFn]:
+    def register(fn: CheckFn) -> CheckFn:
+        CHECKS[name] = fn
+        return fn
+
+    return register
+
+
+def _ok(node: NodePlan, name: str, message: str) -> Row:
+    return Row(node.host, name, "ok", message)
+
+
+def _fail(node: NodePlan, name: str, message: str, fix: str) -> Row:
+    return Row(node.host, name, "fail", message, fix)
+
+
+def _skip(node: NodePlan, name: str, message: str) -> Row:
+    return Row(node.host, name, "skip", message)
+
+
+# ---------------------------------------------------------------- per-host checks
+
+
+@check("docker")
+def check_docker(s: Session, node: NodePlan) -> Row:
+    info = s.engine(node).info()
+    return _ok(node, "docker", f"Docker {info.get('ServerVersion', '?')}, "
+                               f"{info.get('NCPU', '?')} CPUs")  # fmt: skip
+
+
+@check("gpus")
+def check_gpus(s: Session, node: NodePlan) -> Row:
+    if s.plan.accelerator == "cpu":
+        return _skip(node, "gpus", "CPU hosts (accelerator: cpu)")
+    if "nvidia" not in s.engine(node).info().get("Runtimes", {}):
+        return _fail(node, "gpus", "the Docker Engine has no nvidia runtime",
+                     "install the NVIDIA Container Toolkit; nvidia-ctk runtime configure")  # fmt: skip
+    res = s.runner(node).run(["nvidia-smi", "--query-gpu=driver_version,name,memory.total",
+                              "--format=csv,noheader"], check=False, timeout=30)  # fmt: skip
+    if not res.ok:
+        return _fail(node, "gpus", f"nvidia-smi failed: {res.tail(2)}", "check the NVIDIA driver")
+    gpus = [line for line in res.stdout.splitlines() if line.strip()]
+    driver = gpus[0].split(",")[0].strip() if gpus else "?"
+    if len(gpus) < node.gpus:
+        return _fail(node, "gpus", f"{len(gpus)} GPUs found, the inventory says {node.gpus}",
+                     "fix hosts[].gpus or the host's GPUs")  # fmt: skip
+    return _ok(node, "gpus", f"{len(gpus)} x {gpus[0].split(',')[1].strip()}, driver {driver}")
+
+
+@check("nic")
+def check_nic(s: Session, node: NodePlan) -> Row:
+    if node.container.ipv4_address:
+        return _skip(node, "nic", "Docker bridge network: the container's own eth0")
+    res = s.runner(node).run(["ip", "-o", "addr", "show", "dev", node.nic], check=False, timeout=30)
+    if not res.ok:
+        return _fail(node, "nic", f"no network interface {node.nic} on this host",
+                     f"set network.nic or hosts[].nic to the NIC that owns {node.address} "
+                     "(ip -br addr)")  # fmt: skip
+    owned = {ipaddress.ip_interface(m).ip.compressed
+             for m in re.findall(r"inet6? (\S+)", res.stdout)}  # fmt: skip
+    if node.address not in owned:
+        return _fail(node, "nic", f"{node.nic} does not own {node.address} (it has "
+                     f"{', '.join(sorted(owned)) or 'no address'}); NCCL/Gloo would use the "
+                     "wrong interface", f"set hosts[].nic to the NIC that owns {node.address}")
+    return _ok(node, "nic", f"{node.nic} owns {node.address}")
+
+
+@check("route")
+def check_route(s: Session, node: NodePlan) -> Row:
+    head = s.plan.head
+    if node.role == "head" or node.container.ipv4_address:
+        return _skip(node, "route", "head" if node.role == "head" else "Docker bridge network")
+    res = s.runner(node).run(["ip", "-o", "route", "get", head.address], check=False, timeout=30)
+    dev = re.search(r"\bdev (\S+)", res.stdout)
+    src = re.search(r"\bsrc (\S+)", res.stdout)
+    if not res.ok or not dev:
+        return _fail(node, "route", f"no route to the head {head.address}", "check the network")
+    if dev.group(1) != node.nic or (src and src.group(1) != node.address):
+        return _fail(node, "route", f"the route to the head {head.address} leaves through "
+                     f"{dev.group(1)} (src {src.group(1) if src else '?'}), not {node.nic} "
+                     f"({node.address})", "fix the routes, or the NIC in the inventory")  # fmt: skip
+    return _ok(node, "route", f"to head via {node.nic}")
+
+
+@check("hostname")
+def check_hostname(s: Session, node: NodePlan) -> Row:
+    if node.ssh.local:
+        return _skip(node, "hostname", "local node")
+    name = s.runner(node).run(["hostname"], timeout=30).stdout.strip()
+    res = s.runner(node).run(["getent", "hosts", name], check=False, timeout=30)
+    addrs = res.stdout.split()[:1]
+    if addrs and ipaddress.ip_address(addrs[0]).is_loopback:
+        return _fail(node, "hostname", f"hostname {name} resolves to {addrs[0]}; Gloo would fall "
+                     "back to the loopback address", f"map {name} to {node.address} in /etc/hosts "
+                     "(vLLM #7074)")  # fmt: skip
+    return _ok(node, "hostname", f"{name} -> {addrs[0] if addrs else 'unresolved (fine)'}")
 
 
 def node_ports(plan: Plan, node: NodePlan) -> dict[int, str]:
@@ -35,63 +158,215 @@ def listening_ports(ss_output: str) -> set[int]:
     return ports
 
 
-def check_model(s: Session, node: NodePlan) -> None:
-    path = s.plan.model_host_path
-    res = s.runner(node).run(["test", "-f", f"{path}/config.json"], check=False, timeout=30)
-    if not res.ok:
-        raise HostError(
-            node.host,
-            f"model not found: {path}/config.json does not exist on this host",
-            hint="copy the model to the same path on every host (orchestrate model sync)",
-        )
-
-
-def check_ports(s: Session, node: NodePlan) -> None:
+@check("ports")
+def check_ports(s: Session, node: NodePlan) -> Row:
+    if node.container.ipv4_address:
+        return _skip(node, "ports", "Docker bridge network: the container has its own ports")
+    if s.engine(node).container(node.container.name) is not None:
+        return _skip(node, "ports", "our container exists; up replaces it")
     res = s.runner(node).run(["ss", "-Htln"], check=False, timeout=30)
     if not res.ok:
-        return  # no `ss` on this host: nothing to compare; the container start will tell
+        return _skip(node, "ports", "no `ss` on this host")
     busy = listening_ports(res.stdout)
     taken = [f"{port} ({field})" for port, field in node_ports(s.plan, node).items() if port in busy]
     if taken:
-        raise HostError(
-            node.host,
-            f"port(s) already in use on {node.address}: {', '.join(taken)}",
-            hint="stop what listens there (ss -ltnp) or choose other ports in the inventory",
-        )
+        return _fail(node, "ports", f"already in use on {node.address}: {', '.join(taken)}",
+                     "stop what listens there (ss -ltnp) or choose other ports in the inventory")
+    return _ok(node, "ports", "free: " + ", ".join(str(p) for p in node_ports(s.plan, node)))
 
 
-def check_nvidia(s: Session, node: NodePlan) -> None:
-    runtimes = s.engine(node).info().get("Runtimes", {})
-    if "nvidia" not in runtimes:
-        raise HostError(
-            node.host,
-            "the Docker Engine has no nvidia runtime, so containers cannot get GPUs",
-            hint="install the NVIDIA Container Toolkit and run nvidia-ctk runtime configure",
-        )
+def head_ports(plan: Plan) -> dict[int, str]:
+    return {p: f for p, f in node_ports(plan, plan.head).items() if f != "ray.dashboard_port"}
 
 
-def basic(s: Session, creating: Sequence[NodePlan], fresh: set[str] | None = None) -> None:
-    """Checks for the nodes about to be (re)created; ports only where none of ours runs yet
-    (`fresh` host names), since our own old container holds them until the stop phase."""
-    plan = s.plan
+@check("reach-head")
+def check_reach_head(s: Session, node: NodePlan) -> Row:
+    """TCP from the worker to the head's ports. Before start, "connection refused" is fine (the
+    host answered); a timeout means a firewall drops it (vLLM #7815-style hangs later)."""
+    if node.role == "head":
+        return _skip(node, "reach-head", "head")
+    probe = 'exec 3<>"/dev/tcp/$0/$1"'
+    blocked = []
+    for port, field in head_ports(s.plan).items():
+        res = s.runner(node).run(["timeout", "4", "bash", "-c", probe, s.plan.head.address,
+                                  str(port)], check=False, timeout=30)  # fmt: skip
+        if res.exited == 124 or "timed out" in res.stderr or "No route" in res.stderr:
+            blocked.append(f"{port} ({field})")
+    if blocked:
+        return _fail(node, "reach-head", f"cannot reach the head {s.plan.head.address} on "
+                     f"{', '.join(blocked)} (packets dropped)",
+                     "open these ports between the hosts (firewalld/iptables/security group)")
+    return _ok(node, "reach-head", f"head ports reachable: {', '.join(map(str, head_ports(s.plan)))}")
+
+
+@check("model")
+def check_model(s: Session, node: NodePlan) -> Row:
+    path = s.plan.model_host_path
+    res = s.runner(node).run(["test", "-f", f"{path}/config.json"], check=False, timeout=30)
+    if not res.ok:
+        return _fail(node, "model", f"{path}/config.json does not exist on this host",
+                     "copy the model to the same path on every host (orchestrate model sync)")
+    return _ok(node, "model", f"{path} has config.json")
+
+
+@check("shm")
+def check_shm(s: Session, node: NodePlan) -> Row:
+    size = node.container.shm_size
+    if size < SHM_FLOOR:
+        return _fail(node, "shm", f"container.shm_size is {size >> 20} MiB; vLLM, NCCL and Ray "
+                     "need more (Docker's 64 MB default kills rank 0)",
+                     "set container.shm_size to 1Gi or more (the post used 10Gi)")  # fmt: skip
+    return _ok(node, "shm", f"{size >> 20} MiB planned")
+
+
+_PROBE = (
+    "command -v ray >/dev/null && echo RAY=yes || echo RAY=no; "
+    "python3 -c 'import importlib.metadata as m; print(\"VLLM=\" + m.version(\"vllm\"))' "
+    "2>/dev/null || echo VLLM=none"
+)
+
+
+@check("image")
+def check_image(s: Session, node: NodePlan) -> Row:
+    engine, image = s.engine(node), s.plan.image
+    image_id = engine.image_id(image)
+    if image_id is None:
+        how = "pull it" if s.plan.image_source == "registry" else f"send it from {s.plan.image_source}"
+        return Row(node.host, "image", "warn", f"{image} is not on this host; up will {how}")
+    out = engine.call("run", engine.client.containers.run, image, ["-c", _PROBE],
+                      entrypoint="sh", remove=True, network_mode="none")  # fmt: skip
+    facts = dict(re.findall(r"^(RAY|VLLM)=(\S+)$", out.decode(), flags=re.M))
+    message = f"{image_id[7:19]} ray={facts.get('RAY', '?')} vllm={facts.get('VLLM', '?')}"
+    if s.plan.backend == "ray" and facts.get("RAY") != "yes":
+        return _fail(node, "image", f"ray is not installed in {image} ({message}); current "
+                     "vllm/vllm-openai images no longer ship Ray",
+                     "set backend: mp, or use an image that contains ray")  # fmt: skip
+    return _ok(node, "image", message)
+
+
+def fit_report(plan: Plan, config: dict[str, object], gpu_memory_gib: float):  # type: ignore[no-untyped-def]
+    from orchestrate import fit
+
+    shape = fit.ModelShape.from_config(config, name=plan.served_name)
+    return fit.fit(shape, tp=plan.tensor_parallel, pp=plan.pipeline_parallel,
+                   gpus_per_host=plan.head.gpus, gpu_memory_gib=gpu_memory_gib,
+                   gpu_memory_utilization=plan.gpu_memory_utilization or 0.9,
+                   max_model_len=plan.max_model_len or shape.max_context or 4096)  # fmt: skip
+
+
+def _gpu_memory_gib(s: Session, node: NodePlan) -> float | None:
+    if s.plan.gpu_memory_gib:
+        return s.plan.gpu_memory_gib
+    if s.plan.accelerator == "cpu":
+        return None
+    res = s.runner(node).run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,"
+                              "nounits"], check=False, timeout=30)  # fmt: skip
+    values = [float(v) for v in res.stdout.split() if v.replace(".", "").isdigit()]
+    return min(values) / 1024 if res.ok and values else None
+
+
+@check("fit")
+def check_fit(s: Session, node: NodePlan) -> Row:
+    """From config.json and the GPUs' memory: heads/layers divide, weights and KV cache fit."""
+    import json
+
+    if node.role != "head":
+        return _skip(node, "fit", "checked on the head")
+    memory = _gpu_memory_gib(s, node)
+    if memory is None:
+        return _skip(node, "fit", "no GPU memory known (set gpu_memory_gib)")
+    res = s.runner(node).run(["cat", f"{s.plan.model_host_path}/config.json"], check=False,
+                             timeout=30)  # fmt: skip
+    try:
+        report = fit_report(s.plan, json.loads(res.stdout), memory)
+    except ValueError as exc:
+        return _skip(node, "fit", f"cannot read config.json: {exc}")
+    summary = " ".join(report.lines()[:2])
+    if report.problems:
+        return _fail(node, "fit", "; ".join(report.problems), "change TP/PP or max_model_len")
+    if report.warnings:
+        return Row(node.host, "fit", "warn", "; ".join(report.warnings), summary)
+    return _ok(node, "fit", summary)
+
+
+# ---------------------------------------------------------------- running them
+
+
+def run(
+    s: Session, nodes: Sequence[NodePlan] | None = None, skip: Iterable[str] = ()
+) -> list[Row]:
+    """Every check on every node, in parallel; a host that cannot be reached is one failed row."""
+    targets = list(nodes if nodes is not None else s.plan.nodes)
+    names = [n for n in CHECKS if n not in set(skip)]
+
+    def one(node: NodePlan) -> list[Row]:
+        try:
+            s.runner(node)
+        except HostError as exc:
+            return [Row(node.host, "ssh", "fail", exc.message.split(": ", 1)[-1], exc.hint or "")]
+        rows = [_ok(node, "ssh", "local" if node.ssh.local else f"{node.ssh.user}@{node.ssh.host}")]
+        for name in names:
+            try:
+                row = CHECKS[name](s, node)
+            except HostError as exc:
+                row = Row(node.host, name, "fail", exc.message.split(": ", 1)[-1], exc.hint or "")
+            rows.append(row)
+            s.events("preflight", node.host, f"{row.status:<4} {name}: {row.message}")
+        return rows
+
+    rows = [r for group in fan_out("preflight", targets, one, s.events) for r in group]
+    return rows + _compare(rows, "image", "the image differs between hosts",
+                           "pin the image by digest, or use images.source: head")  # fmt: skip
+
+
+def _compare(rows: list[Row], name: str, what: str, fix: str) -> list[Row]:
+    seen = {r.host: r.message.split()[0] for r in rows if r.check == name and r.status == "ok"}
+    if len(set(seen.values())) <= 1:
+        return []
+    head_value = next(iter(seen.values()))
+    return [Row(h, f"same-{name}", "fail", f"{what}: {v} here, {head_value} on the first host", fix)
+            for h, v in seen.items() if v != head_value]  # fmt: skip
+
+
+def failures(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if r.status == "fail"]
+
+
+def raise_for(rows: Sequence[Row]) -> None:
+    bad = failures(rows)
+    if bad:
+        raise PhaseError("preflight", [
+            HostError(r.host, f"{r.check}: {r.message}", hint=r.fix or None) for r in bad
+        ])  # fmt: skip
+
+
+# Checks `up` runs for the nodes it (re)creates; the image is handled by its own phase.
+UP_CHECKS = ("model", "shm", "nic", "ports", "gpus")
+
+
+def for_up(s: Session, creating: Sequence[NodePlan], skip: Iterable[str] = ()) -> None:
+    skipped = set(CHECKS) - set(UP_CHECKS) | set(skip)
+    raise_for(run(s, creating, skip=skipped))
+
+
+def shm_in_containers(s: Session) -> None:
+    """After start: /dev/shm inside each container really has the planned size."""
 
     def one(node: NodePlan) -> None:
-        problems: list[OrchestrateError] = []
-        checks = [check_model]
-        if (fresh is None or node.host in fresh) and not node.container.ipv4_address:
-            checks.append(check_ports)
-        if plan.accelerator == "nvidia":
-            checks.append(check_nvidia)
-        for check in checks:
-            try:
-                check(s, node)
-            except HostError as exc:
-                problems.append(exc)
-        if problems:
-            if len(problems) == 1:
-                raise problems[0]
-            raise HostError(node.host, "; ".join(p.message.split(": ", 1)[1] for p in problems),
-                            hint=problems[0].hint)  # fmt: skip
-        s.events("preflight", node.host, "ok")
+        engine = s.engine(node)
+        c = engine.container(node.container.name)
+        if c is None or c.status != "running":
+            return
+        code, out = engine.exec(c, ["df", "-B1", "--output=size", "/dev/shm"])
+        sizes = [int(x) for x in out.split() if x.isdigit()]
+        if code == 0 and sizes and sizes[0] < node.container.shm_size * 0.95:
+            raise HostError(node.host, f"/dev/shm in {node.container.name} is {sizes[0] >> 20} MiB, "
+                            f"planned {node.container.shm_size >> 20} MiB",
+                            hint="the engine ignored --shm-size; check the Docker version")
 
-    fan_out("preflight", creating, one, s.events)
+    fan_out("shm", s.plan.nodes, one, s.events)
+
+
+def table_dict(rows: Sequence[Row]) -> dict[str, object]:
+    return {"ok": not failures(rows), "rows": [r.as_dict() for r in rows]}
+

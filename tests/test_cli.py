@@ -72,3 +72,10 @@ def test_schema_is_json_schema() -> None:
 def test_logs_unknown_node_is_a_usage_error() -> None:
     res = run("logs", "worker-9")
     assert res.returncode == 2 and "no node 'worker-9'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_plan_with_model_config_warns_that_the_model_fits_one_gpu() -> None:
+    res = run("plan", "--model-config", str(CASES.parent / "fit_configs" /
+                                             "Qwen2.5-32B-Instruct-GPTQ-Int4.json"))
+    assert res.returncode == 0, res.stderr
+    assert "would fit on 1 GPU" in res.stdout and "suggested: TP 1 x PP 1" in res.stdout
