@@ -222,8 +222,7 @@ def _replace(s: Session, changes: Changes, secret_values: dict[str, str], timer:
 
 
 def _start(s: Session, node: NodePlan, secret_values: dict[str, str]) -> None:
-    env = {k: secret_values[src] for k, src in node.container.secret_env}
-    kwargs = run_kwargs(node.container, env)
+    kwargs = run_kwargs(node.container, secret_values)
     s.events("start", node.host, f"creating {node.container.name} ({node.role})")
     s.engine(node).create_and_start(kwargs)
 

@@ -18,7 +18,7 @@ import click
 
 from orchestrate import inventory as inv_mod
 from orchestrate.console import Console, emit_json, emit_table, emit_text
-from orchestrate.errors import EXIT_INTERRUPTED, OrchestrateError
+from orchestrate.errors import EXIT_INTERRUPTED, OrchestrateError, UsageError
 from orchestrate.plan import Plan, build_plan
 from orchestrate.render import compose as compose_r
 from orchestrate.render import docker as docker_r
@@ -218,7 +218,8 @@ def render(opts: Options, inventory_file: str | None, out_dir: str | None, flavo
 @click.option("--dry-run", is_flag=True, help="Print what would run on each host; touch nothing.")
 @click.option("--no-checks", is_flag=True, help="Skip the chat/stream checks at the end.")
 @click.option("--skip-check", "skip_checks", multiple=True, metavar="CHECK",
-              help="Skip one preflight check (model, shm, nic, ports, gpus); repeatable.")
+              help="Skip one preflight check (model, model-hash, shm, nic, ports, gpus); "
+                   "repeatable.")
 @click.pass_obj
 def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool,
        skip_checks: tuple[str, ...]) -> None:
@@ -245,7 +246,7 @@ def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool
 @click.option("--skip", "skip", multiple=True, metavar="CHECK",
               help="Skip a check (repeatable): " + ", ".join(
                   ["docker", "gpus", "nic", "route", "hostname", "ports", "reach-head", "model",
-                   "shm", "image"]))
+                   "shm", "image", "fit", "model-hash"]))
 @click.pass_obj
 def preflight_cmd(opts: Options, inventory_file: str | None, skip: tuple[str, ...]) -> None:
     """Check every host before anything starts: one table, the fix for each failure."""
@@ -422,6 +423,55 @@ def model_make_tiny(out_dir: str, image_ref: str | None) -> None:
     except images.ImageBuildError as exc:
         raise _build_error(exc) from None
     emit_text(str(path))
+
+
+@model.command("verify")
+@inventory_arg
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False),
+              help="A local sha256sum manifest (default: model.manifest on the head, e.g. sum.txt).")
+@click.option("--rehash", is_flag=True, help="Ignore the per-host hash cache.")
+@click.pass_obj
+def model_verify(opts: Options, inventory_file: str | None, manifest: str | None,
+                 rehash: bool) -> None:
+    """Same files, sizes and sha256 on every host, in parallel; cached by path+size+mtime."""
+    from orchestrate import modelcheck
+    from orchestrate.session import Session
+
+    plan = _plan(opts, inventory_file)
+    with Session(plan, opts.console()) as s:
+        report = modelcheck.verify(s, manifest=Path(manifest) if manifest else None,
+                                   rehash=rehash, check=False)  # fmt: skip
+    if opts.output == "json":
+        emit_json(report.as_dict())
+    else:
+        emit_text("\n".join(report.lines()))
+    if not report.ok:
+        sys.exit(1)
+
+
+@model.command("sync")
+@inventory_arg
+@click.option("--from", "source", type=click.Choice(["head", "local"]), default="head",
+              show_default=True, help="Copy from the head host, or from a directory here.")
+@click.option("--dir", "local_dir", type=click.Path(exists=True, file_okay=False),
+              help="With --from local: the model directory on this machine.")
+@click.pass_obj
+def model_sync(opts: Options, inventory_file: str | None, source: str,
+               local_dir: str | None) -> None:
+    """Copy the model to hosts that lack it or differ (resumable), then verify again."""
+    from orchestrate import modelcheck
+    from orchestrate.session import Session
+
+    if source == "local" and not local_dir:
+        raise UsageError("--from local needs --dir DIR (the model directory on this machine)")
+    plan = _plan(opts, inventory_file)
+    with Session(plan, opts.console()) as s:
+        report = modelcheck.sync(s, source,  # type: ignore[arg-type]
+                                 Path(local_dir) if local_dir else None)  # fmt: skip
+    if opts.output == "json":
+        emit_json(report.as_dict())
+    else:
+        emit_text("\n".join(report.lines()))
 
 
 @cli.command()

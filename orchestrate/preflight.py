@@ -172,7 +172,8 @@ def check_ports(s: Session, node: NodePlan) -> Row:
     if taken:
         return _fail(node, "ports", f"already in use on {node.address}: {', '.join(taken)}",
                      "stop what listens there (ss -ltnp) or choose other ports in the inventory")
-    return _ok(node, "ports", "free: " + ", ".join(str(p) for p in node_ports(s.plan, node)))
+    ports = ", ".join(str(p) for p in node_ports(s.plan, node))
+    return _ok(node, "ports", f"free: {ports}" if ports else "none needed on this node")
 
 
 def head_ports(plan: Plan) -> dict[int, str]:
@@ -315,8 +316,31 @@ def run(
         return rows
 
     rows = [r for group in fan_out("preflight", targets, one, s.events) for r in group]
+    if "model-hash" not in set(skip) and s.plan.model_manifest:
+        rows += _model_hashes(s, targets, rows)
     return rows + _compare(rows, "image", "the image differs between hosts",
                            "pin the image by digest, or use images.source: head")  # fmt: skip
+
+
+def _model_hashes(s: Session, targets: Sequence[NodePlan], rows: Sequence[Row]) -> list[Row]:
+    """Same files, sizes and sha256 as the manifest (the post's sum.txt) on every host, in
+    parallel and cached per host by path+size+mtime (modelcheck)."""
+    from orchestrate import modelcheck
+
+    present = {r.host for r in rows if r.check == "model" and r.status == "ok"}
+    nodes = [n for n in targets if n.host in present]
+    if not nodes or s.plan.head.host not in present:
+        return []
+    report = modelcheck.verify(s, nodes, check=False)
+    out = []
+    for h in report.hosts:
+        if h.ok:
+            out.append(Row(h.host, "model-hash", "ok", f"matches {report.reference}"))
+        else:
+            err = h.error()
+            out.append(Row(h.host, "model-hash", "fail", err.message.split(": ", 1)[1],
+                           err.hint or ""))  # fmt: skip
+    return out
 
 
 def _compare(rows: list[Row], name: str, what: str, fix: str) -> list[Row]:
@@ -341,11 +365,11 @@ def raise_for(rows: Sequence[Row]) -> None:
 
 
 # Checks `up` runs for the nodes it (re)creates; the image is handled by its own phase.
-UP_CHECKS = ("model", "shm", "nic", "ports", "gpus")
+UP_CHECKS = ("model", "shm", "nic", "ports", "gpus", "model-hash")
 
 
 def for_up(s: Session, creating: Sequence[NodePlan], skip: Iterable[str] = ()) -> None:
-    skipped = set(CHECKS) - set(UP_CHECKS) | set(skip)
+    skipped = (set(CHECKS) | {"model-hash"}) - set(UP_CHECKS) | set(skip)
     raise_for(run(s, creating, skip=skipped))
 
 

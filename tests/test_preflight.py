@@ -157,3 +157,28 @@ def test_fit_fails_when_the_weights_do_not_fit(models: TestBed, tmp_path: Path) 
     code, rows = preflight(inventory(models, tmp_path, gpu_memory_gib=4))
     assert code == 1 and failed(rows) == [("hb1", "fit")]
     assert "GiB" in next(r["message"] for r in rows if r["check"] == "fit")
+
+
+def test_one_corrupted_shard_is_caught_by_its_hash(models: TestBed, tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    shards = {f"model-0000{k}-of-00002.safetensors": os.urandom(1 << 20) for k in (1, 2)}
+    sums = "".join(f"{hashlib.sha256(b).hexdigest()}  {n}\n" for n, b in sorted(shards.items()))
+    for i in (1, 2):  # the same bytes and sum.txt on both hosts ...
+        d = models.private_dir(i) / "models" / "m"
+        for name, blob in shards.items():
+            (d / name).write_bytes(blob)
+        (d / "sum.txt").write_text(sums)
+    shard = models.private_dir(2) / "models" / "m" / "model-00002-of-00002.safetensors"
+    blob = bytearray(shard.read_bytes())
+    blob[4096] ^= 0xFF  # ... except one flipped byte on hb2, same size
+    shard.write_bytes(bytes(blob))
+    path = inventory(models, tmp_path, model={"host_dir": MODEL, "name": "m", "manifest": "sum.txt"})
+    code, rows = preflight(path)
+    assert code == 1 and failed(rows) == [("hb2", "model-hash")]
+    assert "model-00002-of-00002.safetensors" in next(r["message"] for r in rows
+                                                      if r["check"] == "model-hash" and r["host"] == "hb2")
+    res = orch("up", str(path), timeout=120)
+    assert res.returncode == 1 and "hb2: model-hash:" in res.stderr
+    assert_nothing_started(models)

@@ -219,3 +219,13 @@ def test_local_demo_plan_uses_its_own_bridge_addresses() -> None:
         assert node.container.env_dict()["VLLM_HOST_IP"] == node.address
     doc = compose.render(plan)["node-1"]
     assert doc["networks"]["orchestrate-demo"]["ipam"]["config"] == [{"subnet": "172.30.99.0/24"}]
+
+
+def test_docker_kwargs_carry_resolved_secrets_by_container_name() -> None:
+    from orchestrate.render.docker import run_kwargs
+
+    plan = _plan(CASES / "valid" / "two-host-mp-secrets.yaml")
+    values = {"HF_TOKEN": "t", "VLLM_API_KEY": "k", "WANDB_API_KEY": "w"}
+    kwargs = run_kwargs(plan.head.container, values)
+    assert {k: kwargs["environment"][k] for k in values} == values
+    assert "k" not in kwargs["command"]

@@ -9,9 +9,11 @@ reaches the user as one clear error with the log tail.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import bed_inventory, orch, orch_json, ps
@@ -30,6 +32,12 @@ CPU_SERVE = {
 BIND = [{"VLLM_CPU_OMP_THREADS_BIND": "0"}, {"VLLM_CPU_OMP_THREADS_BIND": "1"}]
 
 
+# Secrets: the API key and a token reach the containers, and never any output of ours.
+API_KEY = "sk-canary-4f1d9a7e"
+HF_TOKEN = "hf_canary_b81c2d3e4f"
+SECRET_ENV = {"ORCH_TEST_API_KEY": API_KEY, "ORCH_TEST_HF_TOKEN": HF_TOKEN}
+
+
 @pytest.fixture(scope="module")
 def mp_inventory(bed: TestBed, cpu_image: str, tiny_model: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
@@ -37,16 +45,26 @@ def mp_inventory(bed: TestBed, cpu_image: str, tiny_model: Path,
     return bed_inventory(
         bed, path, 2, name="tinypp", image=cpu_image, backend="mp",
         model={"host_dir": str(tiny_model.parent), "name": "tiny", "served_name": "tiny"},
-        serve=CPU_SERVE, host_env=BIND, secrets={},
+        serve={**CPU_SERVE, "api_key": "${ORCH_TEST_API_KEY}"}, host_env=BIND,
+        secrets={"HF_TOKEN": "${ORCH_TEST_HF_TOKEN}"},
         checks={"prompt": "Say hello.", "max_tokens": 16, "timeout": 120},
     )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def mp_up(mp_inventory: Path) -> Any:
-    report = orch_json("up", str(mp_inventory), timeout=1200)
-    yield report
-    orch("down", str(mp_inventory), timeout=300)
+    saved = {k: os.environ.get(k) for k in SECRET_ENV}
+    os.environ.update(SECRET_ENV)
+    try:
+        report = orch_json("up", str(mp_inventory), timeout=1200)
+        yield report
+        orch("down", str(mp_inventory), timeout=300)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def test_pp2_across_two_hosts_serves_and_passes_the_checks(mp_up: Any) -> None:
@@ -72,6 +90,36 @@ def test_status_shows_vllm_metrics(mp_inventory: Path, mp_up: Any) -> None:
     metrics = data["vllm"]["metrics"]
     assert metrics["generation_tokens_total"] >= 16  # the checks generated tokens
     assert {"requests_running", "requests_waiting", "kv_cache_usage"} <= set(metrics)
+
+
+def test_api_key_is_enforced_and_used_by_the_checks(mp_up: Any) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    url = f"{mp_up['endpoint']}/v1/chat/completions"
+    assert httpx.post(url, json=body, timeout=60).status_code == 401
+    ok = httpx.post(url, json=body, timeout=60, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert ok.status_code == 200
+    assert all(c["ok"] for c in mp_up["checks"])  # the checks sent the key
+
+
+def test_secrets_never_appear_in_our_output(bed: TestBed, mp_inventory: Path, mp_up: Any,
+                                            tmp_path: Path) -> None:  # fmt: skip
+    outputs = [json.dumps(mp_up)]
+    for args in (["plan"], ["--output", "json", "plan"], ["up", "--dry-run"], ["status"],
+                 ["--output", "json", "status"], ["logs", "head"], ["logs", "worker-1"],
+                 ["--target", "k8s", "render"], ["--target", "compose", "render"],
+                 ["--output", "json", "check"]):  # fmt: skip
+        if args[-1] in ("head", "worker-1"):
+            res = orch("-i", str(mp_inventory), *args, timeout=120)
+        else:
+            res = orch(*args, str(mp_inventory), timeout=300)
+        outputs += [res.stdout, res.stderr]
+    outputs.append(orch("up", str(mp_inventory), timeout=300).stderr)  # a no-op up's progress
+    text = "\n".join(outputs)
+    assert "Bearer" not in text
+    assert API_KEY not in text and HF_TOKEN not in text
+    # ... while the containers did get them (vLLM enforced the key above)
+    env = bed.docker(2, "inspect", "-f", "{{json .Config.Env}}", "tinypp-worker-1").stdout
+    assert f"HF_TOKEN={HF_TOKEN}" in env
 
 
 def test_check_command_and_second_up(bed: TestBed, mp_inventory: Path, mp_up: Any) -> None:

@@ -1,0 +1,137 @@
+"""Reliability and security on the test bed (issue 6): host keys, shell injection, concurrent runs,
+Ctrl-C in the middle of `up`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import WORKDIR, bed_inventory, orch, orch_json, ps
+from tests.testbed import TestBed
+
+pytestmark = [pytest.mark.bed, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def ray2(bed: TestBed, ray_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = bed.shared_dir / "models" / "ray-only"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text("{}\n")
+    return bed_inventory(
+        bed, tmp_path_factory.mktemp("sec") / "ray2.yaml", 2, name="sectest", image=ray_image,
+        backend="ray", model={"host_dir": str(bed.shared_dir / "models"), "name": "ray-only"},
+        ray={"object_store_memory": "200Mi", "join_timeout": 120},
+        serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": False},
+    )  # fmt: skip
+
+
+def _with(path: Path, tmp: Path, **ssh: str) -> Path:
+    data = yaml.safe_load(path.read_text())
+    data["ssh"].update(ssh)
+    out = tmp / "variant.yaml"
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+def test_unknown_host_key_is_refused_with_how_to_trust_it(ray2: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    res = orch("up", str(_with(ray2, tmp_path, known_hosts=str(empty))), timeout=60)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "host key of 10.123.0.11 is unknown" in res.stderr
+    assert "ssh-keyscan" in res.stderr and "accept-new" in res.stderr
+    assert empty.read_text() == ""
+
+
+def test_changed_host_key_is_refused_even_with_accept_new(bed: TestBed, ray2: Path,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    wrong = tmp_path / "known_hosts"
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    fake = other.with_suffix(".pub").read_text().split()[:2]
+    lines = [line for line in bed.known_hosts_path.read_text().splitlines()
+             if not line.startswith("10.123.0.12")]  # fmt: skip
+    wrong.write_text("\n".join([*lines, f"10.123.0.12 {' '.join(fake)}"]) + "\n")
+    for policy in ("strict", "accept-new"):
+        path = _with(ray2, tmp_path, known_hosts=str(wrong), host_key_policy=policy)
+        res = orch("preflight", str(path), timeout=60)
+        assert res.returncode == 1
+        assert "hb2" in res.stdout + res.stderr and "CHANGED" in res.stdout + res.stderr
+
+
+def test_accept_new_trusts_on_first_use_and_records_the_key(ray2: Path, tmp_path: Path) -> None:
+    fresh = tmp_path / "known_hosts"
+    res = orch("preflight", str(_with(ray2, tmp_path, known_hosts=str(fresh),
+                                      host_key_policy="accept-new")), timeout=60)  # fmt: skip
+    assert res.returncode == 0, res.stdout
+    recorded = fresh.read_text()
+    assert "10.123.0.11 ssh-ed25519" in recorded and "10.123.0.12 ssh-ed25519" in recorded
+
+
+CANARY = "/tmp/orchestrate-pwned"  # /tmp is private per host: checked on each host and here
+
+
+def test_inventory_values_never_reach_a_shell(bed: TestBed, ray2: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load(ray2.read_text())
+    evil = f"x'; touch {CANARY}; echo '$(touch {CANARY})`touch {CANARY}`"
+    data["env"] = {"EVIL": evil, "EVIL2": f"$(touch {CANARY})"}
+    data["model"]["served_name"] = evil
+    data["serve"] = {"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": True,
+                     "extra_args": [f"--x=$(touch {CANARY})", f"; touch {CANARY}"],
+                     "startup_timeout": 30}  # fmt: skip
+    path = tmp_path / "evil.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for args in (["preflight"], ["up"], ["status"], ["down"]):
+        orch(*args, str(path), timeout=300)
+    for i in (1, 2):
+        assert bed.run(i, "test", "-e", CANARY).returncode == 1, f"injected on hb{i}"
+    assert not Path(CANARY).exists()
+    assert all(ps(bed, i) == [] for i in (1, 2))
+
+
+def test_two_ups_at_once_one_refuses(bed: TestBed, ray2: Path) -> None:
+    first = subprocess.Popen([sys.executable, "-m", "orchestrate", "up", str(ray2)], cwd=WORKDIR,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(1.0)  # the first one holds the lock from its start
+        second = orch("up", str(ray2), timeout=60)
+        assert second.returncode == 4, second.stderr
+        assert "busy" in second.stderr and "orchestrate up" in second.stderr
+        out, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert orch_json("up", str(ray2), timeout=300)["changes"] == {"hb1": "keep", "hb2": "keep"}
+    assert orch("down", str(ray2), timeout=300).returncode == 0
+
+
+def test_ctrl_c_in_the_middle_of_up_leaves_a_state_up_and_down_finish(bed: TestBed,
+                                                                       ray2: Path) -> None:  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrate", "up", str(ray2)], cwd=WORKDIR,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    seen = ""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    while "creating sectest-head" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, seen + err
+    assert "interrupted" in err and "Traceback" not in err
+    report = orch_json("up", str(ray2), timeout=300)  # finishes the job
+    assert sum(n["gpus"] for n in report["ray_nodes"] if n["alive"]) == 2
+    assert orch("down", str(ray2), timeout=300).returncode == 0
+    assert all(ps(bed, i) == [] for i in (1, 2))
+
