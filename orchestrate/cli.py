@@ -247,8 +247,12 @@ def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool
               help="Skip a check (repeatable): " + ", ".join(
                   ["docker", "gpus", "nic", "route", "hostname", "ports", "reach-head", "model",
                    "shm", "image", "fit", "model-hash"]))
+@click.option("--collective", is_flag=True,
+              help="Also run an all-reduce across all hosts in the image (Gloo on CPU, NCCL on "
+                   "GPUs) and report the bus bandwidth.")
 @click.pass_obj
-def preflight_cmd(opts: Options, inventory_file: str | None, skip: tuple[str, ...]) -> None:
+def preflight_cmd(opts: Options, inventory_file: str | None, skip: tuple[str, ...],
+                  collective: bool) -> None:
     """Check every host before anything starts: one table, the fix for each failure."""
     from orchestrate import preflight
     from orchestrate.session import Session
@@ -256,6 +260,10 @@ def preflight_cmd(opts: Options, inventory_file: str | None, skip: tuple[str, ..
     plan = _plan(opts, inventory_file)
     with Session(plan, opts.console() if opts.verbose else _quiet) as s:
         rows = preflight.run(s, skip=skip)
+        if collective and not preflight.failures(rows):
+            from orchestrate import collective as coll
+
+            rows += coll.run(s)
     if opts.output == "json":
         emit_json(preflight.table_dict(rows))
     else:
