@@ -515,6 +515,15 @@ def demo(opts: Options, inventory_file: str | None, base: str | None) -> None:
               f"  orchestrate status {path}; orchestrate down {path}")
 
 
+def _register_bench() -> None:
+    from orchestrate.bench import bench_command
+
+    cli.add_command(bench_command)
+
+
+_register_bench()
+
+
 # ---------------------------------------------------------------- entry point
 
 

@@ -104,12 +104,19 @@ class Engine:
 
     def _fail(self, what: str, exc: BaseException) -> EngineError:
         text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
-        hint = None
         if "dial-stdio" in text or "command not found" in text:
-            hint = "install the docker CLI on the host (needed for the SSH link)"
-        elif "Cannot connect to the Docker daemon" in text or "Connection aborted" in text:
-            hint = "start the Docker Engine on the host: systemctl start docker"
-        return EngineError(self.name, f"Docker {what} failed: {text}".strip(), hint=hint)
+            return EngineError(self.name, "the docker CLI is missing on the host (the Docker "
+                               "link over SSH runs `docker system dial-stdio`)",
+                               hint="install the docker CLI on the host")  # fmt: skip
+        if any(s in text for s in ("Cannot connect to the Docker daemon", "Connection aborted",
+                                   "RemoteDisconnected", "Connection refused")):  # fmt: skip
+            return EngineError(self.name, f"the Docker Engine is not answering ({what}): is "
+                               "dockerd running?",
+                               hint="start it on the host: systemctl start docker")  # fmt: skip
+        if isinstance(exc, (requests.exceptions.Timeout, TimeoutError)):
+            return EngineError(self.name, f"the Docker Engine did not answer {what} in time "
+                               "(host frozen or overloaded)")  # fmt: skip
+        return EngineError(self.name, f"Docker {what} failed: {text}".strip())
 
     def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -8,7 +8,7 @@ from this machine's engine into each host's `docker load`, for hosts without reg
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import docker
 from docker.errors import DockerException, ImageNotFound
@@ -29,9 +29,14 @@ def _local_engine() -> Engine:
         ) from None
 
 
-def _counting(chunks: Iterator[bytes], counter: list[int]) -> Iterator[bytes]:
+def _counting(chunks: Iterator[bytes], counter: list[int], report: Callable[[int], None]
+              ) -> Iterator[bytes]:  # fmt: skip
+    next_report = 512 << 20
     for chunk in chunks:
         counter[0] += len(chunk)
+        if counter[0] >= next_report:
+            report(counter[0])
+            next_report += 512 << 20
         yield chunk
 
 
@@ -40,7 +45,11 @@ def _copy(s: Session, source: Engine, node: NodePlan, want: str) -> str:
     t0 = time.monotonic()
     sent = [0]
     s.events("image", node.host, f"sending {image} from {source.name}")
-    s.engine(node).load(_counting(source.save(image), sent))
+
+    def progress(sent_bytes: int) -> None:
+        s.events("image", node.host, f"{sent_bytes >> 20} MiB sent")
+
+    s.engine(node).load(_counting(source.save(image), sent, progress))
     got = s.engine(node).image_id(image)
     if got != want:
         raise HostError(node.host, f"image {image} loaded as {got}, expected {want}")
@@ -58,7 +67,7 @@ def ensure(s: Session) -> dict[str, str]:
         missing = [n for n in plan.nodes if ids[n.host] is None]
         for n, got in zip(missing, fan_out("image", missing, _pull(s), s.events), strict=True):
             ids[n.host] = got
-        want = ids[plan.head.host]
+        want = ids[plan.head.host] or ""
     else:
         source = _local_engine() if plan.image_source == "local" else s.engine(plan.head)
         want_id = source.image_id(image)

@@ -218,7 +218,9 @@ class Model(Strict):
     host_dir: AbsPath
     container_dir: AbsPath = "/models"
     name: Annotated[str, AfterValidator(_no_control), Field(pattern=r"^[A-Za-z0-9._-]+$")]
-    served_name: Annotated[str, AfterValidator(_no_control), Field(min_length=1, max_length=256)] | None = None
+    served_name: Annotated[str, AfterValidator(_no_control), Field(min_length=1, max_length=256)] | None = (
+        None
+    )
     manifest: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None
 
 

@@ -105,7 +105,7 @@ def _vllm_status(plan: Plan, api_key: str | None) -> dict[str, Any]:
 
 def status(plan: Plan, events: Events = quiet, api_key: str | None = None) -> dict[str, Any]:
     with Session(plan, events) as s:
-        hosts = [_safe(lambda n=n: _host_status(s, n), n) for n in plan.nodes]  # type: ignore[misc]
+        hosts = [_safe(s, n) for n in plan.nodes]
         ray: dict[str, Any] | None = None
         if plan.backend == "ray" and hosts[0].get("state") == "running":
             try:
@@ -121,10 +121,9 @@ def status(plan: Plan, events: Events = quiet, api_key: str | None = None) -> di
     return {"deployment": plan.name, "healthy": healthy, "hosts": hosts, "ray": ray, "vllm": vllm}
 
 
-def _safe(fn: Any, node: NodePlan) -> dict[str, Any]:
+def _safe(s: Session, node: NodePlan) -> dict[str, Any]:
     try:
-        result: dict[str, Any] = fn()
-        return result
+        return _host_status(s, node)
     except OrchestrateError as exc:
         return {"host": node.host, "address": node.address, "role": node.alias,
                 "state": "unreachable", "error": exc.message}  # fmt: skip

@@ -319,7 +319,18 @@ def run(
     if "model-hash" not in set(skip) and s.plan.model_manifest:
         rows += _model_hashes(s, targets, rows)
     return rows + _compare(rows, "image", "the image differs between hosts",
-                           "pin the image by digest, or use images.source: head")  # fmt: skip
+                           "pin the image by digest, or use images.source: head") + _drivers(rows)
+
+
+def _drivers(rows: Sequence[Row]) -> list[Row]:
+    """Different NVIDIA drivers across hosts work, but are a classic source of NCCL trouble."""
+    found = {r.host: m.group(1) for r in rows
+             if r.check == "gpus" and r.status == "ok" and (m := re.search(r"driver (\S+)", r.message))}
+    if len(set(found.values())) <= 1:
+        return []
+    return [Row(h, "same-driver", "warn", f"NVIDIA driver {v}; other hosts: "
+                f"{', '.join(sorted(set(found.values()) - {v}))}", "install the same driver everywhere")
+            for h, v in found.items()]  # fmt: skip
 
 
 def _model_hashes(s: Session, targets: Sequence[NodePlan], rows: Sequence[Row]) -> list[Row]:

@@ -6,10 +6,10 @@ once. Commands are argv tuples, quoted with shlex.join in exactly one place (`_l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,7 +56,7 @@ def _trust_hint(target: SSHTarget) -> str:
     )
 
 
-class _SaveNewKey(paramiko.MissingHostKeyPolicy):
+class _SaveNewKey(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
     """accept-new: trust an unknown key once and record it; a changed key is still refused."""
 
     def __init__(self, path: str) -> None:
@@ -109,7 +109,7 @@ class SSHRunner:
             ) from None
         except paramiko.SSHException as exc:
             raise self._map_ssh(exc) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise ConnectError(
                 self.name,
                 f"SSH to {t.host}:{t.port} timed out after {t.connect_timeout:g}s "
@@ -118,9 +118,12 @@ class SSHRunner:
                 f"{t.port} {t.user}@{t.host} true",
             ) from None
         except OSError as exc:
+            why = exc.strerror or str(exc)
+            if "Unable to connect" in why:
+                why = "connection refused (sshd not running, or the host is rebooting)"
             raise ConnectError(
                 self.name,
-                f"cannot reach SSH at {t.host}:{t.port}: {exc.strerror or exc}",
+                f"cannot reach SSH at {t.host}:{t.port}: {why}",
                 hint="check that the host is up and sshd is running",
             ) from None
         transport = conn.client.get_transport()
@@ -158,6 +161,13 @@ class SSHRunner:
                 "connect",
                 hint=_trust_hint(t),
             )
+        if "banner" in text or "No existing session" in text:
+            return ConnectError(
+                self.name,
+                f"SSH at {t.host}:{t.port} accepted the connection but did not answer within "
+                f"{t.connect_timeout:g}s (host frozen, overloaded or swapping)",
+                hint="check the host's console or load; raise ssh.connect_timeout if it is slow",
+            )
         if isinstance(exc, paramiko.AuthenticationException):
             return ConnectError(
                 self.name,
@@ -181,10 +191,8 @@ class SSHRunner:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                 self._conn.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                pass
             self._conn = None
 
     # ------------------------------------------------------------ commands

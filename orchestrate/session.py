@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -10,7 +11,7 @@ from orchestrate.console import Events, quiet
 from orchestrate.engine import Engine, client_over, local_client
 from orchestrate.errors import HostError, OrchestrateError, PhaseError
 from orchestrate.plan import NodePlan, Plan
-from orchestrate.remote import Runner, runner_for
+from orchestrate.remote import Runner, SSHRunner, runner_for
 
 T = TypeVar("T")
 MAX_PARALLEL = 32
@@ -58,7 +59,10 @@ class Session:
         if node.host not in self._engines:
             timeout = max(30.0, node.ssh.command_timeout)
             runner = self.runner(node)
-            client = local_client(node.host, timeout) if node.ssh.local else client_over(runner, timeout)
+            if isinstance(runner, SSHRunner):
+                client = client_over(runner, timeout)
+            else:
+                client = local_client(node.host, timeout)
             self._engines[node.host] = Engine(node.host, client)
         return self._engines[node.host]
 
@@ -84,10 +88,8 @@ class Session:
 
     def close(self) -> None:
         for engine in self._engines.values():
-            try:
+            with contextlib.suppress(OSError):
                 engine.client.api.close()
-            except OSError:
-                pass
         for runner in self._runners.values():
             runner.close()
         self._engines.clear()

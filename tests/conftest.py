@@ -115,7 +115,9 @@ def bed_inventory(bed: TestBed, path: Path, n: int, **sections: Any) -> Path:
     return path
 
 
-def orch(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def orch(
+    *args: str, timeout: float = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI as a user would; its stderr is echoed so CI logs show progress."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     t0 = time.monotonic()

@@ -104,7 +104,7 @@ def test_two_ups_at_once_one_refuses(bed: TestBed, ray2: Path) -> None:
         second = orch("up", str(ray2), timeout=60)
         assert second.returncode == 4, second.stderr
         assert "busy" in second.stderr and "orchestrate up" in second.stderr
-        out, err = first.communicate(timeout=300)
+        _, err = first.communicate(timeout=300)
         assert first.returncode == 0, err
     finally:
         if first.poll() is None:

@@ -122,6 +122,29 @@ def test_secrets_never_appear_in_our_output(bed: TestBed, mp_inventory: Path, mp
     assert f"HF_TOKEN={HF_TOKEN}" in env
 
 
+def _generated(endpoint: str) -> float:
+    from orchestrate.observe import parse_metrics
+
+    return parse_metrics(httpx.get(f"{endpoint}/metrics", timeout=30).text)["generation_tokens_total"]
+
+
+def test_bench_counts_match_the_servers_own_counters(mp_inventory: Path, mp_up: Any,
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    before = _generated(mp_up["endpoint"])
+    res = orch("--output", "json", "bench", str(mp_inventory), "--num-prompts", "12",
+               "--concurrency", "1,4", "--input-len", "24", "--output-len", "16",
+               "--goodput", "ttft:5000", "--plot", str(tmp_path / "bench.png"), timeout=600)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    levels = report["levels"]
+    assert [lv["completed"] for lv in levels] == [12, 12] and all(lv["failed"] == 0 for lv in levels)
+    counted = sum(lv["output_tokens"] for lv in levels)
+    served = _generated(mp_up["endpoint"]) - before
+    assert abs(counted - served) <= 0.01 * served, (counted, served)
+    assert all(lv["ttft_ms"]["p50"] > 0 and lv["tpot_ms"]["p50"] > 0 for lv in levels)
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+
+
 def test_check_command_and_second_up(bed: TestBed, mp_inventory: Path, mp_up: Any) -> None:
     res = orch("--output", "json", "check", str(mp_inventory), timeout=300)
     assert res.returncode == 0 and all(c["ok"] for c in json.loads(res.stdout))

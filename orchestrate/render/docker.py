@@ -34,7 +34,8 @@ def run_kwargs(spec: ContainerSpec, secrets: Mapping[str, str]) -> dict[str, Any
         kwargs["ipc_mode"] = "host"
     if spec.ipv4_address:
         kwargs["network"] = spec.network_mode
-        kwargs["networking_config"] = {spec.network_mode: EndpointConfig("1.41", ipv4_address=spec.ipv4_address)}
+        endpoint = EndpointConfig("1.41", ipv4_address=spec.ipv4_address)
+        kwargs["networking_config"] = {spec.network_mode: endpoint}
     if spec.gpus:
         kwargs["device_requests"] = [DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
     return kwargs

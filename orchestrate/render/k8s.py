@@ -230,7 +230,9 @@ def _lws(plan: Plan) -> Obj:
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {
                 "nodeSelectorTerms": [
-                    {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}]}
+                    {"matchExpressions": [
+                        {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}
+                    ]}
                 ]
             }
         },

@@ -1,0 +1,1 @@
+"""Benchmarks for orchestrate (not shipped in the package): see bench/README.md."""

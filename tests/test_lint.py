@@ -1,0 +1,24 @@
+"""The code style gates: ruff (lint) and mypy --strict on the package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def test_ruff() -> None:
+    res = _run("ruff", "check", "orchestrate", "tests", "bench")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_mypy_strict() -> None:
+    res = _run("mypy")
+    assert res.returncode == 0, res.stdout + res.stderr
