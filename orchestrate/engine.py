@@ -16,6 +16,7 @@ from typing import Any
 import docker
 import paramiko
 import requests
+import urllib3
 from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.transport.sshconn import SSHConnection, SSHConnectionPool, SSHHTTPAdapter
@@ -88,6 +89,12 @@ def local_client(name: str, timeout: float = 60) -> docker.DockerClient:
         raise EngineError(name, f"the local Docker Engine is unreachable: {exc}",
                           hint="start Docker (dockerd) on this machine") from None  # fmt: skip
 
+
+# what reading a streamed response (logs -f) can raise; requests does not wrap these
+STREAM_ERRORS = (
+    requests.exceptions.RequestException, urllib3.exceptions.HTTPError, paramiko.SSHException,
+    OSError,
+)  # fmt: skip
 
 _TRANSPORT_ERRORS = (
     DockerException, requests.exceptions.RequestException, paramiko.SSHException,

@@ -7,18 +7,20 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
+import time
 from typing import IO, Any
 
 import httpx
+from docker.models.containers import Container
 
 from orchestrate import checks, scripts
 from orchestrate.console import Events, quiet
+from orchestrate.engine import STREAM_ERRORS, Engine
 from orchestrate.errors import HostError, OrchestrateError, UsageError
 from orchestrate.plan import LABEL_HASH, NodePlan, Plan
 from orchestrate.reconcile import Observed
 from orchestrate.secrets import masker
-from orchestrate.session import Session, fan_out
+from orchestrate.session import Session
 
 
 def observed(s: Session, node: NodePlan) -> list[Observed]:
@@ -156,18 +158,27 @@ def logs(
         kwargs: dict[str, Any] = {"stream": True, "follow": follow, "tail": tail or "all"}
         if since:
             kwargs["since"] = _since(since)
-        for chunk in _chunks(engine.logs(c, **kwargs)):
-            sink.write(masker(chunk.decode("utf-8", "replace")))
-            sink.flush()
+        _stream(engine, c, kwargs, sink)
 
 
-def _chunks(stream: Any) -> Iterator[bytes]:
-    yield from stream
+def _stream(engine: Engine, c: Container, kwargs: dict[str, Any], sink: IO[str]) -> None:
+    """Copy the log stream. Following, a quiet spell longer than the engine's read timeout is
+    not an error: check that the container still exists (a bounded call), then re-attach."""
+    while True:
+        try:
+            for chunk in engine.logs(c, **kwargs):
+                sink.write(masker(chunk.decode("utf-8", "replace")))
+                sink.flush()
+            return
+        except STREAM_ERRORS as exc:
+            if not kwargs["follow"]:
+                raise HostError(engine.name, f"the log stream broke: {type(exc).__name__}") from None
+        if engine.container(c.name) is None:  # raises for people when the host is gone
+            return
+        kwargs |= {"since": int(time.time()), "tail": "all"}
 
 
 def _since(text: str) -> int:
-    import time
-
     match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
     if not match:
         raise UsageError(f"--since {text!r}: use a duration such as 90s, 10m, 2h or 1d")
@@ -175,4 +186,3 @@ def _since(text: str) -> int:
     return int(time.time()) - seconds
 
 
-__all__ = ["fan_out", "logs", "observed", "parse_metrics", "ray_nodes", "status"]

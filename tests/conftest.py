@@ -84,6 +84,27 @@ def tiny_model(bed: TestBed, cpu_image: str) -> Path:
     return out
 
 
+# vLLM on CPU, PP=2 across two bed hosts (the reference notes' working settings)
+CPU_SERVE: dict[str, Any] = {
+    "tensor_parallel_size": 1, "pipeline_parallel_size": 2, "max_model_len": 512,
+    "dtype": "float32", "port": 8009, "startup_timeout": 600,
+    # no C++ compiler in the image, and PP needs the warm-up pass that --enforce-eager skips
+    "extra_args": ["--compilation-config", '{"mode":2,"backend":"eager"}',
+                   "--kv-cache-memory-bytes", "64M"],
+}  # fmt: skip
+# vLLM's CPU workers must be bound to cores explicitly when world size > 1
+CPU_BIND = [{"VLLM_CPU_OMP_THREADS_BIND": "0"}, {"VLLM_CPU_OMP_THREADS_BIND": "1"}]
+
+
+@pytest.fixture(scope="session")
+def ray_model(bed: TestBed) -> dict[str, str]:
+    """A model section for Ray-only tests (serve.start false): preflight wants config.json."""
+    model = bed.shared_dir / "models" / "ray-only"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text("{}\n")
+    return {"host_dir": str(model.parent), "name": "ray-only"}
+
+
 def bed_inventory(bed: TestBed, path: Path, n: int, **sections: Any) -> Path:
     """Write an inventory for the bed's first n hosts; `sections` override top-level keys."""
     hosts = [

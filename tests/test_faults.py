@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import WORKDIR, bed_inventory, orch, orch_json, ps
+from tests.conftest import CPU_BIND, CPU_SERVE, WORKDIR, bed_inventory, orch, orch_json, ps
 from tests.testbed import TestBed
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
@@ -32,15 +32,12 @@ FAULTS = {
 
 
 @pytest.fixture(scope="module")
-def ray2(bed: TestBed, ray_image: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    model = bed.shared_dir / "models" / "ray-only"
-    model.mkdir(parents=True, exist_ok=True)
-    (model / "config.json").write_text("{}\n")
+def ray2(bed: TestBed, ray_image: str, ray_model: dict[str, str],
+         tmp_path_factory: pytest.TempPathFactory) -> Any:  # fmt: skip
     path = bed_inventory(
         bed, tmp_path_factory.mktemp("faults") / "faults.yaml", 2, name="faulty",
         image=ray_image, backend="ray",
-        model={"host_dir": str(bed.shared_dir / "models"), "name": "ray-only"},
-        ray={"object_store_memory": "200Mi", "join_timeout": 90},
+        model=ray_model, ray={"object_store_memory": "200Mi", "join_timeout": 90},
         serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": False},
     )  # fmt: skip
     yield path
@@ -114,9 +111,9 @@ def test_vllm_crashing_at_start_is_reported_with_its_cause(
     path = bed_inventory(
         bed, tmp_path / "badflag.yaml", 2, name="badflag", image=cpu_image, backend="mp",
         model={"host_dir": str(tiny_model.parent), "name": "tiny"},
-        serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "port": 8011,
-               "startup_timeout": 300, "extra_args": ["--no-such-flag"]},
-        host_env=[{"VLLM_CPU_OMP_THREADS_BIND": "0"}, {"VLLM_CPU_OMP_THREADS_BIND": "1"}],
+        serve={**CPU_SERVE, "port": 8011, "startup_timeout": 300,
+               "extra_args": [*CPU_SERVE["extra_args"], "--no-such-flag"]},
+        host_env=CPU_BIND,
     )  # fmt: skip
     try:
         res = orch("up", str(path), timeout=600)

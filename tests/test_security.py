@@ -20,13 +20,11 @@ pytestmark = [pytest.mark.bed, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def ray2(bed: TestBed, ray_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = bed.shared_dir / "models" / "ray-only"
-    model.mkdir(parents=True, exist_ok=True)
-    (model / "config.json").write_text("{}\n")
+def ray2(bed: TestBed, ray_image: str, ray_model: dict[str, str],
+         tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
     return bed_inventory(
         bed, tmp_path_factory.mktemp("sec") / "ray2.yaml", 2, name="sectest", image=ray_image,
-        backend="ray", model={"host_dir": str(bed.shared_dir / "models"), "name": "ray-only"},
+        backend="ray", model=ray_model,
         ray={"object_store_memory": "200Mi", "join_timeout": 120},
         serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": False},
     )  # fmt: skip

@@ -22,15 +22,12 @@ GPUS_PER_HOST = 4
 
 
 @pytest.fixture(scope="module")
-def ray_inventory(bed: TestBed, ray_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = bed.shared_dir / "models" / "ray-only"
-    model.mkdir(parents=True, exist_ok=True)
-    (model / "config.json").write_text("{}\n")
+def ray_inventory(bed: TestBed, ray_image: str, ray_model: dict[str, str],
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
     path = tmp_path_factory.mktemp("ray") / "ray3.yaml"
     return bed_inventory(
         bed, path, 3, image=ray_image, backend="ray", gpus=GPUS_PER_HOST,
-        model={"host_dir": str(bed.shared_dir / "models"), "name": "ray-only"},
-        ray={"object_store_memory": "200Mi", "join_timeout": 120},
+        model=ray_model, ray={"object_store_memory": "200Mi", "join_timeout": 120},
         serve={"tensor_parallel_size": 4, "pipeline_parallel_size": 3, "start": False},
     )  # fmt: skip
 
@@ -96,6 +93,25 @@ def test_changed_inventory_restarts_the_group_in_order(bed: TestBed, ray_invento
     assert orch_json("up", str(ray_inventory), timeout=600)["changes"]["hb1"] == "recreate"
 
 
+def test_logs_follow_streams_until_stopped(ray_inventory: Path, ray_up: dict) -> None:  # type: ignore[type-arg]
+    import subprocess
+    import sys
+
+    from tests.conftest import WORKDIR
+
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrate", "-i", str(ray_inventory), "logs",
+                             "worker-1", "-f", "--tail", "5"], cwd=WORKDIR,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the tail arrives, and the stream stays open
+        assert first.strip(), proc.stderr.read() if proc.stderr else ""
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_down_leaves_nothing_and_is_idempotent(bed: TestBed, ray_inventory: Path, ray_up: dict) -> None:  # type: ignore[type-arg]
     first = orch_json("down", str(ray_inventory), timeout=300)
     assert sum(first["removed"].values()) == 3
@@ -122,3 +138,4 @@ def test_unreachable_host_fails_fast_with_one_line_naming_it(
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and name in errors[0], res.stderr
     assert res.elapsed < 15, f"took {res.elapsed:.1f}s"  # type: ignore[attr-defined]
+

@@ -16,21 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import bed_inventory, orch, orch_json, ps
+from tests.conftest import CPU_BIND, CPU_SERVE, bed_inventory, orch, orch_json, ps
 from tests.testbed import TestBed
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow, pytest.mark.vllm]
-
-CPU_SERVE = {
-    "tensor_parallel_size": 1, "pipeline_parallel_size": 2, "max_model_len": 512,
-    "dtype": "float32", "port": 8009, "startup_timeout": 600,
-    # no C++ compiler in the image, and PP needs the warm-up pass that --enforce-eager skips
-    "extra_args": ["--compilation-config", '{"mode":2,"backend":"eager"}',
-                   "--kv-cache-memory-bytes", "64M"],
-}  # fmt: skip
-# vLLM's CPU workers must be bound to cores explicitly when world size > 1
-BIND = [{"VLLM_CPU_OMP_THREADS_BIND": "0"}, {"VLLM_CPU_OMP_THREADS_BIND": "1"}]
-
 
 # Secrets: the API key and a token reach the containers, and never any output of ours.
 API_KEY = "sk-canary-4f1d9a7e"
@@ -45,7 +34,7 @@ def mp_inventory(bed: TestBed, cpu_image: str, tiny_model: Path,
     return bed_inventory(
         bed, path, 2, name="tinypp", image=cpu_image, backend="mp",
         model={"host_dir": str(tiny_model.parent), "name": "tiny", "served_name": "tiny"},
-        serve={**CPU_SERVE, "api_key": "${ORCH_TEST_API_KEY}"}, host_env=BIND,
+        serve={**CPU_SERVE, "api_key": "${ORCH_TEST_API_KEY}"}, host_env=CPU_BIND,
         secrets={"HF_TOKEN": "${ORCH_TEST_HF_TOKEN}"},
         checks={"prompt": "Say hello.", "max_tokens": 16, "timeout": 120},
     )  # fmt: skip
@@ -169,7 +158,7 @@ def test_ray_backend_on_cpu_forms_ray_then_vllm_refusal_reaches_the_user(
         bed, tmp_path / "raycpu.yaml", 2, name="raycpu", image=cpu_image, backend="ray",
         model={"host_dir": str(tiny_model.parent), "name": "tiny"},
         ray={"object_store_memory": "200Mi", "join_timeout": 120},
-        serve={**CPU_SERVE, "port": 8010, "startup_timeout": 300}, host_env=BIND,
+        serve={**CPU_SERVE, "port": 8010, "startup_timeout": 300}, host_env=CPU_BIND,
     )  # fmt: skip
     try:
         res = orch("up", str(path), timeout=900)
