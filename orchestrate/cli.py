@@ -532,7 +532,28 @@ def _debug_log() -> Path:
     return Path(base) / "orchestrate" / "debug.log"
 
 
+def _route_library_logs() -> None:
+    """Libraries log to stderr through logging's last resort handler: paramiko prints a whole
+    traceback when a frozen host never sends its SSH banner. People get our one-line errors;
+    library records go to a log file (or nowhere when it cannot be written)."""
+    import logging
+
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    path = _debug_log().with_name("orchestrate.log")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setLevel(logging.WARNING)
+    root.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> None:
+    _route_library_logs()
     console = Console()
     try:
         cli.main(args=argv, prog_name="orchestrate", standalone_mode=False)

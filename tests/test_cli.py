@@ -79,3 +79,36 @@ def test_plan_with_model_config_warns_that_the_model_fits_one_gpu() -> None:
                                              "Qwen2.5-32B-Instruct-GPTQ-Int4.json"))
     assert res.returncode == 0, res.stderr
     assert "would fit on 1 GPU" in res.stdout and "suggested: TP 1 x PP 1" in res.stdout
+
+
+def test_library_log_records_never_reach_the_terminal(tmp_path: Path) -> None:
+    """paramiko logs a traceback when a host never sends its banner; people must not see it."""
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts (the kernel does), never speaks: a frozen sshd
+    port = silent.getsockname()[1]
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    inv = tmp_path / "frozen.yaml"
+    inv.write_text(f"""
+name: frozen
+image: img:1
+accelerator: cpu
+ssh: {{port: {port}, known_hosts: {known}, connect_timeout: 2, host_key_policy: accept-new}}
+model: {{host_dir: /m, name: m}}
+serve: {{tensor_parallel_size: 1}}
+hosts: [{{name: icy, address: 127.0.0.1, role: head, gpus: 1}}]
+""")
+    accepted: list[socket.socket] = []
+    thread = threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True)
+    thread.start()
+    res = run("preflight", str(inv), env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    thread.join(timeout=10)
+    for conn in [*accepted, silent]:
+        conn.close()
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr + res.stdout and "Exception" not in res.stderr
+    assert "did not answer within 2s" in res.stdout
