@@ -17,11 +17,10 @@ from typing import Any
 
 from docker.models.containers import Container
 
-from orchestrate import checks, observe, preflight, secrets
+from orchestrate import checks, images_dist, observe, preflight, secrets
 from orchestrate.console import Events, quiet
 from orchestrate.errors import (
     ChecksError,
-    EngineError,
     GateError,
     HostError,
     LockError,
@@ -148,11 +147,11 @@ def up(
             s.connect()
         with timer("diff"):
             changes = _diff(s)
-        report.changes = {h: a for h, a in changes.actions.items()}
+        report.changes = dict(changes.actions)
         with timer("preflight"):
             _preflight(s, changes, skip_checks)
         with timer("image"):
-            _ensure_image(s)
+            images_dist.ensure(s)
         if changes.noop:
             events("diff", None, "no changes: every container is running with its planned spec")
         else:
@@ -188,12 +187,6 @@ def _diff(s: Session) -> Changes:
 def _preflight(s: Session, changes: Changes, skip: Iterable[str]) -> None:
     targets = [n for n in s.plan.nodes if changes.actions[n.host] != "keep"]
     preflight.for_up(s, targets, skip)
-
-
-def _ensure_image(s: Session) -> None:
-    from orchestrate import images_dist
-
-    images_dist.ensure(s)
 
 
 def _replace(s: Session, changes: Changes, secret_values: dict[str, str], timer: _Timer) -> None:
@@ -403,4 +396,3 @@ def check(plan: Plan, events: Events = quiet, api_key: str | None = None) -> lis
     return _checks(plan, events, api_key)
 
 
-__all__ = ["EngineError", "UpReport", "check", "down", "up"]
