@@ -34,6 +34,7 @@ from orchestrate.render.docker import run_kwargs
 from orchestrate.session import Session, fan_out
 
 POLL_S = 0.25
+RAY_PROBE_WINDOW_S = 8  # each probe waits in the head this long; dead containers checked between
 
 
 @dataclass
@@ -264,14 +265,14 @@ def _ray_gate(s: Session) -> list[dict[str, Any]]:
     last: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         _raise_if_dead(s, "while Ray was forming")
-        last = observe.ray_nodes(s) or last
+        last = observe.ray_nodes(s, wait_s=RAY_PROBE_WINDOW_S) or last
         alive = [n for n in last if n["alive"]]
         gpus = sum(n["gpus"] for n in alive)
         ips = {n["ip"] for n in alive}
         if len(alive) >= len(plan.nodes) and gpus >= plan.total_gpus and want_ips <= ips:
             s.events("ray", None, f"{len(alive)} nodes alive, {gpus:g} GPUs, IPs match the inventory")
             return last
-        time.sleep(1)
+        time.sleep(0.2)
     alive_ips = {n["ip"] for n in last if n["alive"]}
     missing = [f"{n.host} ({n.address})" for n in plan.nodes if n.address not in alive_ips]
     raise GateError(

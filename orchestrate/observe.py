@@ -30,14 +30,19 @@ def observed(s: Session, node: NodePlan) -> list[Observed]:
     ]
 
 
-def ray_nodes(s: Session) -> list[dict[str, Any]]:
-    """Ray's node table as seen from inside the head container ([] while Ray is not up)."""
-    head = s.plan.head
-    engine = s.engine(head)
-    c = engine.container(head.container.name)
+def ray_nodes(s: Session, wait_s: float = 0) -> list[dict[str, Any]]:
+    """Ray's node table as seen from inside the head container ([] while Ray is not up).
+    With `wait_s`, the probe first waits up to that long, in the head, for the plan's nodes."""
+    plan = s.plan
+    engine = s.engine(plan.head)
+    c = engine.container(plan.head.container.name)
     if c is None or c.status != "running":
         return []
-    code, out = engine.exec(c, ["python3", "-c", scripts.RAY_NODES_PY])
+    argv = ["python3", "-c", scripts.RAY_NODES_PY]
+    if wait_s:
+        ips = ",".join(n.address for n in plan.nodes)
+        argv += [str(len(plan.nodes)), str(plan.total_gpus), ips, f"{wait_s:g}"]
+    code, out = engine.exec(c, argv)
     if code != 0:
         return []
     for line in reversed(out.strip().splitlines()):
