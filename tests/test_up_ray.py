@@ -99,17 +99,18 @@ def test_logs_follow_streams_until_stopped(ray_inventory: Path, ray_up: dict) ->
 
     from tests.conftest import WORKDIR
 
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrate", "-i", str(ray_inventory), "logs",
-                             "worker-1", "-f", "--tail", "5"], cwd=WORKDIR,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()  # the tail arrives, and the stream stays open
-        assert first.strip(), proc.stderr.read() if proc.stderr else ""
-        assert proc.poll() is None
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    argv = [sys.executable, "-m", "orchestrate", "-i", str(ray_inventory), "logs", "worker-1",
+            "-f", "--tail", "5"]
+    with subprocess.Popen(argv, cwd=WORKDIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()  # the tail arrives, and the stream stays open
+            assert first.strip()
+            assert proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
 
 
 def test_down_leaves_nothing_and_is_idempotent(bed: TestBed, ray_inventory: Path, ray_up: dict) -> None:  # type: ignore[type-arg]
