@@ -237,7 +237,7 @@ def _dead(s: Session, node: NodePlan, what: str) -> GateError:
         message += f": {cause}"
     return GateError(
         message + "; last log lines:",
-        tail="\n".join(text.splitlines()[-20:]),
+        tail=text,
         hint=hint or f"orchestrate logs {node.alias} --tail 200",
     )
 

@@ -29,17 +29,21 @@ EXIT_INTERRUPTED = 130
 
 
 class OrchestrateError(Exception):
-    """An expected failure with a message written for people."""
+    """An expected failure with a message written for people: one line, then the last lines of
+    the output that shows why (`tail`, optional), then what to do (`hint`, optional)."""
 
     exit_code = EXIT_FAILED
+    TAIL_LINES = 20
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, tail: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.tail = tail
 
     def lines(self) -> list[str]:
         out = [self.message]
+        out += [f"  | {line}" for line in self.tail.splitlines()[-self.TAIL_LINES :]]
         if self.hint:
             out.append(f"  Try: {self.hint}")
         return out
@@ -63,8 +67,8 @@ class UsageError(OrchestrateError):
 
 
 class HostError(OrchestrateError):
-    def __init__(self, host: str, message: str, *, hint: str | None = None) -> None:
-        super().__init__(f"{host}: {message}", hint=hint)
+    def __init__(self, host: str, message: str, *, hint: str | None = None, tail: str = "") -> None:
+        super().__init__(f"{host}: {message}", hint=hint, tail=tail)
         self.host = host
 
 
@@ -77,18 +81,7 @@ class EngineError(HostError):
 
 
 class RemoteCommandError(HostError):
-    def __init__(
-        self, host: str, message: str, *, tail: str = "", hint: str | None = None
-    ) -> None:
-        super().__init__(host, message, hint=hint)
-        self.tail = tail
-
-    def lines(self) -> list[str]:
-        out = [self.message]
-        out += [f"  | {line}" for line in self.tail.splitlines()[-15:]]
-        if self.hint:
-            out.append(f"  Try: {self.hint}")
-        return out
+    TAIL_LINES = 15
 
 
 class PhaseError(OrchestrateError):
@@ -108,16 +101,7 @@ class PhaseError(OrchestrateError):
 
 
 class GateError(OrchestrateError):
-    def __init__(self, message: str, *, tail: str = "", hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.tail = tail
-
-    def lines(self) -> list[str]:
-        out = [self.message]
-        out += [f"  | {line}" for line in self.tail.splitlines()[-20:]]
-        if self.hint:
-            out.append(f"  Try: {self.hint}")
-        return out
+    pass
 
 
 class ChecksError(GateError):

@@ -33,7 +33,7 @@ def fan_out(
             except HostError as exc:
                 failures.append(exc)
             except OrchestrateError as exc:
-                failures.append(HostError(host, exc.message, hint=exc.hint))
+                failures.append(HostError(host, exc.message, hint=exc.hint, tail=exc.tail))
     if failures:
         for failure in failures:
             events(phase, None, f"FAILED {failure.message}")
