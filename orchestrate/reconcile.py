@@ -34,9 +34,6 @@ class Changes:
     def noop(self) -> bool:
         return not self.remove and all(a == "keep" for a in self.actions.values())
 
-    def count(self, action: Action) -> int:
-        return sum(1 for a in self.actions.values() if a == action)
-
 
 def reconcile(plan: Plan, observed: dict[str, list[Observed]]) -> Changes:
     actions: dict[str, Action] = {}
