@@ -7,10 +7,14 @@ in CI (CI=true) that is a failure, so a broken setup can never pass silently.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +23,35 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.testbed import TestBed, bed_unavailable_reason, ensure_base_image, ensure_root_dockerd
+from tests.testbed import (
+    DEFAULT_BASE,
+    DEFAULT_BRIDGE,
+    DEFAULT_NET,
+    TestBed,
+    bed_unavailable_reason,
+    ensure_base_image,
+    ensure_root_dockerd,
+)
 
 CACHE = Path(os.environ.get("ORCH_CACHE", "/var/cache/orchestrate"))
 ROOT = Path(__file__).resolve().parent.parent
-WORKDIR = Path("/var/tmp/orchestrate-tests")
-WORKDIR.mkdir(parents=True, exist_ok=True)
+# Every run gets its own working directory (the CLI remembers its last inventory in
+# ./.orchestrate/) and its own XDG cache (locks, logs, the sha256 cache), so that nothing a run
+# leaves behind changes the next one, and two runs on one machine never share a lock.
+WORKDIR = Path(tempfile.mkdtemp(prefix="orchestrate-tests-", dir="/var/tmp"))
+RUN_CACHE = WORKDIR / "xdg-cache"
+RUN_CACHE.mkdir()
+CHILD_ENV = {"XDG_CACHE_HOME": str(RUN_CACHE), "PYTHONUNBUFFERED": "1"}
+
+# The session's bed: its network, bridge and state dir can be moved (ORCH_BED_NET=10.140.0
+# ORCH_BED_BRIDGE=orchbr9 ORCH_BED_BASE=/var/tmp/bed9), so that two checkouts test side by side.
+BED_NET = os.environ.get("ORCH_BED_NET", DEFAULT_NET)
+BED_BRIDGE = os.environ.get("ORCH_BED_BRIDGE", DEFAULT_BRIDGE)
+BED_BASE = Path(os.environ.get("ORCH_BED_BASE", str(DEFAULT_BASE)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(WORKDIR, ignore_errors=True)
 
 
 def _need_bed() -> None:
@@ -39,13 +66,77 @@ def _need_bed() -> None:
 def bed() -> Iterator[TestBed]:
     _need_bed()
     ensure_root_dockerd()
-    tb = TestBed()
+    tb = TestBed(base=BED_BASE, net=BED_NET, bridge=BED_BRIDGE)
     tb.down()  # leftovers of an interrupted run
     tb.up(3)
     try:
         yield tb
     finally:
         tb.down()
+
+
+LABEL = "orchestrate.deployment"
+
+
+def clean_bed(bed: TestBed, when: str) -> list[str]:
+    """Remove every orchestrate container left on the bed's hosts and wait (bounded) until their
+    ports are free; returns what was removed, and says so on stderr. Raises when a host stays
+    busy, naming it and its listeners."""
+    removed: list[str] = []
+    for host in bed.hosts:
+        res = bed.docker(host.index, "ps", "-aq", "--filter", f"label={LABEL}", timeout=60)
+        ids = res.stdout.split()
+        if ids:
+            names = bed.docker(host.index, "inspect", "--format", "{{.Name}}", *ids, timeout=60)
+            bed.docker(host.index, "rm", "-f", *ids, timeout=120)
+            removed += [f"{host.name}:{n.strip('/')}" for n in names.stdout.split()]
+    if removed:
+        sys.stderr.write(f"[bed] {when}: removed leftover containers {', '.join(removed)}\n")
+    for host in bed.hosts:
+        busy = _wait_ports_free(bed, host.index, deadline=time.monotonic() + 60)
+        if busy:
+            raise RuntimeError(f"bed host {host.name} still has listeners {busy} {when}; "
+                               "a process outside any container holds them")  # fmt: skip
+    return removed
+
+
+def _wait_ports_free(bed: TestBed, i: int, deadline: float) -> list[str]:
+    """Listening TCP ports on host i other than its sshd, once none are left or at the deadline."""
+    while True:
+        out = bed.run(i, "ss", "-Htln", timeout=30).stdout
+        busy = sorted({line.split()[3] for line in out.splitlines() if line.split()[3:4]}
+                      - {"0.0.0.0:22", "[::]:22", "*:22"})  # fmt: skip
+        if not busy or time.monotonic() > deadline:
+            return busy
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bed_clean_around_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module that uses the bed starts on a clean bed and leaves one, whatever its tests did:
+    one failing module never fails the next."""
+    uses_bed = any("bed" in item.fixturenames for item in request.session.items
+                   if item.module is request.module)  # fmt: skip
+    if not uses_bed:
+        yield
+        return
+    bed: TestBed = request.getfixturevalue("bed")
+    clean_bed(bed, f"before {request.module.__name__}")
+    try:
+        yield
+    finally:
+        clean_bed(bed, f"after {request.module.__name__}")
+
+
+@contextlib.contextmanager
+def deployed(path: Path, timeout: float = 900) -> Iterator[Any]:
+    """`up` (JSON report) and, whatever happens in the block or in `up` itself, `down`."""
+    try:
+        yield orch_json("up", str(path), timeout=timeout)
+    finally:
+        down = orch("down", str(path), timeout=300)
+        if down.returncode != 0:
+            sys.stderr.write(f"[bed] down {path.name} failed: {down.stderr[-2000:]}\n")
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +231,7 @@ def orch(
     *args: str, timeout: float = 900, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the real CLI as a user would; its stderr is echoed so CI logs show progress."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, **CHILD_ENV, **(env or {})}
     t0 = time.monotonic()
     # not the checkout: `up` remembers its inventory in ./.orchestrate/
     res = subprocess.run([sys.executable, "-m", "orchestrate", *args], capture_output=True,
@@ -149,6 +240,21 @@ def orch(
     sys.stderr.write(f"$ orchestrate {' '.join(args)}  -> {res.returncode} "
                      f"({res.elapsed:.1f}s)\n{res.stderr[-6000:]}\n")  # type: ignore[attr-defined]
     return res
+
+
+def _default_sigint() -> None:
+    # A child started from a background job of a non-interactive shell inherits SIGINT as
+    # *ignored*, and Python then installs no KeyboardInterrupt handler: a test that sends Ctrl-C
+    # sets the receiving side up itself, whatever launched the suite.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def orch_popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The real CLI in the background (stdout/stderr piped, text), ready to receive SIGINT."""
+    return subprocess.Popen([sys.executable, "-m", "orchestrate", *args], cwd=WORKDIR,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **CHILD_ENV, **(env or {})},
+                            preexec_fn=_default_sigint)  # fmt: skip
 
 
 def orch_json(*args: str, timeout: float = 900) -> Any:

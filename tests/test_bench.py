@@ -326,6 +326,18 @@ class _InterruptAt:
         pass
 
 
+@pytest.fixture
+def sigint_default() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in this process for the test, even when the suite was
+    started with SIGINT ignored (a background job of a non-interactive shell)."""
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
+@pytest.mark.usefixtures("sigint_default")
 def test_ctrl_c_keeps_finished_levels(stub: Stub) -> None:
     server = stub(ttft=0.2)
     cfg = config(server, num_prompts=4, levels=(bench.Level(4), bench.Level(4), bench.Level(4)))

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import orch
+from tests.conftest import CHILD_ENV, orch
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,10 +26,30 @@ def readme_command(marker: str) -> str:
     return match.group(1).strip()
 
 
+@pytest.fixture
+def checkout_state() -> Iterator[None]:
+    """The demo runs in the checkout, as the README says, and `up` records its inventory in
+    ./.orchestrate/: put that back as it was, so a later run's default inventory is unchanged."""
+    state = ROOT / ".orchestrate"
+    saved = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} if state.is_dir() else None
+    try:
+        yield
+    finally:
+        if saved is None:
+            shutil.rmtree(state, ignore_errors=True)
+        else:
+            for p in state.iterdir():
+                if p.is_file() and p.name not in saved:
+                    p.unlink()
+            for name, data in saved.items():
+                (state / name).write_bytes(data)
+
+
+@pytest.mark.usefixtures("checkout_state")
 def test_readme_demo_command_serves_and_passes_the_checks(cpu_image: str) -> None:
     command = readme_command("demo")
     # as a user with this environment activated: its pip and orchestrate come first on PATH
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, **CHILD_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     try:
         res = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=1200)  # fmt: skip

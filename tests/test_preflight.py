@@ -122,11 +122,12 @@ def test_nic_that_does_not_own_the_address(models: TestBed, tmp_path: Path) -> N
     path.write_text(yaml.safe_dump(data))
     code, rows = preflight(path)
     assert code == 1 and ("hb1", "nic") in failed(rows) and ("hb2", "nic") in failed(rows)
-    assert "lo does not own 10.123.0.11" in next(r["message"] for r in rows if r["check"] == "nic")
+    nic = next(r["message"] for r in rows if r["check"] == "nic")
+    assert f"lo does not own {models.hosts[0].address}" in nic
 
 
 def test_head_port_unreachable_from_a_worker(models: TestBed, tmp_path: Path) -> None:
-    rule = ["INPUT", "-p", "tcp", "--dport", "6379", "-s", "10.123.0.12", "-j", "DROP"]
+    rule = ["INPUT", "-p", "tcp", "--dport", "6379", "-s", models.hosts[1].address, "-j", "DROP"]
     assert models.run(1, "iptables", "-I", *rule).returncode == 0
     try:
         code, rows = preflight(inventory(models, tmp_path))

@@ -3,17 +3,15 @@ Ctrl-C in the middle of `up`."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import WORKDIR, bed_inventory, orch, orch_json, ps
+from tests.conftest import bed_inventory, orch, orch_json, orch_popen, ps
 from tests.testbed import TestBed
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
@@ -38,12 +36,13 @@ def _with(path: Path, tmp: Path, **ssh: str) -> Path:
     return out
 
 
-def test_unknown_host_key_is_refused_with_how_to_trust_it(ray2: Path, tmp_path: Path) -> None:
+def test_unknown_host_key_is_refused_with_how_to_trust_it(bed: TestBed, ray2: Path,
+                                                           tmp_path: Path) -> None:  # fmt: skip
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     res = orch("up", str(_with(ray2, tmp_path, known_hosts=str(empty))), timeout=60)
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert "host key of 10.123.0.11 is unknown" in res.stderr
+    assert f"host key of {bed.hosts[0].address} is unknown" in res.stderr
     assert "ssh-keyscan" in res.stderr and "accept-new" in res.stderr
     assert empty.read_text() == ""
 
@@ -55,8 +54,8 @@ def test_changed_host_key_is_refused_even_with_accept_new(bed: TestBed, ray2: Pa
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     fake = other.with_suffix(".pub").read_text().split()[:2]
     lines = [line for line in bed.known_hosts_path.read_text().splitlines()
-             if not line.startswith("10.123.0.12")]  # fmt: skip
-    wrong.write_text("\n".join([*lines, f"10.123.0.12 {' '.join(fake)}"]) + "\n")
+             if not line.startswith(bed.hosts[1].address)]  # fmt: skip
+    wrong.write_text("\n".join([*lines, f"{bed.hosts[1].address} {' '.join(fake)}"]) + "\n")
     for policy in ("strict", "accept-new"):
         path = _with(ray2, tmp_path, known_hosts=str(wrong), host_key_policy=policy)
         res = orch("preflight", str(path), timeout=60)
@@ -64,13 +63,14 @@ def test_changed_host_key_is_refused_even_with_accept_new(bed: TestBed, ray2: Pa
         assert "hb2" in res.stdout + res.stderr and "CHANGED" in res.stdout + res.stderr
 
 
-def test_accept_new_trusts_on_first_use_and_records_the_key(ray2: Path, tmp_path: Path) -> None:
+def test_accept_new_trusts_on_first_use_and_records_the_key(bed: TestBed, ray2: Path,
+                                                             tmp_path: Path) -> None:  # fmt: skip
     fresh = tmp_path / "known_hosts"
     res = orch("preflight", str(_with(ray2, tmp_path, known_hosts=str(fresh),
                                       host_key_policy="accept-new")), timeout=60)  # fmt: skip
     assert res.returncode == 0, res.stdout
     recorded = fresh.read_text()
-    assert "10.123.0.11 ssh-ed25519" in recorded and "10.123.0.12 ssh-ed25519" in recorded
+    assert all(f"{h.address} ssh-ed25519" in recorded for h in bed.hosts[:2])
 
 
 CANARY = "/tmp/orchestrate-pwned"  # /tmp is private per host: checked on each host and here
@@ -95,8 +95,7 @@ def test_inventory_values_never_reach_a_shell(bed: TestBed, ray2: Path, tmp_path
 
 
 def test_two_ups_at_once_one_refuses(bed: TestBed, ray2: Path) -> None:
-    first = subprocess.Popen([sys.executable, "-m", "orchestrate", "up", str(ray2)], cwd=WORKDIR,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = orch_popen("up", str(ray2))
     try:
         time.sleep(1.0)  # the first one holds the lock from its start
         second = orch("up", str(ray2), timeout=60)
@@ -107,29 +106,30 @@ def test_two_ups_at_once_one_refuses(bed: TestBed, ray2: Path) -> None:
     finally:
         if first.poll() is None:
             first.kill()
+            first.communicate(timeout=30)
     assert orch_json("up", str(ray2), timeout=300)["changes"] == {"hb1": "keep", "hb2": "keep"}
     assert orch("down", str(ray2), timeout=300).returncode == 0
 
 
 def test_ctrl_c_in_the_middle_of_up_leaves_a_state_up_and_down_finish(bed: TestBed,
                                                                        ray2: Path) -> None:  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrate", "up", str(ray2)], cwd=WORKDIR,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    seen = ""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 120
-    while "creating sectest-head" not in seen and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen += line
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, seen + err
-    assert "interrupted" in err and "Traceback" not in err
-    report = orch_json("up", str(ray2), timeout=300)  # finishes the job
-    assert sum(n["gpus"] for n in report["ray_nodes"] if n["alive"]) == 2
-    assert orch("down", str(ray2), timeout=300).returncode == 0
+    try:
+        with orch_popen("up", str(ray2)) as proc:
+            seen = ""
+            assert proc.stderr is not None
+            deadline = time.monotonic() + 120
+            while "creating sectest-head" not in seen and time.monotonic() < deadline:
+                line = proc.stderr.readline()
+                if not line:
+                    break
+                seen += line
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, seen + err
+        assert "interrupted" in err and "Traceback" not in err
+        report = orch_json("up", str(ray2), timeout=300)  # finishes the job
+        assert sum(n["gpus"] for n in report["ray_nodes"] if n["alive"]) == 2
+    finally:
+        assert orch("down", str(ray2), timeout=300).returncode == 0
     assert all(ps(bed, i) == [] for i in (1, 2))
 

@@ -10,11 +10,12 @@ tests stop at the Ray cluster, like the post's first two steps.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import bed_inventory, orch, orch_json, ps
+from tests.conftest import bed_inventory, deployed, orch, orch_json, ps
 from tests.testbed import TestBed
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
@@ -33,10 +34,9 @@ def ray_inventory(bed: TestBed, ray_image: str, ray_model: dict[str, str],
 
 
 @pytest.fixture(scope="module")
-def ray_up(bed: TestBed, ray_inventory: Path) -> dict:  # type: ignore[type-arg]
-    report = orch_json("up", str(ray_inventory), timeout=600)
-    yield report
-    orch("down", str(ray_inventory), timeout=300)
+def ray_up(bed: TestBed, ray_inventory: Path) -> Iterator[dict]:  # type: ignore[type-arg]
+    with deployed(ray_inventory, timeout=600) as report:
+        yield report
 
 
 def test_up_forms_a_ray_cluster_with_every_node_and_gpu(bed: TestBed, ray_up: dict) -> None:  # type: ignore[type-arg]
@@ -94,15 +94,9 @@ def test_changed_inventory_restarts_the_group_in_order(bed: TestBed, ray_invento
 
 
 def test_logs_follow_streams_until_stopped(ray_inventory: Path, ray_up: dict) -> None:  # type: ignore[type-arg]
-    import subprocess
-    import sys
+    from tests.conftest import orch_popen
 
-    from tests.conftest import WORKDIR
-
-    argv = [sys.executable, "-m", "orchestrate", "-i", str(ray_inventory), "logs", "worker-1",
-            "-f", "--tail", "5"]
-    with subprocess.Popen(argv, cwd=WORKDIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:  # fmt: skip
+    with orch_popen("-i", str(ray_inventory), "logs", "worker-1", "-f", "--tail", "5") as proc:
         try:
             assert proc.stdout is not None
             first = proc.stdout.readline()  # the tail arrives, and the stream stays open

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import CPU_BIND, CPU_SERVE, bed_inventory, orch, orch_json, ps
+from tests.conftest import CPU_BIND, CPU_SERVE, bed_inventory, deployed, orch, orch_json, ps
 from tests.testbed import TestBed
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow, pytest.mark.vllm]
@@ -45,9 +45,8 @@ def mp_up(mp_inventory: Path) -> Any:
     saved = {k: os.environ.get(k) for k in SECRET_ENV}
     os.environ.update(SECRET_ENV)
     try:
-        report = orch_json("up", str(mp_inventory), timeout=1200)
-        yield report
-        orch("down", str(mp_inventory), timeout=300)
+        with deployed(mp_inventory, timeout=1200) as report:
+            yield report
     finally:
         for k, v in saved.items():
             if v is None:
@@ -56,12 +55,12 @@ def mp_up(mp_inventory: Path) -> Any:
                 os.environ[k] = v
 
 
-def test_pp2_across_two_hosts_serves_and_passes_the_checks(mp_up: Any) -> None:
+def test_pp2_across_two_hosts_serves_and_passes_the_checks(bed: TestBed, mp_up: Any) -> None:
     checks = {c["name"]: c for c in mp_up["checks"]}
     assert all(c["ok"] for c in checks.values()), checks
     assert "tiny" in checks["models"]["detail"]
     assert "[DONE]" in checks["chat-stream"]["detail"] and checks["chat-stream"]["ttft_ms"] > 0
-    assert mp_up["endpoint"] == "http://10.123.0.11:8009"
+    assert mp_up["endpoint"] == f"http://{bed.hosts[0].address}:8009"
 
 
 def test_each_host_runs_one_pipeline_stage(bed: TestBed, mp_inventory: Path, mp_up: Any) -> None:
