@@ -8,6 +8,7 @@ in CI (CI=true) that is a failure, so a broken setup can never pass silently.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +44,7 @@ WORKDIR = Path(tempfile.mkdtemp(prefix="orchestrate-tests-", dir="/var/tmp"))
 RUN_CACHE = WORKDIR / "xdg-cache"
 RUN_CACHE.mkdir()
 CHILD_ENV = {"XDG_CACHE_HOME": str(RUN_CACHE), "PYTHONUNBUFFERED": "1"}
+os.environ["XDG_CACHE_HOME"] = str(RUN_CACHE)  # in-process CLI calls too: HOME stays untouched
 
 # The session's bed: its network, bridge and state dir can be moved (ORCH_BED_NET=10.140.0
 # ORCH_BED_BRIDGE=orchbr9 ORCH_BED_BASE=/var/tmp/bed9), so that two checkouts test side by side.
@@ -73,6 +76,40 @@ def bed() -> Iterator[TestBed]:
         yield tb
     finally:
         tb.down()
+
+
+# process-wide caches that hold files open on purpose, for the life of the process
+_CACHED_FILES = ("/matplotlib/mpl-data/fonts/",)  # matplotlib's FT2Font lru_cache
+
+
+def _open_fds() -> set[str]:
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if not any(c in target for c in _CACHED_FILES):
+                fds.add(f"{fd} -> {target}")
+    return fds
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Every test ends with the file descriptors and threads it started with (after a bounded
+    grace for threads that are finishing): a leak is an error of that test, not a warning that
+    surfaces in whichever later test the garbage collector happens to run in."""
+    fds, threads = _open_fds(), set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        gc.collect()
+        new_fds = sorted(_open_fds() - fds)
+        new_threads = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+        if not (new_fds or new_threads) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    leaks = [f"fd {f}" for f in new_fds] + [f"thread {t.name}" for t in new_threads]
+    if leaks:
+        pytest.fail(f"the test leaked: {', '.join(leaks)}", pytrace=False)
 
 
 LABEL = "orchestrate.deployment"

@@ -219,6 +219,7 @@ def _run_streaming(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+        proc.stdout.close()  # type: ignore[union-attr]
     return (None if timed_out.is_set() else proc.returncode), tail
 
 
