@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import bed_inventory, orch, orch_json, orch_popen, ps
+from tests.conftest import RUN_CACHE, bed_inventory, orch, orch_json, orch_popen, ps
 from tests.testbed import TestBed
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
@@ -96,8 +96,13 @@ def test_inventory_values_never_reach_a_shell(bed: TestBed, ray2: Path, tmp_path
 
 def test_two_ups_at_once_one_refuses(bed: TestBed, ray2: Path) -> None:
     first = orch_popen("up", str(ray2))
+    lock = RUN_CACHE / "orchestrate" / "locks" / "sectest.lock"
     try:
-        time.sleep(1.0)  # the first one holds the lock from its start
+        # the holder writes its pid into the lock file once it holds the lock
+        deadline = time.monotonic() + 60
+        while f"pid {first.pid}" not in (lock.read_text() if lock.exists() else ""):
+            assert first.poll() is None and time.monotonic() < deadline, "the first up never took the lock"
+            time.sleep(0.05)
         second = orch("up", str(ray2), timeout=60)
         assert second.returncode == 4, second.stderr
         assert "busy" in second.stderr and "orchestrate up" in second.stderr
