@@ -10,7 +10,8 @@ The boundary for docker/requests errors: mapped to EngineError here, once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 import docker
@@ -20,6 +21,7 @@ import urllib3
 from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.transport.sshconn import SSHConnection, SSHConnectionPool, SSHHTTPAdapter
+from docker.utils.json_stream import json_stream
 
 from orchestrate.errors import EngineError
 from orchestrate.remote import SSHRunner
@@ -102,6 +104,14 @@ _TRANSPORT_ERRORS = (
 )  # fmt: skip
 
 
+def split_ref(ref: str) -> tuple[str, str]:
+    """`repo[:tag]` -> (repo, tag), with docker's default tag; a registry port is not a tag."""
+    if ":" in ref.split("/")[-1]:
+        repo, _, tag = ref.rpartition(":")
+        return repo, tag
+    return ref, "latest"
+
+
 class Engine:
     """Typed, error-mapped operations on one host's Docker Engine."""
 
@@ -149,23 +159,101 @@ class Engine:
             return None
         return str(image.id)
 
-    def pull(self, ref: str) -> str:
-        repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "latest")
-        try:
-            self.call("pull", self.client.api.pull, repo, tag=tag)
-        except NotFound:
-            raise EngineError(self.name, f"image {ref} not found in its registry") from None
+    def pull(self, ref: str, auth: dict[str, str] | None = None) -> str:
+        """Pull `ref` (reading the engine's progress; use pull_progress to see it); its image ID."""
+        for _ in self.pull_progress(ref, auth):
+            pass
         image_id = self.image_id(ref)
         if image_id is None:
             raise EngineError(self.name, f"pull of {ref} finished but the image is missing")
         return image_id
 
-    def save(self, ref: str) -> Iterator[bytes]:
-        image = self.call("image inspect", self.client.images.get, ref)
-        return image.save(chunk_size=4 * 2**20, named=True)  # type: ignore[no-any-return]
+    def pull_progress(self, ref: str, auth: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+        """`docker pull` with the engine's JSON progress messages, as they come; the read timeout
+        applies to each message. An error message (also mid-stream) raises EngineError."""
+        repo, tag = split_ref(ref)
+        api = self.client.api
+        try:
+            stream = self.call("pull", api.pull, repo, tag=tag, stream=True, decode=True,
+                               auth_config=auth)  # fmt: skip
+            yield from self._messages("pull", stream)
+        except NotFound:
+            raise EngineError(self.name, f"image {ref} not found in its registry") from None
 
-    def load(self, chunks: Iterator[bytes]) -> None:
-        self.call("image load", self.client.api.load_image, chunks)
+    def push_progress(self, ref: str) -> Iterator[dict[str, Any]]:
+        """`docker push` of `ref` with the engine's JSON progress messages, as they come."""
+        repo, tag = split_ref(ref)
+        api = self.client.api
+        stream = self.call("push", api.push, repo, tag=tag, stream=True, decode=True)
+        yield from self._messages("push", stream)
+
+    def tag(self, image: str, ref: str) -> None:
+        repo, tag = split_ref(ref)
+        self.call("tag", self.client.api.tag, image, repo, tag=tag)
+
+    def untag(self, ref: str) -> None:
+        """Remove one name of an image (the image stays while other names or containers use it)."""
+        with contextlib.suppress(NotFound, ImageNotFound):
+            self.call("untag", self.client.api.remove_image, ref, noprune=True)
+
+    def image_size(self, ref: str) -> int:
+        """Bytes of the image's layers (about the size of its `docker save` tar)."""
+        attrs = self.call("image inspect", self.client.api.inspect_image, ref)
+        return int(attrs.get("Size") or 0)
+
+    def save(self, ref: str, chunk_size: int = 4 * 2**20) -> Generator[bytes, None, None]:
+        """The image as a `docker save` tar, chunk by chunk, each read under the client's timeout
+        (docker-py's get_image turns the timeout off: a frozen source would stall forever). The
+        HTTP response is closed however the iteration ends (close() the generator to abandon)."""
+        api = self.client.api
+        try:
+            res = self.call("image save", api._get, api._url("/images/{0}/get", ref), stream=True)
+            self.call("image save", api._raise_for_status, res)
+        except (NotFound, ImageNotFound):
+            raise EngineError(self.name, f"image {ref} is not on this engine") from None
+        try:
+            while True:
+                try:
+                    data = res.raw.read(chunk_size)
+                except _TRANSPORT_ERRORS + STREAM_ERRORS as exc:
+                    raise self._fail("image save", exc) from None
+                if not data:
+                    return
+                yield data
+        finally:
+            res.close()
+
+    def load(self, chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+        """`docker load` of a `docker save` tar with progress (POST /images/load?quiet=0): yields
+        the engine's JSON messages as they come, so the read timeout applies to each message and
+        not to the whole load. An error message or a lost engine raises EngineError at once."""
+        api = self.client.api
+        res = self.call("image load", api._post, api._url("/images/load"), data=chunks,
+                        params={"quiet": "0"}, stream=True)  # fmt: skip
+        try:
+            self.call("image load", api._raise_for_status, res)
+            yield from self._messages("image load", json_stream(api._stream_helper(res)))
+        finally:
+            res.close()
+
+    def _messages(self, what: str, stream: Iterable[Any]) -> Iterator[dict[str, Any]]:
+        """Map a JSON message stream: transport errors while reading, and the engine's own error
+        messages (it reports failures mid-stream with HTTP 200 already sent)."""
+        it = iter(stream)
+        while True:
+            try:
+                msg = next(it)
+            except StopIteration:
+                return
+            except _TRANSPORT_ERRORS + STREAM_ERRORS as exc:
+                raise self._fail(what, exc) from None
+            if isinstance(msg, dict) and (msg.get("error") or msg.get("errorDetail")):
+                detail = msg.get("errorDetail") or {}
+                text = str(msg.get("error") or detail.get("message") or detail).strip()
+                raise EngineError(self.name, f"Docker {what} failed: {text}")
+            if isinstance(msg, dict):
+                yield msg
+
 
     # ------------------------------------------------------------ containers
     def containers(self, deployment: str, host: str) -> list[Container]:
@@ -202,6 +290,11 @@ class Engine:
             self.call("remove", container.remove, force=True)
         except NotFound:
             pass
+
+    def discard(self, container: Container) -> None:
+        """Remove a container now (no graceful stop) with its anonymous volumes."""
+        with contextlib.suppress(NotFound):
+            self.call("remove", container.remove, force=True, v=True)
 
     def exec(self, container: Container, argv: list[str], timeout: float = 60) -> tuple[int, str]:
         try:

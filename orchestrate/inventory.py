@@ -264,9 +264,23 @@ class Checks(Strict):
     timeout: Seconds = 120
 
 
+class HeadRegistry(Strict):
+    # images.source head-registry: the registry container orchestrate runs on the head
+    # (registry:2, or any image of Distribution, e.g. one built from Debian's docker-registry)
+    image: Image = "registry:2"
+    port: Port = 5000  # on the head's 127.0.0.1 (and its address, when workers pull directly)
+    # workers pull through an SSH tunnel to their own 127.0.0.1 (no daemon config), straight
+    # from the head (their engines must list it in insecure-registries), or auto: direct where
+    # every worker trusts it, else the tunnel
+    pull: Literal["auto", "tunnel", "direct"] = "auto"
+
+
 class Images(Strict):
-    # how the image reaches hosts: pull from a registry, or push from this machine / from the head
-    source: Literal["registry", "local", "head"] = "registry"
+    # how the image reaches hosts: each pulls from its registry (registry); streamed from this
+    # machine (local) or from the head (head) into each host's docker load; or pushed from the
+    # head to a registry orchestrate runs there, which the workers pull from (head-registry)
+    source: Literal["registry", "local", "head", "head-registry"] = "registry"
+    head_registry: HeadRegistry = HeadRegistry()
 
 
 class Inventory(Strict):

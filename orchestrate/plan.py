@@ -78,6 +78,15 @@ class SSHTarget:
 
 
 @dataclass(frozen=True)
+class RegistryPlan:
+    """images.source head-registry: the registry orchestrate runs on the head."""
+
+    image: str
+    port: int
+    pull: Literal["auto", "tunnel", "direct"]
+
+
+@dataclass(frozen=True)
 class NodePlan:
     host: str  # inventory host name
     address: str
@@ -101,7 +110,7 @@ class Plan:
     backend: Literal["ray", "mp"]
     accelerator: Literal["nvidia", "cpu"]
     image: str
-    image_source: Literal["registry", "local", "head"]
+    image_source: Literal["registry", "local", "head", "head-registry"]
     nodes: tuple[NodePlan, ...]
     serve_argv: tuple[str, ...]  # the `vllm serve ...` that the head runs
     serve_start: bool  # false: Ray cluster only
@@ -128,6 +137,7 @@ class Plan:
     gpu_memory_gib: float | None = None
     gpu_memory_utilization: float | None = None
     max_model_len: int | None = None
+    image_registry: RegistryPlan | None = None  # images.source: head-registry only
     env: tuple[tuple[str, str], ...] = field(default=())
 
     @property
@@ -180,6 +190,7 @@ def build_plan(inv: Inventory) -> Plan:
         accelerator=inv.accelerator,
         image=inv.image,
         image_source=inv.images.source,
+        image_registry=_registry(inv),
         nodes=nodes,
         serve_argv=serve_argv,
         serve_start=inv.serve.start,
@@ -208,6 +219,13 @@ def build_plan(inv: Inventory) -> Plan:
         max_model_len=inv.serve.max_model_len,
         env=_common_env(inv),
     )
+
+
+def _registry(inv: Inventory) -> RegistryPlan | None:
+    if inv.images.source != "head-registry":
+        return None
+    reg = inv.images.head_registry
+    return RegistryPlan(image=reg.image, port=reg.port, pull=reg.pull)
 
 
 def _served_name(inv: Inventory) -> str:

@@ -1,0 +1,71 @@
+"""Images for the image-distribution tests and benchmark, built offline in the root dockerd and
+cached by tag: a base image plus layers of random (incompressible) data, and a registry image made
+from Debian's own `docker-registry` package (Distribution 2.8.2, the program behind registry:2).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.testbed import BASE_IMAGE
+
+REGISTRY_IMAGE = "orchestrate/registry:2.8.2"
+REGISTRY_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: 0.0.0.0:5000
+"""
+
+
+def _exists(tag: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def _build(tag: str, context: Path, dockerfile: str, timeout: float) -> None:
+    (context / "Dockerfile").write_text(dockerfile)
+    res = subprocess.run(["docker", "build", "-q", "-t", tag, str(context)], capture_output=True,
+                         text=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+    if res.returncode != 0:
+        raise RuntimeError(f"docker build {tag} failed: {res.stderr[-2000:]}")
+
+
+def blob_image(layers: int, layer_mib: int) -> str:
+    """BASE_IMAGE plus `layers` layers of `layer_mib` MiB of /dev/urandom each."""
+    tag = f"orchestrate/blob:{layers}x{layer_mib}m"
+    if not _exists(tag):
+        runs = "".join(f"RUN head -c {layer_mib}M /dev/urandom > /blob{i}\n" for i in range(layers))
+        with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+            _build(tag, Path(d), f"FROM {BASE_IMAGE}\n{runs}", timeout=300 + 60 * layers)
+    return tag
+
+
+def registry_image() -> str:
+    """Distribution's registry from Debian bookworm's docker-registry package (apt-get download:
+    no Docker Hub), on BASE_IMAGE; listens on :5000, storage in a volume."""
+    if _exists(REGISTRY_IMAGE):
+        return REGISTRY_IMAGE
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+        ctx = Path(d)
+        subprocess.run(["apt-get", "download", "docker-registry"], cwd=ctx, check=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+        deb = next(ctx.glob("docker-registry_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(ctx / "root")], check=True, timeout=120)
+        (ctx / "config.yml").write_text(REGISTRY_CONFIG)
+        _build(REGISTRY_IMAGE, ctx, f"FROM {BASE_IMAGE}\n"
+               "COPY root/usr/bin/docker-registry /usr/bin/docker-registry\n"
+               "COPY config.yml /etc/docker/registry/config.yml\n"
+               "VOLUME /var/lib/registry\nEXPOSE 5000\n"
+               'ENTRYPOINT ["/usr/bin/docker-registry", "serve"]\n'
+               'CMD ["/etc/docker/registry/config.yml"]\n', timeout=300)  # fmt: skip
+    return REGISTRY_IMAGE
+
+
+def remove(tag: str) -> None:
+    subprocess.run(["docker", "image", "rm", tag], capture_output=True, timeout=300)
