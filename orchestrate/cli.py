@@ -497,21 +497,6 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("ORCH_CACHE") or Path.home() / ".cache" / "orchestrate")
 
 
-def _base_image(base: str | None) -> str:
-    """--base, else the local debootstrap base when this machine has one, else python:3.11-slim."""
-    from orchestrate import images
-
-    if base:
-        return base
-    try:
-        import docker
-
-        docker.from_env(timeout=10).images.get(images.LOCAL_BASE)
-        return images.LOCAL_BASE
-    except Exception:  # no engine, or no such image: the build reports it properly
-        return images.DEFAULT_BASE
-
-
 def _build_error(exc: Exception) -> OrchestrateError:
     return OrchestrateError(str(exc))
 
@@ -522,23 +507,49 @@ def image() -> None:
 
 
 @image.command("build")
-@click.argument("kind", type=click.Choice(["vllm-cpu", "ray"]), default="vllm-cpu")
-@click.option("--base", help="Base image (default: orchestrate/debian-py:bookworm if present, "
-              "else python:3.11-slim-bookworm).")
-@click.option("--tag", help="Image tag (default orchestrate/vllm-cpu:0.32.0 / orchestrate/ray:2.60.0).")
+@click.argument("kind", type=click.Choice(["vllm-cpu", "ray", "base"]), default="vllm-cpu")
+@click.option("--base", help="Base image (default: orchestrate/debian-py:bookworm or "
+              "python:3.11-slim-bookworm if present, else pulled, else made with debootstrap).")
+@click.option("--tag", help="Image tag (default orchestrate/vllm-cpu:0.32.0 / orchestrate/ray:2.60.0 / "
+              "orchestrate/debian-py:bookworm).")
+@click.option("--rebuild-rootfs", is_flag=True, help="base only: debootstrap afresh instead of "
+              "re-importing the cached rootfs tarball.")
 @click.pass_obj
-def image_build(opts: Options, kind: str, base: str | None, tag: str | None) -> None:
-    """Build the vLLM-on-CPU image (vllm-cpu + ray, with the packaging fixes) or a Ray image."""
+def image_build(opts: Options, kind: str, base: str | None, tag: str | None,
+                rebuild_rootfs: bool) -> None:
+    """Build the vLLM-on-CPU image (vllm-cpu + ray, with the packaging fixes), a Ray image, or
+    the Debian base they build on (debootstrap, no registry needed; re-imported when present)."""
     from orchestrate import images
 
     console = opts.console()
     try:
-        image_id = images.build_image(kind, tag=tag, base=_base_image(base),  # type: ignore[arg-type]
-                                      cache_dir=_cache_dir(),
-                                      on_event=lambda line: console("image", None, line))
+        if kind == "base":
+            image_id = _build_base(tag or images.LOCAL_BASE, rebuild_rootfs, console)
+        else:
+            image_id = images.build_image(kind, tag=tag, base=base,  # type: ignore[arg-type]
+                                          cache_dir=_cache_dir(),
+                                          on_event=lambda line: console("image", None, line))
     except images.ImageBuildError as exc:
         raise _build_error(exc) from None
-    emit_text(f"{tag or (images.CPU_IMAGE if kind == 'vllm-cpu' else images.RAY_IMAGE)} {image_id}")
+    default = {"vllm-cpu": images.CPU_IMAGE, "ray": images.RAY_IMAGE, "base": images.LOCAL_BASE}[kind]
+    emit_text(f"{tag or default} {image_id}")
+
+
+def _build_base(tag: str, rebuild_rootfs: bool, console: Console) -> str:
+    import docker
+
+    from orchestrate import images
+    from orchestrate.images.base import ensure_local_base
+
+    try:
+        client = docker.from_env(timeout=600)
+    except docker.errors.DockerException as exc:
+        raise images.ImageBuildError(f"Cannot reach the Docker daemon: {exc}") from None
+    try:
+        return ensure_local_base(client, _cache_dir(), lambda line: console("image", None, line),
+                                 tag=tag, force=True, rebuild_rootfs=rebuild_rootfs)  # fmt: skip
+    finally:
+        client.close()
 
 
 @cli.group()
@@ -627,7 +638,7 @@ def demo(opts: Options, inventory_file: str | None, base: str | None) -> None:
     plan = _load_plan(path)
     console = opts.console()
     try:
-        images.build_image("vllm-cpu", tag=plan.image, base=_base_image(base),
+        images.build_image("vllm-cpu", tag=plan.image, base=base,
                            cache_dir=_cache_dir(),
                            on_event=lambda line: console("image", None, line))  # fmt: skip
         console("model", None, f"tiny model at {plan.model_host_path}")
