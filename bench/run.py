@@ -26,6 +26,8 @@ BENCHMARKS: dict[str, tuple[str, list[str] | None]] = {
         ["bench/p3_readiness.py"],
     ),
     "P4": ("orchestrate bench vs vllm bench serve: SSE chunk rate and TTFT error", ["bench/p4_client.py"]),
+    "P6": ("start-up of each command vs main's code and a bare click/yaml/pydantic import",
+           ["bench/p6_startup.py"]),
 }
 
 

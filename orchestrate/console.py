@@ -11,12 +11,12 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol, TextIO
-
-from rich.console import Console as RichConsole
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from orchestrate.secrets import masker
+
+if TYPE_CHECKING:
+    from rich.console import Console as RichConsole
 
 
 class Events(Protocol):
@@ -32,7 +32,7 @@ class Console:
         self.stream = stream or sys.stderr
         self.verbose = verbose
         self.tty = self.stream.isatty()
-        self._rich = RichConsole(file=self.stream, highlight=False) if self.tty else None
+        self._rich = _rich_console(self.stream) if self.tty else None
         self._t0 = time.monotonic()
         self._lock = threading.Lock()  # events come from fan-out threads
 
@@ -56,6 +56,12 @@ class Console:
                 print(text, file=self.stream, flush=True)
 
 
+def _rich_console(stream: TextIO | None = None) -> RichConsole:
+    from rich.console import Console as RichConsole  # a terminal only: rich costs ~100 ms to import
+
+    return RichConsole(file=stream, highlight=False)
+
+
 def emit_json(data: Any) -> None:
     print(masker(json.dumps(data, indent=2, sort_keys=False, default=str)))
 
@@ -67,12 +73,14 @@ def emit_text(text: str) -> None:
 
 def emit_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     if sys.stdout.isatty():
+        from rich.table import Table
+
         table = Table(title=title)
         for col in columns:
             table.add_column(col)
         for row in rows:
             table.add_row(*(masker(str(c)) for c in row))
-        RichConsole().print(table)
+        _rich_console().print(table)
         return
     widths = [max(len(str(c)) for c in col) for col in zip(columns, *rows, strict=False)]
     lines = [title] if title else []

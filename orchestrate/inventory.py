@@ -136,7 +136,8 @@ Seconds = Annotated[float, Field(gt=0, le=86400)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, str_strip_whitespace=False,
+                              defer_build=True)
 
 
 # ---------------------------------------------------------------- sections

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,3 +113,111 @@ hosts: [{{name: icy, address: 127.0.0.1, role: head, gpus: 1}}]
     assert res.returncode == 1
     assert "Traceback" not in res.stderr + res.stdout and "Exception" not in res.stderr
     assert "did not answer within 2s" in res.stdout
+
+
+# ---------------------------------------------------------------- start-up (issue 15)
+
+HOST_LIBRARIES = ("docker", "fabric", "paramiko", "httpx", "invoke", "requests", "rich")
+_PROBE = """
+import json, sys
+from orchestrate.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+libs = sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(sys.stdin.read())))
+print(json.dumps(libs), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["validate"], ["--target", "k8s", "render"],
+                                  ["schema"], ["plan"], ["up", "--dry-run"]],
+                         ids=lambda a: " ".join(a))  # fmt: skip
+def test_pure_commands_import_no_host_library(args: list[str]) -> None:
+    """--help, validate, render, ... must not pay for docker, fabric, paramiko, httpx or rich
+    (not a terminal here): they are what made every command start in ~0.7 s."""
+    res = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, input=json.dumps(HOST_LIBRARIES))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stderr.splitlines()[-1]) == []
+
+
+# ---------------------------------------------------------------- global options after the command
+
+
+def test_global_options_after_the_subcommand_mean_the_same(tmp_path: Path) -> None:
+    case = str(CASES / "valid" / "one-host-mp.yaml")
+    before = run("--output", "json", "-i", case, "validate")
+    after = run("validate", "-i", case, "--output", "json")
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    assert json.loads(after.stdout)["inventory"] == case
+    k8s = run("render", "--target", "k8s")
+    assert k8s.returncode == 0 and k8s.stdout == (ROOT / "k8s" / "qwen32b.yaml").read_text()
+    # render's own -o DIR is still render's: --output is the global one
+    res = run("render", "-o", str(tmp_path), "--target", "compose", "--output", "text")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l20-head.yaml", "l20-worker.yaml"]
+
+
+def test_verbose_and_output_merge_from_both_sides() -> None:
+    from click.testing import CliRunner
+
+    from orchestrate import cli as cli_mod
+
+    seen: list[tuple[str, str | None, int, str]] = []
+
+    @cli_mod.cli.command("probe-options")
+    @click.pass_obj
+    def probe(opts: cli_mod.Options) -> None:
+        seen.append((opts.target, opts.inventory, opts.verbose, opts.output))
+
+    try:
+        runner = CliRunner()
+        assert runner.invoke(cli_mod.cli, ["-v", "probe-options", "-v", "--output", "json",
+                                           "-i", "x.yaml", "--target", "k8s"]).exit_code == 0
+        assert runner.invoke(cli_mod.cli, ["probe-options"]).exit_code == 0
+    finally:
+        del cli_mod.cli.commands["probe-options"]
+    assert seen == [("k8s", "x.yaml", 2, "json"), ("docker", None, 0, "text")]
+
+
+@pytest.mark.skipif(not Path("/var/run/docker.sock").exists(), reason="needs a local Docker Engine")
+def test_status_takes_output_json_after_the_inventory(tmp_path: Path) -> None:
+    """The issue's own example: `orchestrate status inv.yaml --output json` (nothing deployed)."""
+    inv = tmp_path / "inv.yaml"
+    text = (ROOT / "inventory" / "local-cpu.yaml").read_text()
+    inv.write_text(text.replace("name: tinydemo", "name: clistatusprobe"))
+    res = run("status", str(inv), "--output", "json")
+    assert res.returncode == 1, res.stderr  # not deployed: unhealthy, but a JSON answer
+    data = json.loads(res.stdout)
+    assert data["deployment"] == "clistatusprobe" and data["hosts"][0]["state"] == "absent"
+
+
+# ---------------------------------------------------------------- shell completion
+
+
+def _complete(words: str, cwd: Path) -> list[str]:
+    env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(len(words.split(" ")) - 1),
+           "_ORCHESTRATE_COMPLETE": "bash_complete"}  # fmt: skip
+    env.pop("ORCHESTRATE_INVENTORY", None)
+    res = subprocess.run([sys.executable, "-m", "orchestrate"], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return [line.split(",", 1)[1] for line in res.stdout.splitlines()]
+
+
+def test_logs_completes_node_names_from_the_last_inventory(tmp_path: Path) -> None:
+    (tmp_path / ".orchestrate").mkdir()
+    (tmp_path / ".orchestrate" / "last-inventory").write_text(str(ROOT / "inventory" / "l20.yaml"))
+    assert _complete("orchestrate logs ", tmp_path) == ["head", "l20-head", "worker-1", "l20-worker"]
+    assert _complete("orchestrate logs w", tmp_path) == ["worker-1"]
+    local = ROOT / "inventory" / "local-cpu.yaml"
+    assert _complete(f"orchestrate logs -i {local} ", tmp_path) == ["head", "node-0", "worker-1", "node-1"]
+    assert "status" in _complete("orchestrate st", tmp_path)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_prints_the_shell_script(shell: str) -> None:
+    res = run("completion", shell)
+    assert res.returncode == 0 and "_ORCHESTRATE_COMPLETE" in res.stdout

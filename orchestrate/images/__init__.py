@@ -43,6 +43,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from orchestrate.images.base import fingerprint, resolve_base
+
 if TYPE_CHECKING:
     import docker
 
@@ -63,7 +65,7 @@ __all__ = [
 CPU_IMAGE = "orchestrate/vllm-cpu:0.32.0"
 RAY_IMAGE = "orchestrate/ray:2.60.0"
 DEFAULT_BASE = "python:3.11-slim-bookworm"
-#: The debootstrap base made by ``bash tests/testbed/base_image.sh`` (no registry needed).
+#: The debootstrap base made by :func:`orchestrate.images.base.ensure_local_base` (no registry).
 LOCAL_BASE = "orchestrate/debian-py:bookworm"
 
 #: Image label holding :func:`recipe_hash`; a tag whose label matches is not rebuilt.
@@ -508,10 +510,10 @@ def _serve_directory(path: Path) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def _ensure_base(client: docker.DockerClient, base: str, emit: EventCallback, timeout: float) -> str:
+def _ensure_base(client: docker.DockerClient, base: str, emit: EventCallback, timeout: float) -> object:
     image = _image_or_none(client, base)
     if image is not None:
-        return str(image.id)
+        return image
     emit(f"base image {base} is not here; trying to pull it")
     problem = "not found"
     try:
@@ -524,12 +526,11 @@ def _ensure_base(client: docker.DockerClient, base: str, emit: EventCallback, ti
     if image is None:
         raise ImageBuildError(
             f"The base image {base!r} is not available locally and could not be pulled "
-            f"({problem}).\nWhat to do: build the local base image with "
-            f"`bash tests/testbed/base_image.sh` and build from it (base={LOCAL_BASE!r}, "
-            f"or `--base {LOCAL_BASE}` on the command line), or `docker load` {base!r} "
-            "from a machine that can reach a registry."
+            f"({problem}).\nWhat to do: leave out --base: orchestrate then finds or makes one "
+            f"({LOCAL_BASE!r} with debootstrap when no registry answers), or `docker load` "
+            f"{base!r} from a machine that can reach a registry."
         )
-    return str(image.id)
+    return image
 
 
 def _remove_untagged(client: docker.DockerClient, image_ids: Sequence[str]) -> None:
@@ -544,7 +545,7 @@ def build_image(
     kind: ImageKind,
     *,
     tag: str | None = None,
-    base: str = DEFAULT_BASE,
+    base: str | None = DEFAULT_BASE,
     cache_dir: Path,
     docker_client: docker.DockerClient | None = None,
     on_event: EventCallback | None = None,
@@ -552,9 +553,12 @@ def build_image(
 ) -> str:
     """Build image ``kind`` (``"vllm-cpu"`` or ``"ray"``) from ``base`` and return its image id.
 
-    Skips the build when ``tag`` (default :data:`CPU_IMAGE` / :data:`RAY_IMAGE`) exists and its
-    :data:`LABEL_RECIPE` label equals :func:`recipe_hash` of (Dockerfile text, base image id,
-    requirement set). Otherwise downloads the wheelhouse (:func:`wheelhouse`, in ``cache_dir``),
+    ``base=None``: find or make one (:func:`orchestrate.images.base.resolve_base`: present, else
+    pulled, else the debootstrap base from the cached rootfs). Skips the build when ``tag``
+    (default :data:`CPU_IMAGE` / :data:`RAY_IMAGE`) exists and its :data:`LABEL_RECIPE` label
+    equals :func:`recipe_hash` of (Dockerfile text, the base's layers and config, requirement
+    set): re-importing the base from the same rootfs tarball does not force a rebuild.
+    Otherwise downloads the wheelhouse (:func:`wheelhouse`, in ``cache_dir``),
     serves it on 127.0.0.1 and runs the daemon's build with ``network_mode="host"``, streaming
     the build log to ``on_event``. ``timeout`` bounds the whole call. An image that the new
     build replaces under ``tag`` is removed if nothing else uses it.
@@ -572,7 +576,7 @@ def build_image(
 def _build_image(
     recipe: _Recipe,
     tag: str,
-    base: str,
+    base: str | None,
     cache_dir: Path,
     client: docker.DockerClient,
     emit: EventCallback,
@@ -585,10 +589,15 @@ def _build_image(
     kind = recipe.kind
     dockerfile = _dockerfile_text(kind)
 
-    base_id = _ensure_base(client, base, emit, _remaining(deadline, "checking the base image"))
-    wanted = recipe_hash(kind, dockerfile, base_id)
+    if base is None:
+        base = resolve_base(client, cache_dir, emit)
+    base_image = _ensure_base(client, base, emit, _remaining(deadline, "checking the base image"))
+    base_id = str(getattr(base_image, "id", ""))
+    wanted = recipe_hash(kind, dockerfile, fingerprint(base_image))
+    # images labelled before the fingerprint keyed on the base's image ID: still up to date
+    accepted = {wanted, recipe_hash(kind, dockerfile, base_id)}
     existing = _image_or_none(client, tag)
-    if existing is not None and (existing.labels or {}).get(LABEL_RECIPE) == wanted:
+    if existing is not None and (existing.labels or {}).get(LABEL_RECIPE) in accepted:
         emit(f"{tag}: up to date ({existing.short_id}), not rebuilding")
         return str(existing.id)
     if existing is not None:

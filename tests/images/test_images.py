@@ -1,7 +1,7 @@
 """Tests for orchestrate.images.
 
 The fast tests use fakes. The ``slow`` ones need a local Docker daemon, the base image
-``orchestrate/debian-py:bookworm`` (``bash tests/testbed/base_image.sh``) and, on the first
+``orchestrate/debian-py:bookworm`` (``orchestrate image build base``) and, on the first
 run, a few minutes and network access for ``pip download``; later runs hit the caches.
 The cache directory is ``$ORCH_CACHE`` (default /var/cache/orchestrate).
 """
@@ -93,7 +93,7 @@ def test_missing_base_says_what_to_do(tmp_path: Path) -> None:
         images.build_image("ray", base="python:3.11-slim-bookworm", cache_dir=tmp_path, docker_client=client)
     message = str(err.value)
     assert "'python:3.11-slim-bookworm' is not available locally and could not be pulled" in message
-    assert "bash tests/testbed/base_image.sh" in message and "--base" in message
+    assert "leave out --base" in message and "debootstrap" in message
     assert "Traceback" not in message
     assert client.images.pulled == ["python:3.11-slim-bookworm"]
 

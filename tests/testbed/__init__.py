@@ -39,7 +39,6 @@ from pathlib import Path
 
 __all__ = [
     "BASE_IMAGE",
-    "BASE_IMAGE_SH",
     "BED_SH",
     "DEFAULT_BASE",
     "DEFAULT_BRIDGE",
@@ -55,7 +54,6 @@ __all__ = [
 
 HERE = Path(__file__).resolve().parent
 BED_SH = HERE / "bed.sh"
-BASE_IMAGE_SH = HERE / "base_image.sh"
 DEFAULT_BASE = Path("/var/tmp/orchestrate-bed")
 DEFAULT_NET = "10.123.0"
 DEFAULT_BRIDGE = "orchbr0"
@@ -265,14 +263,20 @@ def ensure_root_dockerd() -> None:
 
 def ensure_base_image(tag: str = BASE_IMAGE) -> str:
     """Build (debootstrap, ~1 min cold) or re-import (cached rootfs, seconds) the base image into
-    the root dockerd unless it is already there. Returns the tag."""
+    the root dockerd unless it is already there, with the package's own builder
+    (orchestrate.images.base). Returns the tag."""
+    import sys
+
+    import docker
+
+    from orchestrate.images.base import ensure_local_base
+
     ensure_root_dockerd()
-    env = dict(os.environ)
-    env.pop("DOCKER_HOST", None)  # always the root dockerd
+    cache = Path(os.environ.get("ORCH_CACHE", "/var/cache/orchestrate"))
+    client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=600)  # the root dockerd
     try:
-        cp = _run(["/bin/bash", str(BASE_IMAGE_SH), "--tag", tag], timeout=1800, env=env)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError("base_image.sh timed out") from None
-    if cp.returncode != 0:
-        raise RuntimeError(f"base_image.sh failed (rc={cp.returncode}):\n{_tail(cp.stderr)}")
+        ensure_local_base(client, cache, lambda line: print(f"[base_image] {line}", file=sys.stderr),
+                          tag=tag)  # fmt: skip
+    finally:
+        client.close()
     return tag
