@@ -262,10 +262,11 @@ def _ray_gate(s: Session) -> list[dict[str, Any]]:
     plan = s.plan
     want_ips = {n.address for n in plan.nodes}
     deadline = time.monotonic() + plan.join_timeout + 30
+    s.events("ray", None, f"waiting for {len(plan.nodes)} nodes / {plan.total_gpus} GPUs to join")
     last: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         _raise_if_dead(s, "while Ray was forming")
-        last = observe.ray_nodes(s, wait_s=RAY_PROBE_WINDOW_S) or last
+        last = s.while_alive(lambda: observe.ray_nodes(s, wait_s=RAY_PROBE_WINDOW_S)) or last
         alive = [n for n in last if n["alive"]]
         gpus = sum(n["gpus"] for n in alive)
         ips = {n["ip"] for n in alive}
@@ -283,6 +284,7 @@ def _ray_gate(s: Session) -> list[dict[str, Any]]:
 
 
 def _raise_if_dead(s: Session, when: str) -> None:
+    s.raise_if_lost()
     for node in s.plan.nodes:
         c = _container(s, node)
         if c is None or c.status in ("exited", "dead"):
@@ -315,7 +317,9 @@ def _wait_serving(s: Session) -> None:
     deadline = time.monotonic() + plan.startup_timeout
     next_watch = 0.0
     reason = ""
+    s.events("serve", plan.head.host, f"waiting for vLLM at {plan.endpoint}/health")
     while time.monotonic() < deadline:
+        s.raise_if_lost()
         code, reason = checks.health(plan.endpoint, timeout=5)
         if code == 200:
             s.events("serve", plan.head.host, f"vLLM healthy at {plan.endpoint}")

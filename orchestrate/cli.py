@@ -693,16 +693,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
-        console.error(["interrupted"])
+    except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C in a command into Abort
+        console.error(["interrupted: `orchestrate up` finishes the job, `orchestrate down` "
+                       "cleans up"])  # fmt: skip
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.error(["interrupted: `orchestrate up` finishes the job, `orchestrate down` "
-                       "cleans up"])  # fmt: skip
-        sys.exit(EXIT_INTERRUPTED)
     except Exception:  # a bug: people get one line, the traceback goes to the debug log
         import traceback
 

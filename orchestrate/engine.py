@@ -11,19 +11,20 @@ The boundary for docker/requests errors: mapped to EngineError here, once.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Generator, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import docker
 import paramiko
 import requests
 import urllib3
-from docker.errors import DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.transport.sshconn import SSHConnection, SSHConnectionPool, SSHHTTPAdapter
 from docker.utils.json_stream import json_stream
 
-from orchestrate.errors import EngineError
+from orchestrate.errors import EngineError, HostError
 from orchestrate.remote import SSHRunner
 
 API_VERSION = "1.41"  # Docker Engine 20.10, the oldest we support (the post used 20.10.5)
@@ -112,12 +113,45 @@ def split_ref(ref: str) -> tuple[str, str]:
     return ref, "latest"
 
 
-class Engine:
-    """Typed, error-mapped operations on one host's Docker Engine."""
+def _read_until(raw: Any, deadline: float) -> bytes:
+    """Everything an attached exec socket sends until EOF, or TimeoutError at the deadline."""
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        raw.settimeout(left)
+        chunk = raw.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
-    def __init__(self, name: str, client: docker.DockerClient) -> None:
+
+def _demux(raw: bytes) -> bytes:
+    """The payloads of Docker's multiplexed stream (8-byte headers: stream, 0, 0, 0, size)."""
+    out, i = [], 0
+    while i + 8 <= len(raw):
+        size = int.from_bytes(raw[i + 4 : i + 8], "big")
+        out.append(raw[i + 8 : i + 8 + size])
+        i += 8 + size
+    return b"".join(out)
+
+
+class Link(Protocol):
+    """The connection an engine rides on, asked why a call failed before the call is blamed."""
+
+    def lost(self) -> HostError | None: ...
+
+
+class Engine:
+    """Typed, error-mapped operations on one host's Docker Engine. With `link` (the SSH runner
+    under it), a call that breaks on a dead host reports the host (frozen, unreachable,
+    crashed), not the engine."""
+
+    def __init__(self, name: str, client: docker.DockerClient, link: Link | None = None) -> None:
         self.name = name
         self.client = client
+        self.link = link
 
     def _fail(self, what: str, exc: BaseException) -> EngineError:
         text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
@@ -141,7 +175,12 @@ class Engine:
         except (NotFound, ImageNotFound):
             raise
         except _TRANSPORT_ERRORS as exc:
-            raise self._fail(what, exc) from None
+            raise self._cause(what, exc) from None
+
+    def _cause(self, what: str, exc: BaseException) -> HostError:
+        # an HTTP answer proves the link works; anything else may be a dead host under the call
+        lost = None if isinstance(exc, APIError) or self.link is None else self.link.lost()
+        return lost or self._fail(what, exc)
 
     # ------------------------------------------------------------ engine
     def info(self) -> dict[str, Any]:
@@ -297,11 +336,29 @@ class Engine:
             self.call("remove", container.remove, force=True, v=True)
 
     def exec(self, container: Container, argv: list[str], timeout: float = 60) -> tuple[int, str]:
+        """(exit code, stdout+stderr) of argv in the container, within `timeout` seconds.
+        docker-py's exec_run cannot bound its read: it poll()s the socket with no timeout."""
+        api = self.client.api
         try:
-            res = self.call("exec", container.exec_run, argv, demux=False)
+            exec_id = self.call("exec", api.exec_create, container.id, argv)["Id"]
+            sock = self.call("exec", api.exec_start, exec_id, socket=True)
         except NotFound:
             return 127, "container is gone"
-        return int(res.exit_code or 0), (res.output or b"").decode("utf-8", "replace")
+        raw = getattr(sock, "_sock", sock)  # the local engine hands back a SocketIO over it
+        try:
+            out = _read_until(raw, time.monotonic() + timeout)
+        except TimeoutError:
+            lost = self.link.lost() if self.link else None
+            raise lost or EngineError(self.name, f"`{argv[0]}` in {container.name} did not "
+                                      f"finish within {timeout:g}s") from None  # fmt: skip
+        except _TRANSPORT_ERRORS as exc:
+            raise self._cause("exec", exc) from None
+        finally:
+            for end in (sock, raw):
+                with contextlib.suppress(*_TRANSPORT_ERRORS):
+                    end.close()
+        code = self.call("exec", api.exec_inspect, exec_id).get("ExitCode")
+        return int(code or 0), _demux(out).decode("utf-8", "replace")
 
     def ensure_network(self, name: str, subnet: str, deployment: str) -> None:
         from docker.types import IPAMConfig, IPAMPool

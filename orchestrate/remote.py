@@ -2,6 +2,10 @@
 
 The boundary for paramiko/invoke errors: they are mapped to ConnectError / RemoteCommandError here,
 once. Commands are argv tuples, quoted with shlex.join in exactly one place (`_line`).
+
+Every connection has a liveness watch beside whatever runs on it (`Liveness`): a slow call may be
+slow, but a host that freezes, drops off the network or crashes is found within a probe deadline,
+and its link is cut so that every call blocked on it fails at once, with that cause.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ import contextlib
 import os
 import shlex
 import shutil
+import socket
 import subprocess
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +30,8 @@ from orchestrate.errors import ConnectError, RemoteCommandError
 from orchestrate.plan import SSHTarget
 from orchestrate.secrets import masker
 
-KEEPALIVE_S = 5
+LIVENESS_EVERY_S = 1.0  # a probe round trip this often; its deadline is ssh.connect_timeout
+DIAGNOSE_S = 2.0  # the most a fresh TCP connection may take to say why a host went silent
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,89 @@ class _SaveNewKey(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
             f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
+def diagnose(target: SSHTarget, limit: float = DIAGNOSE_S) -> str:
+    """Why a host stopped answering, from what a fresh TCP connection to its sshd sees: refused
+    (crashed, rebooting, sshd gone), silent (off the network), or accepted with no banner (frozen:
+    the kernel still completes the handshake while sshd cannot run)."""
+    try:
+        with socket.create_connection((target.host, target.port), timeout=limit) as sock:
+            sock.settimeout(limit)
+            try:
+                banner = sock.recv(64)
+            except TimeoutError:
+                return ("TCP still connects but sshd sends no banner: the host is frozen or "
+                        "overloaded")  # fmt: skip
+    except ConnectionRefusedError:
+        return "new connections are refused: the host crashed or is rebooting, or sshd died"
+    except TimeoutError:
+        return "new connections time out too: the host is unreachable (network cut, or powered off)"
+    except OSError as exc:
+        return f"the host is unreachable: {exc.strerror or exc}"
+    if banner.startswith(b"SSH-"):
+        return "sshd still answers new connections: the link was cut (firewall, NAT) or overloaded"
+    return "sshd closed a new connection at once: the host is shutting down or overloaded"
+
+
+def _again(err: ConnectError) -> ConnectError:
+    """A fresh copy to raise (one exception object raised from several threads tangles)."""
+    return ConnectError(err.host, err.message.removeprefix(f"{err.host}: "), hint=err.hint)
+
+
+class Liveness:
+    """Watches one SSH transport beside whatever runs on it: a channel-open round trip every
+    LIVENESS_EVERY_S with the connect deadline (sshd must answer, even with a refusal). paramiko's
+    own keepalive wants no reply, so it never notices a frozen or cut-off host; a Docker call on
+    such a host would wait for its read timeout (minutes). On the first failed probe the cause is
+    recorded and the transport closed, which fails every call blocked on it at once."""
+
+    def __init__(self, name: str, target: SSHTarget, transport: paramiko.Transport) -> None:
+        self.name, self.target, self.transport = name, target, transport
+        self.fault: ConnectError | None = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"liveness-{name}", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(LIVENESS_EVERY_S):
+            if self.probe() is not None:
+                return
+
+    def probe(self) -> ConnectError | None:
+        """None while the host answers; else the recorded cause (probing at most once at a time)."""
+        with self._lock:
+            if self.fault is None and not self._stopped.is_set():
+                why = self._silence()
+                if why is not None and not self._stopped.is_set():
+                    t = self.target
+                    self.fault = ConnectError(
+                        self.name, f"{why}; {diagnose(t)}",
+                        hint="check the host's console, network and load; run the command again "
+                        f"once `ssh -p {t.port} {t.user}@{t.host} true` answers",
+                    )
+                    self.transport.close()
+            return self.fault
+
+    def _silence(self) -> str | None:
+        """What went wrong with one round trip, or None when sshd answered in time."""
+        limit = self.target.connect_timeout
+        if not self.transport.is_active():
+            return "the SSH connection dropped"
+        try:
+            chan = self.transport.open_session(timeout=limit)
+        except paramiko.ChannelException:
+            return None  # a refusal (e.g. MaxSessions) is an answer
+        except (paramiko.SSHException, EOFError, OSError):
+            if not self.transport.is_active():
+                return "the SSH connection dropped"
+            return f"the host stopped answering over SSH (no reply within {limit:g}s)"
+        chan.close()
+        return None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
 class SSHRunner:
     """One SSH connection to one host; `run` executes an argv with a deadline."""
 
@@ -76,12 +166,16 @@ class SSHRunner:
         self.name = name
         self.target = target
         self._conn: Connection | None = None
+        self._liveness: Liveness | None = None
+        self._lost: ConnectError | None = None  # sticky: a host found dead stays dead for us
 
     # ------------------------------------------------------------ connection
     def connect(self) -> SSHRunner:
         if self._conn is not None and self._alive():
             return self
         self.close()
+        if self._lost is not None:
+            raise _again(self._lost)
         t = self.target
         kwargs: dict[str, Any] = {
             "banner_timeout": t.connect_timeout,
@@ -128,9 +222,23 @@ class SSHRunner:
             ) from None
         transport = conn.client.get_transport()
         if transport is not None:
-            transport.set_keepalive(KEEPALIVE_S)
+            self._liveness = Liveness(self.name, t, transport)
         self._conn = conn
         return self
+
+    def found_lost(self) -> ConnectError | None:
+        """What the liveness watch has found so far, without probing (cheap: for wait loops)."""
+        live = self._liveness
+        lost = self._lost or (live.fault if live is not None else None)
+        return _again(lost) if lost is not None else None
+
+    def lost(self) -> ConnectError | None:
+        """Why this host is gone (frozen, unreachable, crashed), probing now if nothing is known
+        yet; None while it answers. Callers ask this before blaming what failed on top of SSH."""
+        live = self._liveness  # close() may drop it from another thread
+        if self._lost is None and live is not None:
+            self._lost = live.probe()
+        return _again(self._lost) if self._lost is not None else None
 
     def _set_host_key_policy(self, client: paramiko.SSHClient) -> None:
         t = self.target
@@ -190,6 +298,10 @@ class SSHRunner:
         return self.connect()._conn.client  # type: ignore[union-attr]
 
     def close(self) -> None:
+        if self._liveness is not None:
+            self._liveness.stop()
+            self._lost = self._lost or self._liveness.fault
+            self._liveness = None
         if self._conn is not None:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                 self._conn.close()
@@ -206,15 +318,21 @@ class SSHRunner:
         try:
             res = conn.run(line, hide=True, warn=True, timeout=limit, in_stream=False)
         except CommandTimedOut:
+            lost = self.lost()
             self.close()
-            raise RemoteCommandError(
+            raise lost or RemoteCommandError(
                 self.name, f"`{masker(line)[:200]}` did not finish within {limit:g}s"
             ) from None
         except UnexpectedExit as exc:  # only with warn=False; kept for safety
             res = exc.result
         except (OSError, EOFError, paramiko.SSHException) as exc:
+            lost = self.lost()
             self.close()
-            raise ConnectError(self.name, f"SSH connection lost: {exc or type(exc).__name__}") from None
+            raise lost or ConnectError(
+                self.name, f"SSH connection lost: {exc or type(exc).__name__}"
+            ) from None
+        if res.exited == -1 and (lost := self.lost()) is not None:  # the channel died, no status
+            raise lost
         result = Result(self.name, tuple(argv), res.exited, res.stdout, res.stderr)
         if check and not result.ok:
             raise RemoteCommandError(
@@ -242,6 +360,9 @@ class LocalRunner:
 
     def connect(self) -> LocalRunner:
         return self
+
+    def found_lost(self) -> ConnectError | None:
+        return None  # this machine: if it is gone, so are we
 
     def close(self) -> None:
         pass

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from orchestrate.console import Events, quiet
 from orchestrate.engine import Engine, client_over, local_client
@@ -15,30 +15,64 @@ from orchestrate.remote import Runner, SSHRunner, runner_for
 
 T = TypeVar("T")
 MAX_PARALLEL = 32
+WAIT_SLICE_S = 0.2
 
 
 def fan_out(
     phase: str, nodes: Sequence[NodePlan], fn: Callable[[NodePlan], T], events: Events = quiet
 ) -> list[T]:
-    """Run `fn` for every node in parallel; collect every failure and raise them together."""
+    """Run `fn` for every node in parallel; collect every failure and raise them together.
+
+    The threads are daemons and the caller waits in short slices, so Ctrl-C gets through at
+    once and exits the process even while a thread is stuck on a dead host (a ThreadPoolExecutor
+    would join it, on the way out of the `with` and again at interpreter exit)."""
     if not nodes:
         return []
-    results: dict[str, T] = {}
+    outcomes: dict[str, tuple[bool, Any]] = {}
+    done = threading.Condition()
+    slots = threading.BoundedSemaphore(MAX_PARALLEL)
+
+    def one(node: NodePlan) -> None:
+        with slots:
+            outcome = _outcome(node, fn)
+        with done:
+            outcomes[node.host] = outcome
+            done.notify()
+
+    for node in nodes:
+        threading.Thread(target=one, args=(node,), name=f"{phase}-{node.host}", daemon=True).start()
+    with done:
+        while len(outcomes) < len(nodes):
+            done.wait(WAIT_SLICE_S)
+    return _collect(phase, nodes, outcomes, events)
+
+
+def _outcome(node: NodePlan, fn: Callable[[NodePlan], T]) -> tuple[bool, Any]:
+    try:
+        return True, fn(node)
+    except HostError as exc:
+        return False, exc
+    except OrchestrateError as exc:
+        return False, HostError(node.host, exc.message, hint=exc.hint, tail=exc.tail)
+    except Exception as exc:  # a bug: re-raised in the caller, as future.result() did
+        return False, exc
+
+
+def _collect(
+    phase: str, nodes: Sequence[NodePlan], outcomes: dict[str, tuple[bool, Any]], events: Events
+) -> list[Any]:
     failures: list[OrchestrateError] = []
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(nodes))) as pool:
-        futures = {node.host: pool.submit(fn, node) for node in nodes}
-        for host, future in futures.items():
-            try:
-                results[host] = future.result()
-            except HostError as exc:
-                failures.append(exc)
-            except OrchestrateError as exc:
-                failures.append(HostError(host, exc.message, hint=exc.hint, tail=exc.tail))
+    for node in nodes:
+        ok, value = outcomes[node.host]
+        if not ok and not isinstance(value, OrchestrateError):
+            raise value
+        if not ok:
+            failures.append(value)
     if failures:
         for failure in failures:
             events(phase, None, f"FAILED {failure.message}")
         raise PhaseError(phase, failures)
-    return [results[n.host] for n in nodes]
+    return [outcomes[n.host][1] for n in nodes]
 
 
 class Session:
@@ -63,7 +97,8 @@ class Session:
                 client = client_over(runner, timeout)
             else:
                 client = local_client(node.host, timeout)
-            self._engines[node.host] = Engine(node.host, client)
+            link = runner if isinstance(runner, SSHRunner) else None
+            self._engines[node.host] = Engine(node.host, client, link)
         return self._engines[node.host]
 
     def connect(self, nodes: Iterable[NodePlan] | None = None) -> None:
@@ -77,21 +112,53 @@ class Session:
 
         fan_out("connect", targets, one, self.events)
 
+    def raise_if_lost(self) -> None:
+        """Raise what the liveness watch found on the first host it found dead (no probing)."""
+        for runner in list(self._runners.values()):
+            lost = runner.found_lost()
+            if lost is not None:
+                raise lost
+
+    def while_alive(self, fn: Callable[[], T]) -> T:
+        """fn() in a daemon thread while every host's liveness is watched: a host found dead
+        fails the wait at once, naming it, even while fn runs for seconds on another host."""
+        box: list[tuple[bool, Any]] = []
+        finished = threading.Event()
+
+        def run() -> None:
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:  # handed to the caller, which raises it
+                box.append((False, exc))
+            finished.set()
+
+        threading.Thread(target=run, name="while-alive", daemon=True).start()
+        while not finished.wait(WAIT_SLICE_S):
+            self.raise_if_lost()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
     def drop(self, node: NodePlan) -> None:
         """Forget a host's links after a failure: a stale transport can stall for minutes."""
-        engine = self._engines.pop(node.host, None)
-        if engine is not None:
-            engine.client.api.close()
         runner = self._runners.pop(node.host, None)
         if runner is not None:
             runner.close()
-
-    def close(self) -> None:
-        for engine in self._engines.values():
+        engine = self._engines.pop(node.host, None)
+        if engine is not None:
             with contextlib.suppress(OSError):
                 engine.client.api.close()
-        for runner in self._runners.values():
+
+    def close(self) -> None:
+        # transports first: closing one ends its channels at once, so closing the Docker
+        # clients after it sends nothing to a host that may be dead (this runs on Ctrl-C too,
+        # while fan-out threads may still be blocked on those links)
+        for runner in list(self._runners.values()):
             runner.close()
+        for engine in list(self._engines.values()):
+            with contextlib.suppress(OSError):
+                engine.client.api.close()
         self._engines.clear()
         self._runners.clear()
 
