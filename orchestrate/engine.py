@@ -54,10 +54,11 @@ def _api(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def negotiate(host: str, version: Mapping[str, Any], client_max: str = CLIENT_MAX_API) -> EngineVersion:
+def negotiate(host: str, version: Mapping[str, Any], client_max: str | None = None) -> EngineVersion:
     """Pick the API version for an engine from its unversioned GET /version answer (which every
     engine serves, whatever its minimum): the highest one both sides support, else one line
     saying which side is too old. MinAPIVersion is absent before API 1.25: 1.12 then."""
+    client_max = client_max or CLIENT_MAX_API
     engine = str(version.get("Version") or "?")
     try:
         top, floor = str(version["ApiVersion"]), str(version.get("MinAPIVersion") or "1.12")
@@ -65,7 +66,8 @@ def negotiate(host: str, version: Mapping[str, Any], client_max: str = CLIENT_MA
         too_new, too_old = _api(api) < _api(MIN_API), _api(api) < _api(floor)
     except (KeyError, ValueError):
         raise EngineError(host, f"the Docker Engine answered GET /version without a usable API "
-                          f"version ({dict(version)})", hint="is this a Docker Engine?") from None
+                          f"version ({str(dict(version))[:200]})",
+                          hint="is this a Docker Engine?") from None  # fmt: skip
     if too_new:
         raise EngineError(host, f"Docker Engine {engine} speaks API at most {top}: the engine is "
                           f"older than 20.10 (API {MIN_API}), the oldest orchestrate supports",
