@@ -5,6 +5,9 @@ silent host) and waits up to an hour to open a channel; see the test bed notes. 
 timeouts ourselves (remote.SSHRunner) and give docker-py an adapter that opens each HTTP
 connection as a `docker system dial-stdio` channel on that transport, with a deadline.
 
+The API version is negotiated with each engine, never pinned: Docker Engine 29.0-29.2 refuses
+every client below API 1.44, Debian 12's 20.10 serves at most 1.41 (see `negotiate`).
+
 The boundary for docker/requests errors: mapped to EngineError here, once.
 """
 
@@ -12,10 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Generator, Iterable, Iterator
+import weakref
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import docker
+import docker.constants
 import paramiko
 import requests
 import urllib3
@@ -27,7 +33,71 @@ from docker.utils.json_stream import json_stream
 from orchestrate.errors import EngineError, HostError
 from orchestrate.remote import SSHRunner
 
-API_VERSION = "1.41"  # Docker Engine 20.10, the oldest we support (the post used 20.10.5)
+#: the oldest API orchestrate speaks: Docker Engine 20.10 (Debian 12's docker.io; the post used 20.10.5)
+MIN_API = "1.41"
+#: the newest API the installed docker-py knows (7.1: 1.44); newer engines also speak it
+CLIENT_MAX_API: str = docker.constants.DEFAULT_DOCKER_API_VERSION
+
+
+@dataclass(frozen=True)
+class EngineVersion:
+    """What one engine said on GET /version, and the API version we speak with it."""
+
+    engine: str  # "26.1.5+dfsg1"
+    api: str  # negotiated: the highest both sides support
+    min_api: str  # the engine's MinAPIVersion
+    max_api: str  # the engine's ApiVersion
+
+    def __str__(self) -> str:
+        return f"Docker {self.engine} (API {self.api})"
+
+
+def _api(text: str) -> tuple[int, int]:
+    major, minor = text.strip().split(".")
+    return int(major), int(minor)
+
+
+def negotiate(host: str, version: Mapping[str, Any], client_max: str | None = None) -> EngineVersion:
+    """Pick the API version for an engine from its unversioned GET /version answer (which every
+    engine serves, whatever its minimum): the highest one both sides support, else one line
+    saying which side is too old. MinAPIVersion is absent before API 1.25: 1.12 then."""
+    client_max = client_max or CLIENT_MAX_API
+    engine = str(version.get("Version") or "?")
+    try:
+        top, floor = str(version["ApiVersion"]), str(version.get("MinAPIVersion") or "1.12")
+        api = min(top, client_max, key=_api)
+        too_new, too_old = _api(api) < _api(MIN_API), _api(api) < _api(floor)
+    except (KeyError, ValueError):
+        raise EngineError(host, f"the Docker Engine answered GET /version without a usable API "
+                          f"version ({str(dict(version))[:200]})",
+                          hint="is this a Docker Engine?") from None  # fmt: skip
+    if too_new:
+        raise EngineError(host, f"Docker Engine {engine} speaks API at most {top}: the engine is "
+                          f"older than 20.10 (API {MIN_API}), the oldest orchestrate supports",
+                          hint="upgrade Docker Engine on this host to 20.10 or later")  # fmt: skip
+    if too_old:
+        raise EngineError(host, f"Docker Engine {engine} accepts API {floor}-{top}, orchestrate's "
+                          f"Docker client (docker {docker.__version__}) speaks at most "
+                          f"{client_max}: upgrade the docker Python package",
+                          hint="pip install --upgrade docker")  # fmt: skip
+    return EngineVersion(engine=engine, api=api, min_api=floor, max_api=top)
+
+
+_VERSIONS: weakref.WeakKeyDictionary[docker.DockerClient, EngineVersion] = weakref.WeakKeyDictionary()
+
+
+def version_of(client: docker.DockerClient) -> EngineVersion | None:
+    """The engine version and API negotiated when the client was made (None: made elsewhere)."""
+    return _VERSIONS.get(client)
+
+
+def _negotiated(name: str, client: docker.DockerClient) -> docker.DockerClient:
+    # unversioned: an engine answers it whatever API range it accepts
+    raw = Engine(name, client).call("version", client.api.version, api_version=False)
+    found = negotiate(name, raw)
+    client.api._version = found.api
+    _VERSIONS[client] = found
+    return client
 
 
 class _Connection(SSHConnection):  # type: ignore[misc]
@@ -73,24 +143,28 @@ class _Adapter(SSHHTTPAdapter):  # type: ignore[misc]
 
 
 def client_over(runner: SSHRunner, timeout: float = 60) -> docker.DockerClient:
+    """A client for the host's engine over `runner`'s SSH transport, API version negotiated."""
+    # MIN_API only until negotiated: a version given here keeps docker-py from asking itself
     api = docker.APIClient(base_url="unix:///var/run/orchestrate-unused.sock",
-                           version=API_VERSION, timeout=timeout)  # fmt: skip
+                           version=MIN_API, timeout=timeout)  # fmt: skip
     adapter = _Adapter(runner.client, timeout)
     api.mount("http+docker://ssh", adapter)
     api._custom_adapter = adapter
     api.base_url = "http+docker://ssh"
     client = docker.DockerClient.__new__(docker.DockerClient)
     client.api = api
-    return client
+    return _negotiated(runner.name, client)
 
 
 def local_client(name: str, timeout: float = 60) -> docker.DockerClient:
-    """This machine's own engine (connection: local), from DOCKER_HOST or the default socket."""
+    """This machine's own engine (connection: local), from DOCKER_HOST or the default socket,
+    API version negotiated."""
     try:
-        return docker.from_env(timeout=int(timeout))
+        client = docker.from_env(version=MIN_API, timeout=int(timeout))
     except DockerException as exc:
         raise EngineError(name, f"the local Docker Engine is unreachable: {exc}",
                           hint="start Docker (dockerd) on this machine") from None  # fmt: skip
+    return _negotiated(name, client)
 
 
 # what reading a streamed response (logs -f) can raise; requests does not wrap these

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from orchestrate.engine import version_of
 from orchestrate.errors import HostError, PhaseError
 from orchestrate.plan import NodePlan, Plan
 from orchestrate.session import Session, fan_out
@@ -63,28 +64,81 @@ def _skip(node: NodePlan, name: str, message: str) -> Row:
 
 @check("docker")
 def check_docker(s: Session, node: NodePlan) -> Row:
-    info = s.engine(node).info()
-    return _ok(node, "docker", f"Docker {info.get('ServerVersion', '?')}, "
-                               f"{info.get('NCPU', '?')} CPUs")  # fmt: skip
+    """The engine's version and the API version negotiated with it (engine.negotiate)."""
+    engine = s.engine(node)
+    info = engine.info()
+    found = version_of(engine.client)
+    what = str(found) if found else f"Docker {info.get('ServerVersion', '?')}"
+    return _ok(node, "docker", f"{what}, {info.get('NCPU', '?')} CPUs")
+
+
+# GPUs: what can start a `--gpus` container (DeviceRequests). moby registers its "nvidia" device
+# driver only when nvidia-container-runtime-hook is on dockerd's PATH (daemon/nvidia_linux.go);
+# an `nvidia` runtime in `docker info` is how the NVIDIA Container Toolkit's own setup shows.
+GPU_HOOK = "nvidia-container-runtime-hook"
+# dockerd runs with the service manager's PATH, which has the sbin dirs an SSH user's may lack
+GPU_HOOK_ARGV = ("sh", "-c", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH "
+                 f"command -v {GPU_HOOK} || true")  # fmt: skip
+NVIDIA_SMI_ARGV = ("nvidia-smi", "--query-gpu=driver_version,name,memory.total",
+                   "--format=csv,noheader")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Gpu:
+    driver: str
+    name: str
+    memory: str
+
+
+def parse_runtimes(info: Mapping[str, Any]) -> tuple[str, ...]:
+    """Runtime names from `docker info` (the API's /info Runtimes; null on some engines)."""
+    return tuple(sorted(info.get("Runtimes") or {}))
+
+
+def parse_hook(stdout: str) -> str | None:
+    """The hook's path from GPU_HOOK_ARGV's output (`command -v` prints it, or nothing)."""
+    paths = [line.strip() for line in stdout.splitlines() if line.strip().startswith("/")]
+    return paths[0] if paths else None
+
+
+def parse_nvidia_smi(stdout: str) -> list[Gpu]:
+    """One Gpu per line of NVIDIA_SMI_ARGV's CSV ("550.54.15, NVIDIA H200, 143771 MiB")."""
+    gpus = []
+    for line in stdout.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 3 and fields[0] and fields[1]:
+            gpus.append(Gpu(driver=fields[0], name=fields[1], memory=fields[2]))
+    return gpus
+
+
+def judge_gpus(
+    node: NodePlan, runtimes: Sequence[str], hook: str | None, smi_ok: bool, smi_out: str
+) -> Row:
+    if hook is None and "nvidia" not in runtimes:
+        return _fail(node, "gpus", f"the Docker Engine cannot start --gpus containers: no {GPU_HOOK} "
+                     f"on the PATH and no nvidia runtime in docker info (runtimes: "
+                     f"{', '.join(runtimes) or 'none'})",
+                     "install the NVIDIA Container Toolkit (nvidia-container-toolkit), then restart "
+                     "dockerd")  # fmt: skip
+    if not smi_ok:
+        tail = " ".join(smi_out.split())[-200:]
+        return _fail(node, "gpus", f"nvidia-smi failed: {tail}", "check the NVIDIA driver")
+    gpus = parse_nvidia_smi(smi_out)
+    if len(gpus) < node.gpus:
+        return _fail(node, "gpus", f"{len(gpus)} GPUs found, the inventory says {node.gpus}",
+                     "fix hosts[].gpus or the host's GPUs")  # fmt: skip
+    via = f"{GPU_HOOK} at {hook}" if hook else f"the nvidia runtime ({GPU_HOOK} not on the PATH)"
+    return _ok(node, "gpus", f"{len(gpus)} x {gpus[0].name}, driver {gpus[0].driver}; --gpus via {via}")
 
 
 @check("gpus")
 def check_gpus(s: Session, node: NodePlan) -> Row:
     if s.plan.accelerator == "cpu":
         return _skip(node, "gpus", "CPU hosts (accelerator: cpu)")
-    if "nvidia" not in s.engine(node).info().get("Runtimes", {}):
-        return _fail(node, "gpus", "the Docker Engine has no nvidia runtime",
-                     "install the NVIDIA Container Toolkit; nvidia-ctk runtime configure")  # fmt: skip
-    res = s.runner(node).run(["nvidia-smi", "--query-gpu=driver_version,name,memory.total",
-                              "--format=csv,noheader"], check=False, timeout=30)  # fmt: skip
-    if not res.ok:
-        return _fail(node, "gpus", f"nvidia-smi failed: {res.tail(2)}", "check the NVIDIA driver")
-    gpus = [line for line in res.stdout.splitlines() if line.strip()]
-    driver = gpus[0].split(",")[0].strip() if gpus else "?"
-    if len(gpus) < node.gpus:
-        return _fail(node, "gpus", f"{len(gpus)} GPUs found, the inventory says {node.gpus}",
-                     "fix hosts[].gpus or the host's GPUs")  # fmt: skip
-    return _ok(node, "gpus", f"{len(gpus)} x {gpus[0].split(',')[1].strip()}, driver {driver}")
+    runtimes = parse_runtimes(s.engine(node).info())
+    hook = parse_hook(s.runner(node).run(list(GPU_HOOK_ARGV), check=False, timeout=30).stdout)
+    res = s.runner(node).run(list(NVIDIA_SMI_ARGV), check=False, timeout=30)
+    return judge_gpus(node, runtimes, hook, res.ok, res.stdout if res.ok else res.tail(2))
 
 
 @check("nic")

@@ -30,6 +30,11 @@
 #      bridge = .1, host I = .(10+I)), BED_BRIDGE (default orchbr0; also names the netns "<bridge>-hbI",
 #      veths "<bridge>hI" and iptables chain "BED-<bridge>"), BED_CGROUP_PREFIX (default "bed-h" for
 #      orchbr0, else "bed-<bridge>-h"). Several beds can coexist with distinct BASE/NET/BRIDGE. Root only.
+#      Another Docker Engine on host I (read by `up`, used whenever that host's dockerd starts):
+#      BED_ENGINE_<I>=ROOTFS runs its dockerd with ROOTFS/usr bound over /usr in a mount namespace
+#      of its own (dockerd, containerd, runc, docker-init, docker-proxy, iptables from ROOTFS; see
+#      engine_rootfs.sh), BED_MIN_API_<I>=1.44 starts it with DOCKER_MIN_API_VERSION=1.44 (it then
+#      refuses older clients; bed.sh's own docker CLI calls to that host send that version).
 set -euo pipefail
 export LC_ALL=C
 
@@ -112,11 +117,18 @@ svc_pid() {
 }
 
 sock_of() { local p; p=$(init_pid "$1"); [ -n "$p" ] && echo "/proc/$p/root/run/docker.sock"; }
+# host I's engine override (BED_ENGINE_<I> / BED_MIN_API_<I>, recorded by `up` in $H/engine)
+engine_opt() { local f; f="$(hdir "$1")/engine"; [ -f "$f" ] && sed -n "s/^$2=//p" "$f"; return 0; }
+cli_env() {  # env for bed.sh's own docker CLI against host I: an engine with a raised minimum API
+  local m; m=$(engine_opt "$1" MIN_API)   # refuses an old CLI's negotiated version (20.10: 1.41)
+  echo "${m:+DOCKER_API_VERSION=$m}"
+}
 hdocker() {  # hdocker I ARGS... : docker CLI against host I's engine
-  local s; s=$(sock_of "$1") || true
+  local s i=$1; s=$(sock_of "$1") || true
   [ -n "$s" ] || die "hb$1 is not running"
   shift
-  DOCKER_CONFIG="$BASE/docker-cli" "$DOCKER" -H "unix://$s" "$@"
+  # shellcheck disable=SC2046
+  env DOCKER_CONFIG="$BASE/docker-cli" $(cli_env "$i") "$DOCKER" -H "unix://$s" "$@"
 }
 
 # known host indexes: per-host dirs, netns, cgroups (strays of crashed runs included)
@@ -239,11 +251,22 @@ EOF
   "log-opts": {"max-size": "20m", "max-file": "2"}
 }
 EOF
+  engine_file "$i"
   echo "hb$i" > "$H/etc-hostname"
   { printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n'
     for j in $(seq 1 "$n"); do printf '%s\thb%s\n' "$(ip_of "$j")" "$j"; done; } > "$H/etc-hosts"
   # resolver = the bridge IP where nothing listens: lookups fail at once, nothing leaves the VM
   echo "nameserver $NET.1" > "$H/etc-resolv.conf"
+}
+
+engine_file() {  # record host I's engine override from the environment (none: the machine's dockerd)
+  local i=$1 f r m
+  f="$(hdir "$i")/engine"
+  r=$(printenv "BED_ENGINE_$i" || true); m=$(printenv "BED_MIN_API_$i" || true)
+  if [ -z "$r" ] && [ -z "$m" ]; then rm -f "$f"; return 0; fi
+  [ -z "$r" ] || [ -x "$r/usr/sbin/dockerd" ] || die "BED_ENGINE_$i=$r has no usr/sbin/dockerd (build one: engine_rootfs.sh)"
+  [ -z "$m" ] || [[ "$m" =~ ^1\.[0-9]+$ ]] || die "BED_MIN_API_$i=$m is not an API version like 1.44"
+  printf 'ROOTFS=%s\nMIN_API=%s\n' "$r" "$m" > "$f"
 }
 
 write_client_files() {
@@ -336,15 +359,24 @@ cg_kill_all() {  # SIGKILL whatever is left in host I's cgroups (e.g. strays of 
 }
 
 # ------------------------------------------------------------------ host lifecycle
-svc_cmd() {  # shell snippet starting a daemon detached inside the current (host) namespaces
+dockerd_cmd() {  # dockerd_cmd I : how host I starts its dockerd (the machine's, or its override)
+  local r m; r=$(engine_opt "$1" ROOTFS); m=$(engine_opt "$1" MIN_API)
+  printf '%s' "${m:+env DOCKER_MIN_API_VERSION=$m }"
+  if [ -z "$r" ]; then echo /usr/sbin/dockerd; return 0; fi
+  # its own mount namespace, so that only this dockerd and what it execs see the other /usr
+  printf 'unshare --mount --propagation slave /bin/sh -c %q\n' "mount --bind $r/usr /usr && exec /usr/sbin/dockerd"
+}
+
+svc_cmd() {  # svc_cmd SERVICE I : shell snippet starting a daemon detached inside host I's namespaces
   case "$1" in
-    dockerd) echo 'setsid /usr/sbin/dockerd >>/var/log/dockerd.log 2>&1 </dev/null &' ;;
+    dockerd) echo "setsid $(dockerd_cmd "$2") >>/var/log/dockerd.log 2>&1 </dev/null &" ;;
     sshd)    echo 'mkdir -p /run/sshd; setsid /usr/sbin/sshd -D -e >>/var/log/sshd.log 2>&1 </dev/null &' ;;
     *) die "unknown service '$1' (sshd|dockerd)" ;;
   esac
 }
 
-dockerd_ok() { local s; s=$(sock_of "$1") && [ -n "$s" ] && timeout 3 "$DOCKER" -H "unix://$s" version >/dev/null 2>&1; }
+# shellcheck disable=SC2046
+dockerd_ok() { local s; s=$(sock_of "$1") && [ -n "$s" ] && timeout 3 env $(cli_env "$1") "$DOCKER" -H "unix://$s" version >/dev/null 2>&1; }
 sshd_ok()    { timeout 1 bash -c "exec 3<>/dev/tcp/$(ip_of "$1")/22" 2>/dev/null; }
 host_ready() { dockerd_ok "$1" && sshd_ok "$1"; }
 
@@ -406,8 +438,8 @@ _init() {
   mount --bind "$H/private"         "$PRIV_MNT"
   mount --bind "$H/tmp"             /tmp        # last: BED_BASE may live under /tmp
   cd /
-  "${CLEAN_ENV[@]}" bash -c "$(svc_cmd dockerd)"
-  "${CLEAN_ENV[@]}" bash -c "$(svc_cmd sshd)"
+  "${CLEAN_ENV[@]}" bash -c "$(svc_cmd dockerd "$i")"
+  "${CLEAN_ENV[@]}" bash -c "$(svc_cmd sshd "$i")"
   exec sleep infinity
 }
 
@@ -422,7 +454,7 @@ hexec() {  # hexec I CMD... : run CMD inside host I (its cgroups first, then all
 start_svc() {
   local i=$1 s=$2
   [ -n "$(svc_pid "$i" "$s")" ] && { log "hb$i: $s already running"; return 0; }
-  hexec "$i" bash -c "$(svc_cmd "$s")" 9>&-
+  hexec "$i" bash -c "$(svc_cmd "$s" "$i")" 9>&-
   case "$s" in
     dockerd) wait_for 60 dockerd_ok "$i" || die "hb$i: dockerd did not come up (see $(hdir "$i")/log/dockerd.log)" ;;
     sshd)    wait_for 20 sshd_ok "$i"    || die "hb$i: sshd did not come up (see $(hdir "$i")/log/sshd.log)" ;;
@@ -568,12 +600,13 @@ cmd_seed() {
   declare -A pids=()
   for i in $hosts; do
     p=$(init_pid "$i"); [ -n "$p" ] || { log "seed: hb$i not running, skipped"; continue; }
-    have=$(for img in "$@"; do timeout 30 "$DOCKER" -H "unix:///proc/$p/root/run/docker.sock" \
+    # shellcheck disable=SC2046
+    have=$(for img in "$@"; do timeout 30 env $(cli_env "$i") "$DOCKER" -H "unix:///proc/$p/root/run/docker.sock" \
              image inspect --format '{{.Id}}' "$img" 2>/dev/null || echo missing; done)
     if [ "$have" = "$want" ]; then log "seed: hb$i already has $*"; continue; fi
     ( set -o pipefail
       timeout 900 "$DOCKER" save "$@" |
-        timeout 900 "$DOCKER" -H "unix:///proc/$p/root/run/docker.sock" load -q >/dev/null ) &
+        timeout 900 env $(cli_env "$i") "$DOCKER" -H "unix:///proc/$p/root/run/docker.sock" load -q >/dev/null ) &
     pids[$i]=$!
   done
   for i in "${!pids[@]}"; do
