@@ -57,7 +57,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(WORKDIR, ignore_errors=True)
 
 
-def _need_bed() -> None:
+def need_bed() -> None:
+    """Skip (fail in CI) where the bed cannot run."""
     reason = bed_unavailable_reason()
     if reason:
         if os.environ.get("CI"):
@@ -65,9 +66,22 @@ def _need_bed() -> None:
         pytest.skip(f"the test bed cannot run here: {reason}")
 
 
+@contextlib.contextmanager
+def own_bed(tb: TestBed, n: int) -> Iterator[TestBed]:
+    """A bed of a module's own (its own net and bridge): cleared of an interrupted run's leftovers,
+    n hosts up, and always torn down."""
+    ensure_root_dockerd()
+    tb.down()
+    try:
+        tb.up(n)
+        yield tb
+    finally:
+        tb.down()
+
+
 @pytest.fixture(scope="session")
 def bed() -> Iterator[TestBed]:
-    _need_bed()
+    need_bed()
     ensure_root_dockerd()
     tb = TestBed(base=BED_BASE, net=BED_NET, bridge=BED_BRIDGE)
     tb.down()  # leftovers of an interrupted run
@@ -178,7 +192,7 @@ def deployed(path: Path, timeout: float = 900) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def base_image() -> str:
-    _need_bed()
+    need_bed()
     ensure_root_dockerd()
     return ensure_base_image()
 

@@ -10,7 +10,6 @@ DOCKER_MIN_API_VERSION=1.44, so that it refuses every client below 1.44 the way 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,8 @@ from orchestrate.errors import EngineError, PhaseError
 from orchestrate.inventory import load
 from orchestrate.plan import build_plan
 from orchestrate.session import Session
-from tests.conftest import CPU_BIND, CPU_SERVE, bed_inventory, deployed, orch
-from tests.testbed import HERE, TestBed, bed_unavailable_reason, ensure_root_dockerd
+from tests.conftest import CPU_BIND, CPU_SERVE, bed_inventory, deployed, need_bed, orch, own_bed
+from tests.testbed import HERE, TestBed
 
 ENG_BASE = Path("/var/tmp/orchestrate-bed-engines")
 ENG_NET = "10.138.0"
@@ -113,11 +112,7 @@ class EngineBed(TestBed):
 
 @pytest.fixture(scope="module")
 def engine_rootfs() -> Path:
-    reason = bed_unavailable_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"the test bed cannot run here: {reason}")
-        pytest.skip(f"the test bed cannot run here: {reason}")
+    need_bed()
     # cold: debootstrap of trixie, ~2 min; cached: instant
     cp = subprocess.run(["/bin/bash", str(HERE / "engine_rootfs.sh")], capture_output=True,
                         text=True, timeout=1800)  # fmt: skip
@@ -127,14 +122,8 @@ def engine_rootfs() -> Path:
 
 @pytest.fixture(scope="module")
 def vbed(engine_rootfs: Path) -> Iterator[EngineBed]:
-    ensure_root_dockerd()
-    bed = EngineBed(engine_rootfs)
-    bed.down()  # leftovers of an interrupted run
-    try:
-        bed.up(2)
+    with own_bed(EngineBed(engine_rootfs), 2) as bed:
         yield bed
-    finally:
-        bed.down()
 
 
 def _inventory(bed: TestBed, path: Path, **sections: Any) -> Path:

@@ -23,7 +23,8 @@ from orchestrate.inventory import parse
 from orchestrate.modelcheck import FileInfo, Listing, ModelMismatch, build_reference, compare, parse_manifest
 from orchestrate.plan import Plan, build_plan
 from orchestrate.session import Session
-from tests.testbed import TestBed, bed_unavailable_reason, ensure_root_dockerd
+from tests.conftest import need_bed, own_bed
+from tests.testbed import TestBed
 
 MC_BASE = Path("/var/tmp/orchestrate-bed-mc")
 MC_NET = "10.125.0"
@@ -39,19 +40,9 @@ OLD = time.time() - 86400  # mtimes of the seeded files: a day ago
 
 @pytest.fixture(scope="module")
 def mcbed() -> Iterator[TestBed]:
-    reason = bed_unavailable_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"the test bed cannot run here: {reason}")
-        pytest.skip(f"the test bed cannot run here: {reason}")
-    ensure_root_dockerd()
-    bed = TestBed(base=MC_BASE, net=MC_NET, bridge=MC_BRIDGE)
-    bed.down()  # leftovers of an interrupted run
-    try:
-        bed.up(3)
+    need_bed()
+    with own_bed(TestBed(base=MC_BASE, net=MC_NET, bridge=MC_BRIDGE), 3) as bed:
         yield bed
-    finally:
-        bed.down()
 
 
 @pytest.fixture(scope="module")
