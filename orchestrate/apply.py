@@ -17,8 +17,7 @@ from typing import Any
 
 from docker.models.containers import Container
 
-from orchestrate import checks, images_dist, observe, preflight, secrets
-from orchestrate.console import Events, quiet
+from orchestrate import checks, images_dist, observe, preflight, secrets, serve_progress
 from orchestrate.errors import (
     ChecksError,
     GateError,
@@ -28,6 +27,7 @@ from orchestrate.errors import (
     PhaseError,
     UsageError,
 )
+from orchestrate.events import Events, Progress, quiet
 from orchestrate.plan import NodePlan, Plan
 from orchestrate.reconcile import Changes, reconcile
 from orchestrate.render.docker import run_kwargs
@@ -35,6 +35,8 @@ from orchestrate.session import Session, fan_out
 
 POLL_S = 0.25
 RAY_PROBE_WINDOW_S = 8  # each probe waits in the head this long; dead containers checked between
+SERVE_PROGRESS_EVERY_S = 5.0  # how often the serve wait reads each rank's log for its progress
+SERVE_LOG_TAIL = 120
 
 
 @dataclass
@@ -264,12 +266,17 @@ def _ray_gate(s: Session) -> list[dict[str, Any]]:
     deadline = time.monotonic() + plan.join_timeout + 30
     s.events("ray", None, f"waiting for {len(plan.nodes)} nodes / {plan.total_gpus} GPUs to join")
     last: list[dict[str, Any]] = []
+    joined = ""
     while time.monotonic() < deadline:
         _raise_if_dead(s, "while Ray was forming")
         last = s.while_alive(lambda: observe.ray_nodes(s, wait_s=RAY_PROBE_WINDOW_S)) or last
         alive = [n for n in last if n["alive"]]
         gpus = sum(n["gpus"] for n in alive)
         ips = {n["ip"] for n in alive}
+        figure = f"{len(alive)}/{len(plan.nodes)} nodes, {gpus:g}/{plan.total_gpus} GPUs joined"
+        if figure != joined:
+            joined = figure
+            s.events("ray", None, Progress(figure))
         if len(alive) >= len(plan.nodes) and gpus >= plan.total_gpus and want_ips <= ips:
             s.events("ray", None, f"{len(alive)} nodes alive, {gpus:g} GPUs, IPs match the inventory")
             return last
@@ -316,6 +323,8 @@ def _wait_serving(s: Session) -> None:
     plan = s.plan
     deadline = time.monotonic() + plan.startup_timeout
     next_watch = 0.0
+    next_progress = time.monotonic() + SERVE_PROGRESS_EVERY_S
+    shown: dict[str, str] = {}
     reason = ""
     s.events("serve", plan.head.host, f"waiting for vLLM at {plan.endpoint}/health")
     while time.monotonic() < deadline:
@@ -327,6 +336,9 @@ def _wait_serving(s: Session) -> None:
         if time.monotonic() >= next_watch:
             _raise_if_dead(s, "before vLLM became healthy")
             next_watch = time.monotonic() + 3
+        if time.monotonic() >= next_progress:
+            shown = _serve_progress(s, shown)
+            next_progress = time.monotonic() + SERVE_PROGRESS_EVERY_S
         time.sleep(POLL_S)
     raise GateError(
         f"vLLM at {plan.endpoint} was not healthy within {plan.startup_timeout:g}s "
@@ -334,6 +346,21 @@ def _wait_serving(s: Session) -> None:
         tail=_tail(lambda: s.engine(plan.head).logs(_container(s, plan.head), tail=40)),
         hint="orchestrate logs head -f; raise serve.startup_timeout for big models",
     )
+
+
+def _serve_progress(s: Session, shown: dict[str, str]) -> dict[str, str]:
+    """Each rank's latest meaningful log line (shards k/n, weights, KV cache, CUDA graphs),
+    as a Progress event when it changed: a five-minute load is never a silent screen."""
+    for node in s.plan.nodes:
+        c = _container(s, node)
+        if c is None:
+            continue
+        log = _tail(lambda c=c, node=node: s.engine(node).logs(c, tail=SERVE_LOG_TAIL))  # type: ignore[misc]
+        now = serve_progress.latest(log)
+        if now is not None and shown.get(node.host) != now:
+            shown[node.host] = now
+            s.events("serve", node.host, Progress(f"vllm {node.alias}: {now}"))
+    return shown
 
 
 def _checks(plan: Plan, events: Events, api_key: str | None) -> list[checks.CheckResult]:

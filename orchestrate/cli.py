@@ -7,8 +7,10 @@ failed; 4 another orchestrate run holds the deployment lock; 70 an internal erro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ import click
 
 from orchestrate.console import emit_json, emit_table, emit_text
 from orchestrate.errors import EXIT_INTERRUPTED, OrchestrateError, UsageError
+from orchestrate.progress import BuildLog
 
 if TYPE_CHECKING:
     from orchestrate.console import Console
@@ -37,11 +40,17 @@ class Options:
     def __init__(self, target: str = "docker", inventory: str | None = None, verbose: int = 0,
                  output: str = "text") -> None:
         self.target, self.inventory, self.verbose, self.output = target, inventory, verbose, output
+        self._console: Console | None = None
 
     def console(self) -> Console:
-        from orchestrate.console import Console
+        """The command's console (one per command): live view on a terminal, calm lines in a
+        pipe, and the full output, details included, in a log file under the cache."""
+        if self._console is None:
+            from orchestrate.console import Console
 
-        return Console(self.verbose)
+            ctx = click.get_current_context(silent=True)
+            self._console = Console(self.verbose, log_path=_run_log(ctx.info_name if ctx else None))
+        return self._console
 
 
 def resolve_inventory(explicit: str | None, option: str | None) -> str:
@@ -528,7 +537,7 @@ def image_build(opts: Options, kind: str, base: str | None, tag: str | None,
         else:
             image_id = images.build_image(kind, tag=tag, base=base,  # type: ignore[arg-type]
                                           cache_dir=_cache_dir(),
-                                          on_event=lambda line: console("image", None, line))
+                                          on_event=BuildLog(console))
     except images.ImageBuildError as exc:
         raise _build_error(exc) from None
     default = {"vllm-cpu": images.CPU_IMAGE, "ray": images.RAY_IMAGE, "base": images.LOCAL_BASE}[kind]
@@ -546,7 +555,7 @@ def _build_base(tag: str, rebuild_rootfs: bool, console: Console) -> str:
     except docker.errors.DockerException as exc:
         raise images.ImageBuildError(f"Cannot reach the Docker daemon: {exc}") from None
     try:
-        return ensure_local_base(client, _cache_dir(), lambda line: console("image", None, line),
+        return ensure_local_base(client, _cache_dir(), BuildLog(console),
                                  tag=tag, force=True, rebuild_rootfs=rebuild_rootfs)  # fmt: skip
     finally:
         client.close()
@@ -640,7 +649,7 @@ def demo(opts: Options, inventory_file: str | None, base: str | None) -> None:
     try:
         images.build_image("vllm-cpu", tag=plan.image, base=base,
                            cache_dir=_cache_dir(),
-                           on_event=lambda line: console("image", None, line))  # fmt: skip
+                           on_event=BuildLog(console))  # fmt: skip
         console("model", None, f"tiny model at {plan.model_host_path}")
         images.make_tiny_model(Path(plan.model_host_path), image=plan.image)
     except images.ImageBuildError as exc:
@@ -660,6 +669,20 @@ def demo(opts: Options, inventory_file: str | None, base: str | None) -> None:
 def _debug_log() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return Path(base) / "orchestrate" / "debug.log"
+
+
+RUN_LOGS_KEPT = 30
+
+
+def _run_log(command: str | None) -> Path:
+    """A new log file for this command's whole output; the oldest beyond RUN_LOGS_KEPT go."""
+    logs = _debug_log().with_name("logs")
+    with contextlib.suppress(OSError):
+        old = sorted(logs.glob("*.log"), key=lambda p: p.stat().st_mtime)
+        for path in old[: max(0, len(old) - RUN_LOGS_KEPT + 1)]:
+            path.unlink(missing_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return logs / f"{command or 'orchestrate'}-{stamp}-{os.getpid()}.log"
 
 
 def _route_library_logs() -> None:
@@ -683,9 +706,16 @@ def _route_library_logs() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from orchestrate.console import Console
+    from orchestrate.console import Console, close_all
 
     console = Console()
+    try:
+        _main(argv, console)
+    finally:
+        close_all()
+
+
+def _main(argv: list[str] | None, console: Console) -> None:
     try:
         cli.main(args=argv, prog_name="orchestrate", standalone_mode=False)
     except OrchestrateError as exc:

@@ -14,9 +14,9 @@ import httpx
 from docker.models.containers import Container
 
 from orchestrate import checks, scripts
-from orchestrate.console import Events, quiet
 from orchestrate.engine import STREAM_ERRORS, Engine
 from orchestrate.errors import HostError, OrchestrateError, UsageError
+from orchestrate.events import Events, quiet
 from orchestrate.plan import LABEL_HASH, NodePlan, Plan
 from orchestrate.reconcile import Observed
 from orchestrate.secrets import masker

@@ -7,9 +7,9 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from orchestrate.console import Events, quiet
 from orchestrate.engine import Engine, client_over, local_client
 from orchestrate.errors import HostError, OrchestrateError, PhaseError
+from orchestrate.events import Events, quiet
 from orchestrate.plan import NodePlan, Plan
 from orchestrate.remote import Runner, SSHRunner, runner_for
 

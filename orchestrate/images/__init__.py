@@ -43,6 +43,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from orchestrate.events import Detail
 from orchestrate.images.base import fingerprint, resolve_base
 
 if TYPE_CHECKING:
@@ -410,7 +411,7 @@ def wheelhouse(
             code, tail = _run_streaming(
                 cmd,
                 timeout=_remaining(deadline, "downloading the wheelhouse"),
-                on_line=lambda line: emit(f"pip: {line}"),
+                on_line=lambda line: emit(Detail(f"pip: {line}")),
             )
             if code != 0:
                 what = f"timed out after {timeout:.0f} s" if code is None else f"exited with {code}"
@@ -650,7 +651,7 @@ def _build_image(
                             if not line:
                                 continue
                             tail.append(line)
-                            emit(line)
+                            emit(Detail(line))
                             layer = re.match(r" ---> ([0-9a-f]{12,64})$", line)
                             if layer and not after_from:  # the first one is the base image
                                 layers.append(layer.group(1))
@@ -660,7 +661,7 @@ def _build_image(
                         break
                 if partial.strip():
                     tail.append(partial.rstrip())
-                    emit(partial.rstrip())
+                    emit(Detail(partial.rstrip()))
             except requests.exceptions.RequestException as exc:
                 error = f"lost the Docker daemon's build stream ({type(exc).__name__}: {exc})"
                 if isinstance(exc, (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError)):
