@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -452,7 +453,7 @@ def _check_ports(inv: Inventory) -> list[str]:
                 problems.append(f"{field}: port {port} is inside {other}'s range {first}-{last}; "
                                 "move one of them")  # fmt: skip
     spans = sorted((first, last, field) for field, (first, last) in ranges.items())
-    for (_, last, field), (first2, _, field2) in zip(spans, spans[1:], strict=False):
+    for (_, last, field), (first2, _, field2) in itertools.pairwise(spans):
         if first2 <= last:
             problems.append(f"{field2}: its range overlaps {field}'s; move one of them")
     if "VLLM_PORT" in inv.env or any("VLLM_PORT" in h.env for h in inv.hosts):

@@ -23,8 +23,8 @@ from typing import Literal
 from orchestrate.plan import NodePlan, Plan
 
 EPHEMERAL = (32768, 60999)  # Linux's default net.ipv4.ip_local_port_range
-FORMATS = ("firewalld", "iptables", "nftables", "ufw")
 Format = Literal["firewalld", "iptables", "nftables", "ufw"]
+FORMATS: tuple[Format, ...] = ("firewalld", "iptables", "nftables", "ufw")
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,8 @@ def container_ports(plan: Plan, node: NodePlan) -> list[tuple[str, int]]:
         return out + ([("master", plan.master_port)] if node.role == "head" else [])
     if node.role == "head":
         out += [("gcs", plan.ray_port), ("dashboard", plan.dashboard_port)]
-    return out + [
+    return [
+        *out,
         ("node-manager", plan.node_manager_port),
         ("object-manager", plan.object_manager_port),
         ("runtime-env", plan.runtime_env_agent_port),
