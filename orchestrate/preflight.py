@@ -293,7 +293,7 @@ def judge_reach(
             answer = answers.get(port, "no answer")
             if answer in ("open", "refused"):
                 continue
-            bad.append(f"{port} ({need.field}: {need.why}; {answer})")
+            bad.append(f"{port} ({need.field}) {need.why}: {answer}")
             fixes.setdefault((need.dst, need.first, need.last), ports.fix_for(need, deployment))
         if bad:
             address = next(iter(targets.values())).dst_address

@@ -190,7 +190,7 @@ def test_judge_names_the_pair_the_port_its_user_and_the_rule() -> None:
     row = preflight.judge_reach(worker, "reach-head", plan.name, {head.host: (targets, answers)})
     assert row.status == "fail" and row.host == worker.host
     assert f"{worker.host} -> {head.host} ({head.address})" in row.message
-    assert f"{plan.ray_port} (ray.port: Ray GCS; dropped)" in row.message
+    assert f"{plan.ray_port} (ray.port) Ray GCS: dropped" in row.message
     assert f'source address="{worker.address}" port port="{plan.ray_port}"' in row.fix
     assert row.fix.startswith(f"on {head.host}: firewall-cmd")
     ok = preflight.judge_reach(worker, "reach-head", plan.name,
