@@ -194,7 +194,12 @@ def check_hostname(s: Session, node: NodePlan) -> Row:
 def node_ports(plan: Plan, node: NodePlan) -> dict[int, str]:
     """Host ports this node's container will listen on (host networking)."""
     if plan.backend == "ray":
-        ports = {plan.object_manager_port: "ray.object_manager_port"}
+        ports = {plan.object_manager_port: "ray.object_manager_port",
+                 plan.node_manager_port: "ray.node_manager_port",
+                 plan.runtime_env_agent_port: "ray.runtime_env_agent_port",
+                 plan.dashboard_agent_grpc_port: "ray.dashboard_agent_grpc_port",
+                 plan.dashboard_agent_listen_port: "ray.dashboard_agent_listen_port",
+                 plan.metrics_export_port: "ray.metrics_export_port"}  # fmt: skip
         if node.role == "head":
             ports |= {plan.ray_port: "ray.port", plan.dashboard_port: "ray.dashboard_port"}
     else:

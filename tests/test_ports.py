@@ -198,3 +198,11 @@ def test_judge_names_the_pair_the_port_its_user_and_the_rule() -> None:
     assert ok.status == "ok"
     missing = preflight.judge_reach(worker, "reach-head", plan.name, {head.host: (targets, {})})
     assert missing.status == "fail" and "no answer" in missing.message
+
+
+def test_ports_check_looks_for_every_pinned_port_a_node_listens_on() -> None:
+    plan = _plan("seed-l20")
+    on_worker = preflight.node_ports(plan, plan.workers[0])
+    assert {plan.node_manager_port, plan.dashboard_agent_grpc_port, plan.metrics_export_port,
+            plan.runtime_env_agent_port, plan.object_manager_port} <= set(on_worker)  # fmt: skip
+    assert plan.ray_port not in on_worker and plan.ray_port in preflight.node_ports(plan, plan.head)
