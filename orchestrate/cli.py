@@ -95,7 +95,7 @@ INVENTORY_HELP = ("Inventory file (default: $ORCHESTRATE_INVENTORY, the last one
 VERBOSE_HELP = "More detail (-v: debug events and the full pip/docker output)."
 
 # Commands that touch no host: they import neither paramiko, docker nor httpx (tests/test_cli.py)
-PURE_COMMANDS = frozenset({"validate", "schema", "plan", "render", "completion"})
+PURE_COMMANDS = frozenset({"validate", "schema", "plan", "render", "completion", "firewall"})
 # Commands that live in other modules, imported only when they run: name -> (module:attr, help).
 LAZY_COMMANDS = {
     "bench": ("orchestrate.bench:bench_command",
@@ -355,8 +355,8 @@ def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool
 @inventory_arg
 @click.option("--skip", "skip", multiple=True, metavar="CHECK",
               help="Skip a check (repeatable): " + ", ".join(
-                  ["docker", "gpus", "nic", "route", "hostname", "ports", "reach-head", "model",
-                   "shm", "image", "fit", "model-hash"]))
+                  ["docker", "gpus", "nic", "route", "hostname", "ports", "reach-head", "reach-peers",
+                   "model", "shm", "image", "fit", "model-hash"]))
 @click.option("--collective", is_flag=True,
               help="Also run an all-reduce across all hosts in the image (Gloo on CPU, NCCL on "
                    "GPUs) and report the bus bandwidth.")
@@ -457,6 +457,29 @@ def _complete_node(ctx: click.Context, param: click.Parameter, incomplete: str) 
     items = [CompletionItem(name, help=f"{node.alias} on {node.host} ({node.address})")
              for node in plan.nodes for name in dict.fromkeys((node.alias, node.host))]  # fmt: skip
     return [item for item in items if item.value.startswith(incomplete)]
+
+
+@cli.command()
+@inventory_arg
+@click.option("--format", "formats", multiple=True,
+              type=click.Choice(["firewalld", "iptables", "nftables", "ufw"]),
+              help="Only these rule formats (repeatable; default: all four).")
+@click.option("--host", "host", metavar="HOST", help="Only this host (name or head/worker-N).")
+@click.pass_obj
+def firewall(opts: Options, inventory_file: str | None, formats: tuple[str, ...],
+             host: str | None) -> None:
+    """Print, per host, the firewall rules the cluster needs between its hosts."""
+    from orchestrate import ports
+
+    plan = _plan(opts, inventory_file)
+    if host is not None and not any(host in (n.host, n.alias) for n in plan.nodes):
+        raise UsageError(f"--host {host}: no such host in {plan.name} "
+                         f"({', '.join(n.host for n in plan.nodes)})")
+    if opts.output == "json":
+        emit_json(ports.rules_data(plan))
+        return
+    chosen = tuple(f for f in ports.FORMATS if f in formats) or ports.FORMATS
+    emit_text(ports.rules_text(plan, chosen, host).rstrip("\n"))
 
 
 @cli.command()

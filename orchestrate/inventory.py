@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -194,12 +195,28 @@ class Network(Strict):
     docker_network: DockerNetwork | None = None
     nccl_ib_disable: bool = True
     nccl_debug: Literal["VERSION", "WARN", "INFO", "TRACE"] | None = None
+    # VLLM_PORT: the first of VLLM_PORT_SPAN ports vLLM's get_open_port() takes (the torch.distributed
+    # init TCPStore, data-parallel ports); without it they are random (vllm/utils/network_utils.py)
+    vllm_port: Port = 29510
+
+
+WorkerPort = Annotated[int, Field(ge=1024, le=65535, strict=True)]  # ray.RayParams: 1024-65535
 
 
 class Ray(Strict):
+    """Every port `ray start` can pin (ray/scripts/scripts.py of Ray 2.60); unpinned, Ray picks
+    random ones for the node manager and the agents, which a host firewall then drops."""
+
     port: Port = 6379
     object_manager_port: Port = 8625
     dashboard_port: Port = 8265
+    node_manager_port: Port = 6380
+    runtime_env_agent_port: Port = 6381
+    dashboard_agent_grpc_port: Port = 6382
+    dashboard_agent_listen_port: Port = 6383  # Ray's default 52365 is inside Linux's ephemeral range
+    metrics_export_port: Port = 6384
+    min_worker_port: WorkerPort = 10002  # Ray's defaults: one port per worker process
+    max_worker_port: WorkerPort = 19999
     object_store_memory: Size | None = None
     join_timeout: Seconds = 300
 
@@ -396,22 +413,52 @@ def _check_network(inv: Inventory) -> list[str]:
     return problems
 
 
-def _check_ports(inv: Inventory) -> list[str]:
-    ports = {"serve.port": inv.serve.port}
+VLLM_PORT_SPAN = 16  # ports from network.vllm_port that the firewall opens and validation reserves
+RAY_SINGLE_PORTS = ("port", "object_manager_port", "dashboard_port", "node_manager_port",
+                    "runtime_env_agent_port", "dashboard_agent_grpc_port",
+                    "dashboard_agent_listen_port", "metrics_export_port")  # fmt: skip
+
+
+def port_fields(inv: Inventory) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
+    """The single ports and the (first, last) ranges this deployment pins, by field path."""
+    singles = {"serve.port": inv.serve.port}
+    ranges = {"network.vllm_port": (inv.network.vllm_port, inv.network.vllm_port + VLLM_PORT_SPAN - 1)}
     if inv.backend == "ray":
-        ports |= {
-            "ray.port": inv.ray.port,
-            "ray.object_manager_port": inv.ray.object_manager_port,
-            "ray.dashboard_port": inv.ray.dashboard_port,
-        }
+        singles |= {f"ray.{f}": getattr(inv.ray, f) for f in RAY_SINGLE_PORTS}
+        ranges["ray.min_worker_port"] = (inv.ray.min_worker_port, inv.ray.max_worker_port)
     else:
-        ports["mp.master_port"] = inv.mp.master_port
-    seen: dict[int, str] = {}
+        singles["mp.master_port"] = inv.mp.master_port
+    if inv.images.source == "head-registry":
+        singles["images.head_registry.port"] = inv.images.head_registry.port
+    return singles, ranges
+
+
+def _check_ports(inv: Inventory) -> list[str]:
+    singles, ranges = port_fields(inv)
     problems = []
-    for field, port in ports.items():
+    if inv.backend == "ray" and inv.ray.max_worker_port <= inv.ray.min_worker_port:
+        problems.append(f"ray.max_worker_port: {inv.ray.max_worker_port} must be higher than "
+                        f"ray.min_worker_port ({inv.ray.min_worker_port})")  # fmt: skip
+        ranges.pop("ray.min_worker_port")
+    if inv.network.vllm_port + VLLM_PORT_SPAN - 1 > 65535:
+        problems.append(f"network.vllm_port: {inv.network.vllm_port} leaves no room for its "
+                        f"{VLLM_PORT_SPAN} ports; use at most {65536 - VLLM_PORT_SPAN}")
+    seen: dict[int, str] = {}
+    for field, port in singles.items():
         if port in seen:
             problems.append(f"{field}: port {port} is already used by {seen[port]}")
         seen.setdefault(port, field)
+        for other, (first, last) in ranges.items():
+            if first <= port <= last:
+                problems.append(f"{field}: port {port} is inside {other}'s range {first}-{last}; "
+                                "move one of them")  # fmt: skip
+    spans = sorted((first, last, field) for field, (first, last) in ranges.items())
+    for (_, last, field), (first2, _, field2) in itertools.pairwise(spans):
+        if first2 <= last:
+            problems.append(f"{field2}: its range overlaps {field}'s; move one of them")
+    if "VLLM_PORT" in inv.env or any("VLLM_PORT" in h.env for h in inv.hosts):
+        problems.append("env.VLLM_PORT: managed by orchestrate; set network.vllm_port instead, so "
+                        "the firewall rules match")  # fmt: skip
     return problems
 
 

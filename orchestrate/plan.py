@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from orchestrate import scripts
-from orchestrate.inventory import Host, Inventory
+from orchestrate.inventory import VLLM_PORT_SPAN, Host, Inventory
 from orchestrate.secrets import ref_name
 
 Role = Literal["head", "worker"]
@@ -139,6 +139,15 @@ class Plan:
     max_model_len: int | None = None
     image_registry: RegistryPlan | None = None  # images.source: head-registry only
     env: tuple[tuple[str, str], ...] = field(default=())
+    # the other ports `ray start` pins (backend: ray), and the (first, last) ranges of Ray's worker
+    # processes and of vLLM's VLLM_PORT block; orchestrate/ports.py turns them into firewall rules
+    node_manager_port: int = 0
+    runtime_env_agent_port: int = 0
+    dashboard_agent_grpc_port: int = 0
+    dashboard_agent_listen_port: int = 0
+    metrics_export_port: int = 0
+    worker_ports: tuple[int, int] = (0, 0)
+    vllm_ports: tuple[int, int] = (0, 0)
 
     @property
     def head(self) -> NodePlan:
@@ -218,6 +227,13 @@ def build_plan(inv: Inventory) -> Plan:
         gpu_memory_utilization=inv.serve.gpu_memory_utilization,
         max_model_len=inv.serve.max_model_len,
         env=_common_env(inv),
+        node_manager_port=inv.ray.node_manager_port,
+        runtime_env_agent_port=inv.ray.runtime_env_agent_port,
+        dashboard_agent_grpc_port=inv.ray.dashboard_agent_grpc_port,
+        dashboard_agent_listen_port=inv.ray.dashboard_agent_listen_port,
+        metrics_export_port=inv.ray.metrics_export_port,
+        worker_ports=(inv.ray.min_worker_port, inv.ray.max_worker_port),
+        vllm_ports=(inv.network.vllm_port, inv.network.vllm_port + VLLM_PORT_SPAN - 1),
     )
 
 
@@ -268,6 +284,7 @@ def _mp_args(inv: Inventory, rank: int) -> list[str]:
 
 def _common_env(inv: Inventory) -> tuple[tuple[str, str], ...]:
     env = {"HF_HUB_OFFLINE": "1"}  # a model missing on a host fails fast instead of downloading
+    env["VLLM_PORT"] = str(inv.network.vllm_port)  # else get_open_port() is random (firewalls)
     if inv.network.nccl_ib_disable:
         env["NCCL_IB_DISABLE"] = "1"
     if inv.network.nccl_debug:
@@ -361,6 +378,13 @@ def _entry(
     env |= {
         "ORCH_RAY_PORT": str(inv.ray.port),
         "ORCH_OBJECT_MANAGER_PORT": str(inv.ray.object_manager_port),
+        "ORCH_NODE_MANAGER_PORT": str(inv.ray.node_manager_port),
+        "ORCH_RUNTIME_ENV_AGENT_PORT": str(inv.ray.runtime_env_agent_port),
+        "ORCH_DASHBOARD_AGENT_GRPC_PORT": str(inv.ray.dashboard_agent_grpc_port),
+        "ORCH_DASHBOARD_AGENT_LISTEN_PORT": str(inv.ray.dashboard_agent_listen_port),
+        "ORCH_METRICS_EXPORT_PORT": str(inv.ray.metrics_export_port),
+        "ORCH_MIN_WORKER_PORT": str(inv.ray.min_worker_port),
+        "ORCH_MAX_WORKER_PORT": str(inv.ray.max_worker_port),
         "ORCH_GPUS": str(host.gpus),
         "ORCH_JOIN_TIMEOUT": f"{inv.ray.join_timeout:g}",
     }

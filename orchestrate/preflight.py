@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from orchestrate import ports
 from orchestrate.engine import version_of
 from orchestrate.errors import HostError, PhaseError
 from orchestrate.plan import NodePlan, Plan
@@ -193,7 +194,12 @@ def check_hostname(s: Session, node: NodePlan) -> Row:
 def node_ports(plan: Plan, node: NodePlan) -> dict[int, str]:
     """Host ports this node's container will listen on (host networking)."""
     if plan.backend == "ray":
-        ports = {plan.object_manager_port: "ray.object_manager_port"}
+        ports = {plan.object_manager_port: "ray.object_manager_port",
+                 plan.node_manager_port: "ray.node_manager_port",
+                 plan.runtime_env_agent_port: "ray.runtime_env_agent_port",
+                 plan.dashboard_agent_grpc_port: "ray.dashboard_agent_grpc_port",
+                 plan.dashboard_agent_listen_port: "ray.dashboard_agent_listen_port",
+                 plan.metrics_export_port: "ray.metrics_export_port"}  # fmt: skip
         if node.role == "head":
             ports |= {plan.ray_port: "ray.port", plan.dashboard_port: "ray.dashboard_port"}
     else:
@@ -234,24 +240,116 @@ def head_ports(plan: Plan) -> dict[int, str]:
     return {p: f for p, f in node_ports(plan, plan.head).items() if f != "ray.dashboard_port"}
 
 
+# TCP probes from one host to another's pinned ports, all at once (3 s each). Before `up` nothing
+# listens there: "connection refused" means the packets arrive (fine); a timeout means a firewall
+# drops them, "No route to host" that one rejects them (firewalld's icmp-host-prohibited).
+PROBE_SCRIPT = r"""for p in "$@"; do
+  ( out=$(timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$0" "$p" 2>&1); rc=$?
+    out=$(printf '%s' "$out" | tail -n 1); echo "probe $p $rc ${out##*: }" ) &
+done
+wait"""
+
+
+def probe_argv(address: str, port_list: Iterable[int]) -> list[str]:
+    return ["bash", "-c", PROBE_SCRIPT, address, *(str(p) for p in port_list)]
+
+
+def parse_probe(stdout: str) -> dict[int, str]:
+    """port -> open | refused | dropped | rejected | unreachable | "error: <text>"."""
+    out: dict[int, str] = {}
+    for line in stdout.splitlines():
+        if not (m := re.fullmatch(r"probe (\d+) (\d+) ?(.*)", line.strip())):
+            continue
+        port, rc, text = int(m.group(1)), int(m.group(2)), m.group(3).strip()
+        if rc == 0:
+            out[port] = "open"
+        elif rc == 124:
+            out[port] = "dropped"
+        elif "refused" in text.lower():
+            out[port] = "refused"
+        elif "no route to host" in text.lower():
+            out[port] = "rejected"
+        elif "network is unreachable" in text.lower():
+            out[port] = "unreachable"
+        else:
+            out[port] = f"error: {text or f'exit {rc}'}"
+    return out
+
+
+def probe_targets(wanted: Sequence[ports.Need]) -> dict[int, ports.Need]:
+    """The ports to probe: each single port, and both ends of each range."""
+    out: dict[int, ports.Need] = {}
+    for need in wanted:
+        for port in dict.fromkeys((need.first, need.last)):
+            out.setdefault(port, need)
+    return out
+
+
+def judge_reach(
+    node: NodePlan, name: str, deployment: str, results: Mapping[str, tuple[Mapping[int, ports.Need],
+                                                                           Mapping[int, str]]]
+) -> Row:
+    """`results`: per destination host, (probed port -> its need, parse_probe's answer)."""
+    blocked, reached = [], []
+    fixes: dict[tuple[str, int, int], str] = {}
+    for dst, (targets, answers) in results.items():
+        bad = []
+        for port, need in targets.items():
+            answer = answers.get(port, "no answer")
+            if answer in ("open", "refused"):
+                continue
+            bad.append(f"{port} ({need.field}) {need.why}: {answer}")
+            fixes.setdefault((need.dst, need.first, need.last), ports.fix_for(need, deployment))
+        if bad:
+            address = next(iter(targets.values())).dst_address
+            blocked.append(f"{node.host} -> {dst} ({address}): {', '.join(bad)}")
+        else:
+            reached.append(f"{dst} ({', '.join(map(str, targets))})")
+    if blocked:
+        return _fail(node, name, "blocked: " + "; ".join(blocked), " ; ".join(fixes.values()))
+    return _ok(node, name, f"reachable from {node.host}: {'; '.join(reached)}" if reached
+               else "no other host to reach")  # fmt: skip
+
+
+def _api_need(plan: Plan, src: NodePlan) -> ports.Need:
+    return ports.Need("tcp", plan.api_port, plan.api_port, src.host, src.address, plan.head.host,
+                      plan.head.address, "serve.port", "the vLLM API")  # fmt: skip
+
+
+def _reach(s: Session, node: NodePlan, name: str, dsts: Sequence[NodePlan]) -> Row:
+    plan = s.plan
+    results = {}
+    for dst in dsts:
+        wanted = [n for n in ports.needs(plan) if n.src == node.host and n.dst == dst.host]
+        if dst.role == "head":
+            wanted.insert(0, _api_need(plan, node))
+        targets = probe_targets(wanted)
+        if not targets:
+            continue
+        res = s.runner(node).run(probe_argv(dst.address, targets), check=False, timeout=30)
+        results[dst.host] = (targets, parse_probe(res.stdout))
+    return judge_reach(node, name, plan.name, results)
+
+
 @check("reach-head")
 def check_reach_head(s: Session, node: NodePlan) -> Row:
-    """TCP from the worker to the head's ports. Before start, "connection refused" is fine (the
-    host answered); a timeout means a firewall drops it (vLLM #7815-style hangs later)."""
+    """TCP from the worker to every port the head listens on for it (ports.needs)."""
     if node.role == "head":
         return _skip(node, "reach-head", "head")
-    probe = 'exec 3<>"/dev/tcp/$0/$1"'
-    blocked = []
-    for port, field in head_ports(s.plan).items():
-        res = s.runner(node).run(["timeout", "4", "bash", "-c", probe, s.plan.head.address,
-                                  str(port)], check=False, timeout=30)  # fmt: skip
-        if res.exited == 124 or "timed out" in res.stderr or "No route" in res.stderr:
-            blocked.append(f"{port} ({field})")
-    if blocked:
-        return _fail(node, "reach-head", f"cannot reach the head {s.plan.head.address} on "
-                     f"{', '.join(blocked)} (packets dropped)",
-                     "open these ports between the hosts (firewalld/iptables/security group)")
-    return _ok(node, "reach-head", f"head ports reachable: {', '.join(map(str, head_ports(s.plan)))}")
+    if node.container.ipv4_address:
+        return _skip(node, "reach-head", "Docker bridge network on one machine")
+    return _reach(s, node, "reach-head", [s.plan.head])
+
+
+@check("reach-peers")
+def check_reach_peers(s: Session, node: NodePlan) -> Row:
+    """TCP from this node to every worker's pinned ports: head -> workers, worker <-> worker."""
+    others = [n for n in s.plan.workers if n is not node]
+    if not others:
+        return _skip(node, "reach-peers", "no other worker")
+    if node.container.ipv4_address:
+        return _skip(node, "reach-peers", "Docker bridge network on one machine")
+    return _reach(s, node, "reach-peers", others)
 
 
 @check("model")

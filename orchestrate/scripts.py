@@ -12,6 +12,14 @@ from __future__ import annotations
 # container's output and outlives the orchestrator.
 RAY_HEAD = r"""set -eu
 log() { echo "orchestrate: $*" >&2; }
+# every port Ray would otherwise pick at random (firewalls: orchestrate firewall); numbers only
+pinned_ports() {
+  echo "--node-manager-port=$ORCH_NODE_MANAGER_PORT --runtime-env-agent-port=$ORCH_RUNTIME_ENV_AGENT_PORT" \
+    "--dashboard-agent-grpc-port=$ORCH_DASHBOARD_AGENT_GRPC_PORT" \
+    "--dashboard-agent-listen-port=$ORCH_DASHBOARD_AGENT_LISTEN_PORT" \
+    "--metrics-export-port=$ORCH_METRICS_EXPORT_PORT" \
+    "--min-worker-port=$ORCH_MIN_WORKER_PORT --max-worker-port=$ORCH_MAX_WORKER_PORT"
+}
 command -v ray >/dev/null 2>&1 || {
   log "ray is not installed in this image; current vllm/vllm-openai images no longer ship Ray."
   log "Use backend: mp in the inventory, or an image that contains ray."
@@ -25,7 +33,7 @@ trap 'kill -TERM "$child" 2>/dev/null; exit 143' TERM INT
 start_head() {
   ray start --head --disable-usage-stats \
     --node-ip-address="$VLLM_HOST_IP" --port="$ORCH_RAY_PORT" \
-    --object-manager-port="$ORCH_OBJECT_MANAGER_PORT" \
+    --object-manager-port="$ORCH_OBJECT_MANAGER_PORT" $(pinned_ports) \
     --dashboard-host=0.0.0.0 --dashboard-port="$ORCH_DASHBOARD_PORT" \
     --num-gpus="$ORCH_GPUS" $extra "$@"
 }
@@ -69,6 +77,14 @@ exec "$@"
 # Ray worker: wait for the head's GCS port (dynamo #14108, KubeRay wait-gcs-ready), then join.
 RAY_WORKER = r"""set -eu
 log() { echo "orchestrate: $*" >&2; }
+# every port Ray would otherwise pick at random (firewalls: orchestrate firewall); numbers only
+pinned_ports() {
+  echo "--node-manager-port=$ORCH_NODE_MANAGER_PORT --runtime-env-agent-port=$ORCH_RUNTIME_ENV_AGENT_PORT" \
+    "--dashboard-agent-grpc-port=$ORCH_DASHBOARD_AGENT_GRPC_PORT" \
+    "--dashboard-agent-listen-port=$ORCH_DASHBOARD_AGENT_LISTEN_PORT" \
+    "--metrics-export-port=$ORCH_METRICS_EXPORT_PORT" \
+    "--min-worker-port=$ORCH_MIN_WORKER_PORT --max-worker-port=$ORCH_MAX_WORKER_PORT"
+}
 command -v ray >/dev/null 2>&1 || { log "ray is not installed in this image; use backend: mp"; exit 127; }
 deadline=$(( $(date +%s) + ${ORCH_JOIN_TIMEOUT%.*} ))
 until (exec 3<>"/dev/tcp/$ORCH_HEAD_ADDR/$ORCH_RAY_PORT") 2>/dev/null; do
@@ -81,7 +97,7 @@ extra=""
 if [ -n "${ORCH_OBJECT_STORE_MEMORY:-}" ]; then extra="--object-store-memory=$ORCH_OBJECT_STORE_MEMORY"; fi
 exec ray start --block --disable-usage-stats \
   --address="$ORCH_HEAD_ADDR:$ORCH_RAY_PORT" --node-ip-address="$VLLM_HOST_IP" \
-  --object-manager-port="$ORCH_OBJECT_MANAGER_PORT" --num-gpus="$ORCH_GPUS" $extra
+  --object-manager-port="$ORCH_OBJECT_MANAGER_PORT" $(pinned_ports) --num-gpus="$ORCH_GPUS" $extra
 """
 
 # Used by a Kubernetes init container: the same TCP wait, without joining.

@@ -131,7 +131,7 @@ print(json.dumps(libs), file=sys.stderr)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["validate"], ["--target", "k8s", "render"],
-                                  ["schema"], ["plan"], ["up", "--dry-run"]],
+                                  ["schema"], ["plan"], ["up", "--dry-run"], ["firewall"]],
                          ids=lambda a: " ".join(a))  # fmt: skip
 def test_pure_commands_import_no_host_library(args: list[str]) -> None:
     """--help, validate, render, ... must not pay for docker, fabric, paramiko, httpx or rich

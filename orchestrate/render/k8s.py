@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from orchestrate import scripts
 from orchestrate.plan import ContainerSpec, NodePlan, Plan
+from orchestrate.ports import container_ports
 
 Flavor = Literal["deployment", "lws"]
 Obj = dict[str, Any]
@@ -134,8 +135,10 @@ def _container(plan: Plan, node: NodePlan, head_addr: str) -> Obj:
         out["resources"] = {"limits": dict(gpus), "requests": dict(gpus)}
     if spec.privileged:
         out["securityContext"] = {"privileged": True}
+    # hostNetwork: these are host ports, so the scheduler keeps two pods that need one apart
+    if pinned := container_ports(plan, node):
+        out["ports"] = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in pinned]
     if node.role == "head":
-        out["ports"] = [{"name": "http", "containerPort": plan.api_port, "protocol": "TCP"}]
         out |= _probes(plan)
     return out
 
