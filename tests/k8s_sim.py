@@ -133,8 +133,8 @@ class RayHead(Proc):
         self.port = int(env[_shell_var(script, r'--port="\$(\w+)"')])
         self.ip = env[_shell_var(script, r'--node-ip-address="\$(\w+)"')]
         self.gate = "ORCH_EXPECTED_NODES" in script
-        timeout_var = _shell_var(
-            script, r'deadline = time\.monotonic\(\) \+ float\(os\.environ\.get\("(\w+)"') if self.gate else ""
+        gate_deadline = r'deadline = time\.monotonic\(\) \+ float\(os\.environ\.get\("(\w+)"'
+        timeout_var = _shell_var(script, gate_deadline) if self.gate else ""
         self.deadline = t + int(float(env.get(timeout_var, "300"))) if self.gate else 0
         self.serve = serve
         self.members: dict[Proc, str] = {}
@@ -345,7 +345,7 @@ class Sim:
             self._lws_reconcile(lws, t)
 
     def _lws_reconcile(self, lws: Obj, t: int) -> None:
-        name, ns = lws["metadata"]["name"], _ns(lws)
+        name = lws["metadata"]["name"]
         tpl = lws["spec"]["leaderWorkerTemplate"]
         size = tpl.get("size", 1)
         group = [p for p in self.pods if p.group == name and not p.deleted]
@@ -604,9 +604,8 @@ class Sim:
         for c in pod.init:
             if c.done:
                 continue
-            if c.proc is None:
-                if t < c.next_start or not self._start(pod, c, t):
-                    return
+            if c.proc is None and (t < c.next_start or not self._start(pod, c, t)):
+                return
             assert c.proc is not None
             try:
                 c.proc.step(t)
@@ -621,9 +620,8 @@ class Sim:
         for c in pod.main:
             if pod.deleted:
                 return
-            if c.proc is None:
-                if t < c.next_start or not self._start(pod, c, t):
-                    continue
+            if c.proc is None and (t < c.next_start or not self._start(pod, c, t)):
+                continue
             assert c.proc is not None
             try:
                 c.proc.step(t)
@@ -642,9 +640,7 @@ class Sim:
                 self._crash(pod, c, t)
                 continue
             res = self._probe(pod, c, "readinessProbe", t)
-            if "readinessProbe" not in c.spec:
-                c.ready = True
-            elif res == "ok":
+            if "readinessProbe" not in c.spec or res == "ok":
                 c.ready = True
             elif res == "fail":
                 c.ready = False

@@ -37,7 +37,8 @@ def render(plan: Plan, flavor: Flavor = "deployment") -> list[Obj]:
     objs = [_namespace(plan), _configmap(plan), _head_service(plan)]
     if flavor == "lws":
         return [*objs, _lws(plan)]
-    objs.append(_peer_service(plan))
+    if plan.workers:
+        objs.append(_peer_service(plan))
     return [*objs, _head_deployment(plan), *(_worker_deployment(plan, n) for n in plan.workers)]
 
 
@@ -236,9 +237,12 @@ def probe_timeout(plan: Plan) -> int:
 
 
 def startup_budget(plan: Plan) -> float:
-    """Seconds the startup probe allows: the group forming (ray: the join budget), then vLLM
-    loading, serve.startup_timeout or, when longer, the weights read at 100 MiB/s twice over."""
+    """Seconds the startup probe allows: the group forming (ray: the join budget; mp: a worker's
+    image pull), then vLLM loading: serve.startup_timeout or, when longer, the weights read twice
+    at 100 MiB/s."""
     load = max(plan.startup_timeout, 2 * model_gib(plan) * 1024 / 100)
+    if not plan.workers:  # the probe starts after this pod's own pull; nobody to wait for
+        return load
     return (join_budget(plan) if plan.backend == "ray" else IMAGE_PULL_BUDGET) + load
 
 
