@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,7 @@ def test_k8s_node_and_ssh_hostname_select_the_node(tmp_path: Path) -> None:
 
 
 def test_render_warns_on_ip_fallback(tmp_path: Path) -> None:
-    res = subprocess.run([str(ROOT / ".venv" / "bin" / "orchestrate"), "--target", "k8s", "render",
+    res = subprocess.run([sys.executable, "-m", "orchestrate", "--target", "k8s", "render",
                           "-i", str(ROOT / "inventory" / "l20.yaml"), "-o", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
