@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from orchestrate import inventory
 from orchestrate.cli import rendered
 from orchestrate.plan import build_plan
 from orchestrate.render import k8s
 from tests.k8s_sim import Node, Scenario, Sim
+from tests.test_properties import valid_inventories
 
 ROOT = Path(__file__).resolve().parent.parent
 INVENTORIES = sorted([*(ROOT / "inventory").glob("*.yaml"),
@@ -225,3 +228,23 @@ def test_compose_fails_on_an_unset_api_key(tmp_path: Path) -> None:
     res = subprocess.run([exe, "-f", str(path), "config", "-q"], capture_output=True, text=True,
                          timeout=60, env=env)
     assert res.returncode != 0 and "VLLM_API_KEY" in res.stderr, res.stderr
+
+
+# ---------------------------------------------------------------- generated inventories
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_inventories(), st.sampled_from(["deployment", "lws"]), st.booleans())
+def test_generated_inventories_reach_all_ready(data: dict[str, Any], flavor: str,
+                                               reverse: bool) -> None:
+    """Any valid inventory (1-6 hosts, either backend, head anywhere), on a cluster whose nodes
+    carry the k8s_node names and where every node but the head's pulls the image cold."""
+    for host in data["hosts"]:
+        host["k8s_node"] = f"node-{host['name']}"
+    plan = build_plan(inventory.parse(data, "gen.yaml"))
+    docs = [d for text in rendered("k8s", plan, flavor).values() for d in yaml.safe_load_all(text)
+            if d]
+    nodes = [Node(n.k8s_node, n.address, n.gpus, 0 if n.role == "head" else COLD_PULL_S)
+             for n in plan.nodes]
+    res = Sim(docs, nodes[::-1] if reverse else nodes).run()
+    assert res.all_ready, res.why()
