@@ -287,9 +287,14 @@ def rendered(target: str, plan: Plan, flavor: str) -> dict[str, str]:
     if target == "k8s":
         docs = k8s_r.render(plan, "lws" if flavor == "lws" else "deployment")
         suffix = "-lws" if flavor == "lws" else ""
-        note = (f"# Secrets come from the Secret {k8s_r.secret_name(plan)!r}: "
-                "kubectl -n NS create secret generic ... --from-literal=VAR=...\n")
-        return {f"{plan.name}{suffix}.yaml": dump_all(docs, header + note)}
+        files = {f"{plan.name}{suffix}.yaml": dump_all(docs, header)}
+        secret = k8s_r.render_secret(plan)
+        if secret is not None:
+            note = (f"# A TEMPLATE: replace every {k8s_r.SECRET_PLACEHOLDER} with the real value "
+                    "before applying (or create the Secret with kubectl, as its annotation says).\n"
+                    "# The pods do not start until this Secret exists.\n")
+            files[f"{plan.name}-secret.yaml"] = dump_all([secret], header + note)
+        return files
     if target == "compose":
         return {f"{host}.yaml": dump(doc, header + f"# docker compose -f {host}.yaml up -d  "
                                      f"(on host {host})\n")
@@ -299,6 +304,11 @@ def rendered(target: str, plan: Plan, flavor: str) -> dict[str, str]:
 
 def _render_to(opts: Options, plan: Plan, out_dir: str | None, flavor: str) -> None:
     files = rendered(opts.target, plan, flavor)
+    if opts.target == "k8s":
+        from orchestrate.render import k8s as k8s_r
+
+        for line in k8s_r.node_warnings(plan):
+            click.echo(f"warning: {line}", err=True)
     if out_dir is None:
         emit_text("---\n".join(files.values()) if opts.target == "k8s" else
                   "\n".join(f"# ---- {name}\n{text}" for name, text in files.items()))

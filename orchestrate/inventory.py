@@ -170,7 +170,9 @@ class Host(Strict):
     gpus: Annotated[int, Field(ge=1, le=64, strict=True)]
     nic: Nic | None = None
     ssh: HostSSH = HostSSH()
-    k8s_node: Text | None = None  # kubernetes.io/hostname of this machine; default: address
+    # kubernetes.io/hostname label of this machine (kubelet: its hostname, never its IP); default:
+    # ssh.host when that is a name, else the address (render warns)
+    k8s_node: Text | None = None
     env: dict[EnvName, EnvValue] = {}  # added to (and overriding) the deployment's env on this host
 
 

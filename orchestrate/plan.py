@@ -7,6 +7,7 @@ from the same `ContainerSpec`s, so they cannot drift apart.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -312,10 +313,29 @@ def _node(inv: Inventory, host: Host, rank: int) -> NodePlan:
         role=role,
         rank=rank,
         gpus=host.gpus,
-        k8s_node=host.k8s_node or host.address,
+        k8s_node=k8s_node(host),
         ssh=_ssh(inv, host),
         container=_container(inv, host, rank, role, nic),
     )
+
+
+def k8s_node(host: Host) -> str:
+    """The node's `kubernetes.io/hostname` label: kubelet sets it to the machine's hostname (or
+    --hostname-override), never to its IP. hosts[].k8s_node, else the hostname the inventory states
+    for the host (ssh.host, when it is a name), else the address (the renderer warns)."""
+    if host.k8s_node:
+        return host.k8s_node
+    if host.ssh.host and not _is_ip(host.ssh.host):
+        return host.ssh.host.lower()
+    return host.address
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _ssh(inv: Inventory, host: Host) -> SSHTarget:

@@ -51,7 +51,11 @@ def test_valid_inventories_plan_to_the_world_size(data: dict[str, Any]) -> None:
     assert plan.head.role == "head" and len(plan.nodes) == len(data["hosts"])
     for node in plan.nodes:
         assert node.container.env_dict()["VLLM_HOST_IP"] == node.address
-    assert len(k8s.render(plan)) == 4 + len(plan.workers)
+    # Namespace, ConfigMap, API Service, head Deployment, one per worker, and with workers the
+    # headless peers Service they reach the not-yet-Ready head through
+    docs = k8s.render(plan)
+    assert len(docs) == 4 + len(plan.workers) + (1 if plan.workers else 0)
+    assert any(d["metadata"]["name"].endswith("-head-peers") for d in docs) == bool(plan.workers)
     assert set(compose.render(plan)) == {h["name"] for h in data["hosts"]}
 
 

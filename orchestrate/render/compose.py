@@ -1,7 +1,8 @@
 """docker-compose files from a Plan: one file per host, reproducing run_cluster.sh's `docker run`.
 
 Host network, shm size, GPUs through device reservations, the model mount, the NCCL/Gloo/VLLM env.
-Secrets are `${VAR}` references that compose interpolates from the shell at `up` time; every other
+Secrets are `${VAR:?message}` references that compose interpolates from the shell at `up` time (an
+unset one fails `up`); every other
 `$` is escaped as `$$` so compose passes it through literally.
 """
 
@@ -38,7 +39,8 @@ def _network(spec: ContainerSpec) -> dict[str, Any]:
 def _service(node: NodePlan) -> dict[str, Any]:
     spec = node.container
     env = {k: _lit(v) for k, v in spec.env}
-    env |= {k: f"${{{src}}}" for k, src in spec.secret_env}
+    # an unset variable fails `docker compose up` instead of serving without the key
+    env |= {k: f"${{{src}:?set {src} (the secret for {k})}}" for k, src in spec.secret_env}
     svc: dict[str, Any] = {
         "image": spec.image,
         "container_name": spec.name,

@@ -4,11 +4,19 @@ What the post left manual and this adds: GPU requests/limits, the serve step ins
 gated on every Ray node and GPU being alive, a Service port for the API, startup/readiness/liveness
 probes on the head, a worker init container that waits for the head's GCS, VLLM_HOST_IP from the
 downward API, the dashboard port (8265), and secrets by Secret reference only.
+
+Start order: the head is Ready only once every worker has joined, so workers must reach it before
+it is Ready. They do through a headless Service with publishNotReadyAddresses (`<name>-head-peers`,
+as KubeRay's head service and LWS's own headless Service); the API Service `<name>-head` keeps
+routing to a Ready head only. Under LWS, workers use LWS_LEADER_ADDRESS and the leader its own pod
+IP. tests/k8s_sim.py plays these rules against the rendered YAML.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from typing import Any, Literal
 
 from orchestrate import scripts
@@ -19,13 +27,52 @@ Flavor = Literal["deployment", "lws"]
 Obj = dict[str, Any]
 # Per-node variables; everything else shared goes into the ConfigMap.
 _NODE_ENV = {"VLLM_HOST_IP", "ORCH_GPUS", "ORCH_HEAD_ADDR"}
+# Seconds allowed for the slowest node to pull the image before the group can form: 20 GB at
+# ~12 MB/s. Pods wait for each other (the head's gate, the workers' init container) this much
+# longer than ray.join_timeout, so a cold node's pull does not time the group out.
+IMAGE_PULL_BUDGET = 1800
+SECRET_PLACEHOLDER = "REPLACE-ME"
 
 
 def render(plan: Plan, flavor: Flavor = "deployment") -> list[Obj]:
     objs = [_namespace(plan), _configmap(plan), _head_service(plan)]
     if flavor == "lws":
         return [*objs, _lws(plan)]
+    if plan.workers:
+        objs.append(_peer_service(plan))
     return [*objs, _head_deployment(plan), *(_worker_deployment(plan, n) for n in plan.workers)]
+
+
+def render_secret(plan: Plan) -> Obj | None:
+    """The Secret the pods reference, as a template: every value is a placeholder to replace (or
+    create it yourself with kubectl); never a value from this machine."""
+    keys = sorted(set(plan.secret_sources().values()))
+    if not keys:
+        return None
+    meta = _meta(plan, secret_name(plan))
+    meta["annotations"] = {
+        "orchestrate/template": (
+            f"replace every {SECRET_PLACEHOLDER} before applying, or instead: kubectl -n "
+            f"{plan.namespace} create secret generic {secret_name(plan)} "
+            + " ".join(f"--from-literal={k}=..." for k in keys)
+        )
+    }
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
+            "stringData": {k: SECRET_PLACEHOLDER for k in keys}}
+
+
+def node_warnings(plan: Plan) -> list[str]:
+    """One line per node selected by its IP: kubelet labels nodes by hostname, so it stays Pending."""
+    out = []
+    for node in plan.nodes:
+        try:
+            ipaddress.ip_address(node.k8s_node)
+        except ValueError:
+            continue
+        out.append(f"host {node.host}: no k8s_node; selecting kubernetes.io/hostname={node.k8s_node} "
+                   "(its IP), which kubelet does not set; set hosts[].k8s_node to the name "
+                   "`kubectl get nodes` shows")
+    return out
 
 
 def secret_name(plan: Plan) -> str:
@@ -52,7 +99,15 @@ def _shared_env(plan: Plan) -> dict[str, str]:
     common = set(plan.head.container.env)
     for node in plan.workers:
         common &= set(node.container.env)
-    return {k: v for k, v in sorted(common) if k not in _NODE_ENV and not _head_only(k)}
+    out = {k: v for k, v in sorted(common) if k not in _NODE_ENV and not _head_only(k)}
+    if "ORCH_JOIN_TIMEOUT" in out:
+        out["ORCH_JOIN_TIMEOUT"] = f"{join_budget(plan):g}"
+    return out
+
+
+def join_budget(plan: Plan) -> float:
+    """How long head and workers wait for each other: ray.join_timeout plus an image pull."""
+    return plan.join_timeout + IMAGE_PULL_BUDGET
 
 
 def _head_only(key: str) -> bool:
@@ -68,28 +123,45 @@ def _configmap(plan: Plan) -> Obj:
     }
 
 
-def _head_host(plan: Plan) -> str:
-    return f"{plan.name}-head.{plan.namespace}.svc.cluster.local"
+def _peer_host(plan: Plan) -> str:
+    return f"{plan.name}-head-peers.{plan.namespace}.svc.cluster.local"
+
+
+def _ports(plan: Plan, peer: bool) -> list[Obj]:
+    ports: list[Obj] = [{"name": "http", "port": plan.api_port}]
+    if plan.backend == "ray":
+        if peer:
+            ports += [{"name": "gcs", "port": plan.ray_port},
+                      {"name": "object-manager", "port": plan.object_manager_port}]
+        ports.append({"name": "dashboard", "port": plan.dashboard_port})
+    elif peer:
+        ports.append({"name": "master", "port": plan.master_port})
+    for port in ports:
+        port["targetPort"] = port["port"]
+        port["protocol"] = "TCP"
+    return ports
 
 
 def _head_service(plan: Plan) -> Obj:
-    ports = [{"name": "http", "port": plan.api_port, "targetPort": plan.api_port}]
-    if plan.backend == "ray":
-        ports += [
-            {"name": "gcs", "port": plan.ray_port, "targetPort": plan.ray_port},
-            {"name": "object-manager", "port": plan.object_manager_port},
-            {"name": "dashboard", "port": plan.dashboard_port, "targetPort": plan.dashboard_port},
-        ]
-    else:
-        ports.append({"name": "master", "port": plan.master_port, "targetPort": plan.master_port})
-    for port in ports:
-        port.setdefault("targetPort", port["port"])
-        port["protocol"] = "TCP"
+    """The API (and dashboard): endpoints only while the head is Ready, for clients."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(plan, f"{plan.name}-head", "head"),
-        "spec": {"type": "ClusterIP", "selector": _selector(plan, "head"), "ports": ports},
+        "spec": {"type": "ClusterIP", "selector": _selector(plan, "head"),
+                 "ports": _ports(plan, peer=False)},
+    }
+
+
+def _peer_service(plan: Plan) -> Obj:
+    """Headless, with not-ready addresses: the workers' way to the head before it is Ready (it
+    becomes Ready only after they join); its DNS name resolves to the head pod's IP."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(plan, f"{plan.name}-head-peers", "head"),
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": _selector(plan, "head"), "ports": _ports(plan, peer=True)},
     }
 
 
@@ -97,7 +169,8 @@ def _env(plan: Plan, node: NodePlan, head_addr: str) -> list[Obj]:
     shared = _shared_env(plan)
     out: list[Obj] = [{"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     for key, value in node.container.env:
-        if key == "VLLM_HOST_IP" or (key in shared and shared[key] == value):
+        if key == "VLLM_HOST_IP" or (key in shared and (shared[key] == value
+                                                         or key == "ORCH_JOIN_TIMEOUT")):
             continue
         out.append({"name": key, "value": head_addr if key == "ORCH_HEAD_ADDR" else value})
     for key, source in node.container.secret_env:
@@ -108,8 +181,10 @@ def _env(plan: Plan, node: NodePlan, head_addr: str) -> list[Obj]:
 
 def _args(node: NodePlan, head_addr: str) -> list[str]:
     args = list(node.container.command)
-    if node.role != "head" and "--master-addr" in args:
-        args[args.index("--master-addr") + 1] = head_addr
+    if "--master-addr" in args:  # the head binds on it: its own pod IP, wherever it is scheduled
+        args[args.index("--master-addr") + 1] = (
+            "$(VLLM_HOST_IP)" if node.role == "head" else head_addr
+        )
     return args
 
 
@@ -143,14 +218,49 @@ def _container(plan: Plan, node: NodePlan, head_addr: str) -> Obj:
     return out
 
 
+def model_gib(plan: Plan) -> float:
+    """Weights size guessed from the model name's parameter count ("32B") and its quantization;
+    0 when the name states none. The render is pure: it cannot read config.json."""
+    name = plan.model_container_path.rsplit("/", 1)[-1]
+    match = re.search(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?)[Bb](?![A-Za-z0-9])", name)
+    if not match:
+        return 0.0
+    text = " ".join([name, *plan.serve_argv]).lower()
+    per_param = (0.5 if re.search(r"int4|gptq|awq|4bit", text)
+                 else 1.0 if re.search(r"fp8|int8|8bit", text) else 2.0)
+    return float(match.group(1)) * 1e9 * per_param / 2**30
+
+
+def probe_timeout(plan: Plan) -> int:
+    """/health's timeout: with PP > 1 vLLM answers it from the busy engine process (0.6.x), slower
+    the bigger the model; the default 1 s restarts a healthy head."""
+    if plan.pipeline_parallel == 1:
+        return 5
+    return min(60, 10 + math.ceil(model_gib(plan) / 4))
+
+
+def startup_budget(plan: Plan) -> float:
+    """Seconds the startup probe allows: the group forming (ray: the join budget; mp: a worker's
+    image pull), then vLLM loading: serve.startup_timeout or, when longer, the weights read twice
+    at 100 MiB/s."""
+    load = max(plan.startup_timeout, 2 * model_gib(plan) * 1024 / 100)
+    if not plan.workers:  # the probe starts after this pod's own pull; nobody to wait for
+        return load
+    return (join_budget(plan) if plan.backend == "ray" else IMAGE_PULL_BUDGET) + load
+
+
 def _probes(plan: Plan) -> Obj:
     get = {"path": "/health", "port": plan.api_port}
-    threshold = max(3, math.ceil(plan.startup_timeout / 10))
+    timeout = probe_timeout(plan)
+    period = max(10, timeout)
+    threshold = max(3, math.ceil(startup_budget(plan) / period))
     return {
-        # loading 32B of weights over the network can take many minutes (vLLM k8s docs)
-        "startupProbe": {"httpGet": get, "periodSeconds": 10, "failureThreshold": threshold},
-        "readinessProbe": {"httpGet": get, "periodSeconds": 10, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": get, "periodSeconds": 20, "failureThreshold": 6},
+        "startupProbe": {"httpGet": get, "periodSeconds": period, "timeoutSeconds": timeout,
+                         "failureThreshold": threshold},
+        "readinessProbe": {"httpGet": get, "periodSeconds": period, "timeoutSeconds": timeout,
+                           "failureThreshold": 3},
+        "livenessProbe": {"httpGet": get, "periodSeconds": 2 * period, "timeoutSeconds": timeout,
+                          "failureThreshold": 6},
     }
 
 
@@ -208,7 +318,7 @@ def _deployment(plan: Plan, node: NodePlan, component: str) -> Obj:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": {**labels, "app.kubernetes.io/managed-by": "orchestrate"}},
-                "spec": _pod_spec(plan, node, _head_host(plan)),
+                "spec": _pod_spec(plan, node, _peer_host(plan)),
             },
         },
     }
@@ -260,10 +370,13 @@ def _lws(plan: Plan) -> Obj:
         "metadata": _meta(plan, plan.name),
         "spec": {
             "replicas": 1,
+            # LeaderReady would deadlock: the leader is Ready only once the workers joined
             "startupPolicy": "LeaderCreated",
             "leaderWorkerTemplate": {
                 "size": len(plan.nodes),
-                "restartPolicy": "RecreateGroupOnPodRestart",
+                # a restart recreates the group only once no pod is Pending: a worker still
+                # pulling the image keeps its pull (LWS >= 0.9)
+                "restartPolicy": "RecreateGroupAfterStart",
                 "leaderTemplate": {
                     "metadata": {"labels": _selector(plan, "head")},
                     "spec": leader,

@@ -1,0 +1,250 @@
+"""Every k8s render comes up: tests/k8s_sim.py plays Kubernetes' start-order rules on the YAML."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestrate import inventory
+from orchestrate.cli import rendered
+from orchestrate.plan import build_plan
+from orchestrate.render import k8s
+from tests.k8s_sim import Node, Scenario, Sim
+from tests.test_properties import valid_inventories
+
+ROOT = Path(__file__).resolve().parent.parent
+INVENTORIES = sorted([*(ROOT / "inventory").glob("*.yaml"),
+                      *(ROOT / "tests" / "cases" / "valid").glob("*.yaml")])
+COLD_PULL_S = 900  # a 15 GB image at ~17 MB/s on every node but the head's: longer than join_timeout
+PLACEHOLDER = "REPLACE-ME"
+
+
+def _docs(path: Path, flavor: str, fill_secret: bool = True) -> list[dict[str, Any]]:
+    """The rendered files as `kubectl apply` would read them; the Secret template filled in."""
+    plan = build_plan(inventory.load(path))
+    docs: list[dict[str, Any]] = []
+    for name, text in rendered("k8s", plan, flavor).items():
+        for doc in yaml.safe_load_all(text):
+            if doc and doc["kind"] == "Secret":
+                if not fill_secret:
+                    continue
+                assert set(doc["stringData"].values()) == {PLACEHOLDER}, name
+                doc["stringData"] = {k: "s3cret" for k in doc["stringData"]}
+            if doc:
+                docs.append(doc)
+    return docs
+
+
+def _cluster(path: Path, reverse: bool = False, by_ip: bool = True) -> list[Node]:
+    """One node per inventory host. Its hostname label: the inventory's k8s_node, else the ssh
+    name, else (by_ip: a cluster whose kubelets run with --hostname-override=<IP>) its IP."""
+    inv = inventory.load(path)
+    nodes = []
+    for host in inv.hosts:
+        name = host.k8s_node or host.ssh.host or (host.address if by_ip else f"{host.name}-box")
+        pull = 0 if host.role == "head" else COLD_PULL_S
+        nodes.append(Node(name=name, ip=host.address, gpus=host.gpus, pull_s=pull))
+    return nodes[::-1] if reverse else nodes
+
+
+CASES = [(p, f, r) for p in INVENTORIES for f in ("deployment", "lws") for r in (False, True)
+         if not (f == "deployment" and r)]
+
+
+@pytest.mark.parametrize("path,flavor,reverse", CASES,
+                         ids=[f"{p.stem}-{f}{'-reversed' if r else ''}" for p, f, r in CASES])
+def test_every_render_reaches_all_ready(path: Path, flavor: str, reverse: bool) -> None:
+    # reversed: the scheduler meets the worker's node first, so the LWS leader lands there
+    res = Sim(_docs(path, flavor), _cluster(path, reverse)).run()
+    assert res.all_ready, res.why()
+
+
+def _lws_doc(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == "LeaderWorkerSet")
+
+
+def test_sim_leader_ready_startup_policy_deadlocks() -> None:
+    """The head is Ready only after the workers join: LeaderReady never creates them."""
+    path = ROOT / "inventory" / "l20.yaml"
+    docs = _docs(path, "lws")
+    _lws_doc(docs)["spec"]["startupPolicy"] = "LeaderReady"
+    assert not Sim(docs, _cluster(path), Scenario(horizon_s=5000)).run().all_ready
+
+
+def test_sim_service_without_not_ready_addresses_never_comes_up() -> None:
+    """Today's render: workers reach the head through a Service that has no Ready endpoint."""
+    path = ROOT / "inventory" / "l20.yaml"
+    docs = _docs(path, "deployment")
+    for d in docs:
+        if d["kind"] == "Service":
+            d["spec"].pop("publishNotReadyAddresses", None)
+    res = Sim(docs, _cluster(path), Scenario(horizon_s=5000)).run()
+    assert not res.all_ready
+    assert any("wait-for-head" in line for line in res.log), res.log[-5:]
+
+
+def test_sim_join_race_with_a_cold_pull_loops_under_the_old_budget() -> None:
+    """ORCH_JOIN_TIMEOUT 300 and RecreateGroupOnPodRestart: each recreation loses the pull."""
+    path = ROOT / "inventory" / "l20.yaml"
+    docs = _docs(path, "lws")
+    _lws_doc(docs)["spec"]["leaderWorkerTemplate"]["restartPolicy"] = "RecreateGroupOnPodRestart"
+    next(d for d in docs if d["kind"] == "ConfigMap")["data"]["ORCH_JOIN_TIMEOUT"] = "300"
+    res = Sim(docs, _cluster(path), Scenario(horizon_s=6000)).run()
+    assert not res.all_ready
+    assert any("recreates group" in line for line in res.log)
+
+
+def test_lws_uses_recreate_group_after_start_and_leader_created() -> None:
+    lws = _lws_doc(_docs(ROOT / "inventory" / "l20.yaml", "lws"))
+    assert lws["spec"]["startupPolicy"] == "LeaderCreated"
+    assert lws["spec"]["leaderWorkerTemplate"]["restartPolicy"] == "RecreateGroupAfterStart"
+
+
+def test_mp_lws_leader_binds_its_own_pod_ip_workers_the_leaders_address() -> None:
+    lws = _lws_doc(_docs(ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml", "lws"))
+    tpl = lws["spec"]["leaderWorkerTemplate"]
+    lead = tpl["leaderTemplate"]["spec"]["containers"][0]["args"]
+    work = tpl["workerTemplate"]["spec"]["containers"][0]["args"]
+    assert lead[lead.index("--master-addr") + 1] == "$(VLLM_HOST_IP)"
+    assert work[work.index("--master-addr") + 1] == "$(LWS_LEADER_ADDRESS)"
+
+
+# ---------------------------------------------------------------- nodeSelector
+
+
+def test_ip_node_selector_stays_pending_on_a_hostname_labelled_cluster() -> None:
+    path = ROOT / "inventory" / "l20.yaml"
+    res = Sim(_docs(path, "deployment"), _cluster(path, by_ip=False),
+              Scenario(horizon_s=600)).run()
+    assert not res.all_ready
+    assert all(p.node is None for p in res.pods), res.why()
+    assert len(k8s.node_warnings(build_plan(inventory.load(path)))) == 2
+
+
+def test_k8s_node_and_ssh_hostname_select_the_node(tmp_path: Path) -> None:
+    text = (ROOT / "inventory" / "l20.yaml").read_text()
+    text = text.replace("    gpus: 4\n  - name: l20-worker", "    gpus: 4\n    k8s_node: gpu-a\n"
+                        "  - name: l20-worker")
+    text = text.replace("address: 192.168.30.5", "address: 192.168.30.5\n    ssh: {host: GPU-B}")
+    path = tmp_path / "inv.yaml"
+    path.write_text(text)
+    plan = build_plan(inventory.load(path))
+    assert [n.k8s_node for n in plan.nodes] == ["gpu-a", "gpu-b"]
+    assert k8s.node_warnings(plan) == []
+    nodes = [Node("gpu-a", "192.168.30.4", 4), Node("gpu-b", "192.168.30.5", 4, COLD_PULL_S)]
+    for flavor in ("deployment", "lws"):
+        assert Sim(_docs(path, flavor), nodes).run().all_ready, flavor
+
+
+def test_render_warns_on_ip_fallback(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "orchestrate", "--target", "k8s", "render",
+                          "-i", str(ROOT / "inventory" / "l20.yaml"), "-o", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "host l20-head: no k8s_node" in res.stderr and "k8s_node" in res.stderr
+
+
+# ---------------------------------------------------------------- probes
+
+
+def _head_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    return dep["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def test_default_one_second_probe_timeout_restarts_a_pp_head() -> None:
+    path = ROOT / "inventory" / "l20.yaml"  # PP 2
+    docs = _docs(path, "deployment")
+    head = _head_container(docs)
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert head[kind]["timeoutSeconds"] >= Scenario().health_latency_pp
+        head[kind].pop("timeoutSeconds")
+    res = Sim(docs, _cluster(path), Scenario(horizon_s=6000)).run()
+    assert not res.all_ready
+    assert any("startupProbe failed" in line for line in res.log)
+
+
+@pytest.mark.parametrize("startup_timeout", [900, 3600, 7200])
+def test_startup_budget_follows_serve_startup_timeout(tmp_path: Path, startup_timeout: int) -> None:
+    """A head that loads for almost serve.startup_timeout, behind a cold worker, still comes up."""
+    text = (ROOT / "inventory" / "l20.yaml").read_text()
+    text = text.replace("serve:\n", f"serve:\n  startup_timeout: {startup_timeout}\n")
+    path = tmp_path / "inv.yaml"
+    path.write_text(text)
+    docs = _docs(path, "deployment")
+    probe = _head_container(docs)["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= startup_timeout
+    scenario = Scenario(load_s=startup_timeout - 60, horizon_s=startup_timeout + 5000)
+    res = Sim(docs, _cluster(path), scenario).run()
+    assert res.all_ready, res.why()
+
+
+def test_probe_timeout_grows_with_the_model() -> None:
+    small = build_plan(inventory.load(ROOT / "tests" / "cases" / "valid" / "three-host-tp2-pp3.yaml"))
+    big = build_plan(inventory.load(ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml"))
+    assert k8s.model_gib(small) < k8s.model_gib(big)  # 7B bf16 < 70B bf16
+    assert 5 < k8s.probe_timeout(small) < k8s.probe_timeout(big) <= 60
+
+
+# ---------------------------------------------------------------- Secret and compose
+
+
+def test_secret_is_rendered_as_a_template_and_pods_need_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_API_KEY", "canary-value-42")
+    path = ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml"
+    plan = build_plan(inventory.load(path))
+    files = rendered("k8s", plan, "deployment")
+    assert "canary-value-42" not in "".join(files.values())
+    secret = yaml.safe_load(files["duo-secret.yaml"])
+    assert secret["metadata"]["name"] == k8s.secret_name(plan)
+    assert set(secret["stringData"]) == set(plan.secret_sources().values())
+    assert "TEMPLATE" in files["duo-secret.yaml"]
+    nodes = [Node("172.16.0.1", "172.16.0.1", 4), Node("gpu-node-2", "172.16.0.2", 4)]
+    res = Sim(_docs(path, "deployment", fill_secret=False), nodes, Scenario(horizon_s=600)).run()
+    assert not res.all_ready and "CreateContainerConfigError" in res.why()
+
+
+def test_compose_fails_on_an_unset_api_key(tmp_path: Path) -> None:
+    plan = build_plan(inventory.load(ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml"))
+    text = rendered("compose", plan, "")["n1.yaml"]
+    assert "${VLLM_API_KEY:?" in text
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose is not installed")
+        pytest.skip("docker-compose is not installed")
+    path = tmp_path / "n1.yaml"
+    path.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_API_KEY", "HF_TOKEN", "WANDB_KEY")}
+    res = subprocess.run([exe, "-f", str(path), "config", "-q"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert res.returncode != 0 and "VLLM_API_KEY" in res.stderr, res.stderr
+
+
+# ---------------------------------------------------------------- generated inventories
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_inventories(), st.sampled_from(["deployment", "lws"]), st.booleans())
+def test_generated_inventories_reach_all_ready(data: dict[str, Any], flavor: str,
+                                               reverse: bool) -> None:
+    """Any valid inventory (1-6 hosts, either backend, head anywhere), on a cluster whose nodes
+    carry the k8s_node names and where every node but the head's pulls the image cold."""
+    for host in data["hosts"]:
+        host["k8s_node"] = f"node-{host['name']}"
+    plan = build_plan(inventory.parse(data, "gen.yaml"))
+    docs = [d for text in rendered("k8s", plan, flavor).values() for d in yaml.safe_load_all(text)
+            if d]
+    nodes = [Node(n.k8s_node, n.address, n.gpus, 0 if n.role == "head" else COLD_PULL_S)
+             for n in plan.nodes]
+    res = Sim(docs, nodes[::-1] if reverse else nodes).run()
+    assert res.all_ready, res.why()
