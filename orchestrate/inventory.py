@@ -290,7 +290,10 @@ class Inventory(Strict):
     namespace: Name | None = None
     image: Image
     images: Images = Images()
-    backend: Literal["ray", "mp"] = "ray"
+    # auto: mp where the image's vLLM has multi-node mp (>= 0.11.1), else ray (orchestrate.vllm_caps)
+    backend: Literal["auto", "ray", "mp"] = "auto"
+    # the image's vLLM version: lets plan/render pick the backend and check flags offline
+    vllm_version: Annotated[str, Field(pattern=r"^v?\d+\.\d+(\.\d+)?([.+-][A-Za-z0-9.+-]{1,40})?$")] | None = None
     accelerator: Literal["nvidia", "cpu"] = "nvidia"
     # memory of one GPU, for fit planning (preflight reads nvidia-smi when this is not set)
     gpu_memory_gib: Annotated[float, Field(gt=0, le=4096)] | None = None
@@ -347,7 +350,7 @@ def cross_check(inv: Inventory) -> list[str]:
     problems += _check_gpus(inv)
     problems += _check_ports(inv)
     problems += _check_network(inv)
-    if not inv.serve.start and inv.backend != "ray":
+    if not inv.serve.start and inv.backend == "mp":
         problems.append("serve.start: false needs backend: ray (with mp, the containers are vLLM)")
     for i, host in enumerate(inv.hosts):
         refs = sorted(k for k, v in host.env.items() if ref_name(v))
@@ -398,13 +401,13 @@ def _check_network(inv: Inventory) -> list[str]:
 
 def _check_ports(inv: Inventory) -> list[str]:
     ports = {"serve.port": inv.serve.port}
-    if inv.backend == "ray":
+    if inv.backend != "mp":
         ports |= {
             "ray.port": inv.ray.port,
             "ray.object_manager_port": inv.ray.object_manager_port,
             "ray.dashboard_port": inv.ray.dashboard_port,
         }
-    else:
+    if inv.backend != "ray":
         ports["mp.master_port"] = inv.mp.master_port
     seen: dict[int, str] = {}
     problems = []
