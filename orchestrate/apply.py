@@ -153,6 +153,8 @@ def up(
             _preflight(s, changes, skip_checks)
         with timer("image"):
             images_dist.ensure(s)
+        if not changes.noop:
+            _check_image_vllm(s)
         if changes.noop:
             events("diff", None, "no changes: every container is running with its planned spec")
         else:
@@ -183,6 +185,18 @@ def _diff(s: Session) -> Changes:
         why = changes.reasons.get(host)
         s.events("diff", host, action + (f" ({why})" if why else ""))
     return changes
+
+
+def _check_image_vllm(s: Session) -> None:
+    """Before any container starts: the head's image has the vLLM (and Ray) the argv needs."""
+    node = s.plan.head
+    facts = preflight.image_facts(s, node)
+    problem = preflight.version_problem(s.plan, facts)
+    if problem is None and s.plan.backend == "ray" and facts.get("RAY") == "no":
+        problem = (f"ray is not installed in {s.plan.image}", "set backend: mp (or auto), or use "
+                   "an image that contains ray")  # fmt: skip
+    if problem is not None:
+        raise PhaseError("image", [HostError(node.host, f"image: {problem[0]}", hint=problem[1])])
 
 
 def _preflight(s: Session, changes: Changes, skip: Iterable[str]) -> None:

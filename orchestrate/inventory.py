@@ -132,6 +132,7 @@ Image = Annotated[str, AfterValidator(_image)]
 Arg = Annotated[str, AfterValidator(_arg), Field(max_length=4096)]
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+VllmVersion = Annotated[str, Field(pattern=r"^v?\d+\.\d+(\.\d+)?([.+-][A-Za-z0-9.+-]{1,40})?$")]
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
 
@@ -293,7 +294,7 @@ class Inventory(Strict):
     # auto: mp where the image's vLLM has multi-node mp (>= 0.11.1), else ray (orchestrate.vllm_caps)
     backend: Literal["auto", "ray", "mp"] = "auto"
     # the image's vLLM version: lets plan/render pick the backend and check flags offline
-    vllm_version: Annotated[str, Field(pattern=r"^v?\d+\.\d+(\.\d+)?([.+-][A-Za-z0-9.+-]{1,40})?$")] | None = None
+    vllm_version: VllmVersion | None = None
     accelerator: Literal["nvidia", "cpu"] = "nvidia"
     # memory of one GPU, for fit planning (preflight reads nvidia-smi when this is not set)
     gpu_memory_gib: Annotated[float, Field(gt=0, le=4096)] | None = None

@@ -13,12 +13,12 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 TABLES = Path(__file__).resolve().parent / "vllm_flags"
 # `backend: auto` with no known vLLM version (render for k8s/compose offline): mp, what every
 # vLLM since 0.11.1 runs without Ray (stock images have no Ray since ~0.18)
-DEFAULT_BACKEND = "mp"
+DEFAULT_BACKEND: Literal["mp"] = "mp"
 
 
 def parse_version(text: str) -> tuple[int, int, int]:

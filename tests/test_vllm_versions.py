@@ -147,3 +147,15 @@ def test_tables_agree_with_cached_wheels() -> None:
         pytest.skip(f"no vLLM wheel in {tools.cache_dir()} (python tools/vllm_options.py fills it)")
     for version, wheel in found:
         assert tools.dump(tools.table(wheel)) == tools.table_path(version).read_text(), version
+
+
+def test_preflight_refuses_mp_argv_on_an_old_image() -> None:
+    from orchestrate import preflight
+
+    plan = build_plan(inventory.parse(_data(ROOT / "inventory" / "local-cpu.yaml", "mp", "0.32.0")))
+    plan_unknown = build_plan(inventory.parse({**_data(ROOT / "inventory" / "local-cpu.yaml",
+                                                       "mp", "0.32.0"), "vllm_version": None}))
+    assert preflight.version_problem(plan, {"VLLM": "0.32.0", "RAY": "no"}) is None
+    assert "vllm_version" in preflight.version_problem(plan, {"VLLM": "0.8.5"})[1]  # type: ignore[index]
+    problem = preflight.version_problem(plan_unknown, {"VLLM": "0.8.5", "RAY": "yes"})
+    assert problem is not None and "--nnodes" in problem[0] and "0.8.5" in problem[0]
