@@ -155,6 +155,8 @@ def up(
             _preflight(s, changes, skip_checks)
         with timer("image"):
             images_dist.ensure(s)
+        if not changes.noop:
+            _check_image_vllm(s)
         if changes.noop:
             events("diff", None, "no changes: every container is running with its planned spec")
         else:
@@ -185,6 +187,18 @@ def _diff(s: Session) -> Changes:
         why = changes.reasons.get(host)
         s.events("diff", host, action + (f" ({why})" if why else ""))
     return changes
+
+
+def _check_image_vllm(s: Session) -> None:
+    """Before any container starts: the head's image has the vLLM (and Ray) the argv needs."""
+    node = s.plan.head
+    facts = preflight.image_facts(s, node)
+    problem = preflight.version_problem(s.plan, facts)
+    if problem is None and s.plan.backend == "ray" and facts.get("RAY") == "no":
+        problem = (f"ray is not installed in {s.plan.image}", "set backend: mp (or auto), or use "
+                   "an image that contains ray")  # fmt: skip
+    if problem is not None:
+        raise PhaseError("image", [HostError(node.host, f"image: {problem[0]}", hint=problem[1])])
 
 
 def _preflight(s: Session, changes: Changes, skip: Iterable[str]) -> None:
@@ -233,7 +247,7 @@ def _dead(s: Session, node: NodePlan, what: str) -> GateError:
     c = engine.container(node.container.name)
     state = c.attrs["State"] if c else {}
     text = _tail(lambda: engine.logs(c, tail=300)) if c else ""
-    cause, hint = _diagnose(text)
+    cause, hint = _diagnose(text, s.plan)
     message = f"{node.host}: {node.container.name} {what} (exit code {state.get('ExitCode', '?')})"
     if cause:
         message += f": {cause}"
@@ -310,13 +324,32 @@ _KNOWN = {
 }
 
 
-def _diagnose(text: str) -> tuple[str | None, str | None]:
+def _diagnose(text: str, plan: Plan | None = None) -> tuple[str | None, str | None]:
     """(the log line that shows a known failure, what to do), or (None, None)."""
     for line in reversed(text.splitlines()):
         for needle, hint in _KNOWN.items():
             if needle in line:
+                if needle == "unrecognized arguments" and plan is not None:
+                    hint = _unrecognized_hint(line, plan) or hint
                 return line.strip()[:300], hint
     return None, None
+
+
+def _unrecognized_hint(line: str, plan: Plan) -> str | None:
+    """An unrecognized flag that orchestrate wrote (not serve.extra_args): the image's vLLM is
+    older or newer than the flags need; say which vLLM versions have it."""
+    from orchestrate import vllm_caps
+
+    extra = {a.split("=", 1)[0] for a in plan.extra_args}
+    words = line.split("unrecognized arguments:", 1)[-1].split()
+    ours = [w.split("=", 1)[0] for w in words if w.startswith("-") and w.split("=", 1)[0] not in extra]
+    if not ours:
+        return None
+    have = vllm_caps.versions_with(ours[0])
+    where = f"vLLM {have[0]} .. {have[-1]} have it" if have else "no known vLLM has it"
+    return (f"{ours[0]} is written by orchestrate for backend: {plan.backend} and the image's vLLM "
+            f"does not know it ({where}); set vllm_version to the image's vLLM version (with "
+            "backend: auto) so plan picks flags it has, or use a newer image")
 
 
 def _wait_serving(s: Session) -> None:

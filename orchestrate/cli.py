@@ -224,6 +224,7 @@ def plan_text(plan: Plan) -> str:
 
     lines = [f"deployment {plan.name}: {plan.backend} backend, TP={plan.tensor_parallel} x "
              f"PP={plan.pipeline_parallel} = {plan.world_size} GPUs on {len(plan.nodes)} hosts",
+             f"backend {plan.backend}: {plan.backend_reason}",
              f"endpoint {plan.endpoint}  model {plan.model_host_path} as {plan.served_name}", ""]
     for node in plan.nodes:
         where = "this machine" if node.ssh.local else \

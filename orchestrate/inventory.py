@@ -133,6 +133,7 @@ Image = Annotated[str, AfterValidator(_image)]
 Arg = Annotated[str, AfterValidator(_arg), Field(max_length=4096)]
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+VllmVersion = Annotated[str, Field(pattern=r"^v?\d+\.\d+(\.\d+)?([.+-][A-Za-z0-9.+-]{1,40})?$")]
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
 
@@ -309,7 +310,10 @@ class Inventory(Strict):
     namespace: Name | None = None
     image: Image
     images: Images = Images()
-    backend: Literal["ray", "mp"] = "ray"
+    # auto: mp where the image's vLLM has multi-node mp (>= 0.11.1), else ray (orchestrate.vllm_caps)
+    backend: Literal["auto", "ray", "mp"] = "auto"
+    # the image's vLLM version: lets plan/render pick the backend and check flags offline
+    vllm_version: VllmVersion | None = None
     accelerator: Literal["nvidia", "cpu"] = "nvidia"
     # memory of one GPU, for fit planning (preflight reads nvidia-smi when this is not set)
     gpu_memory_gib: Annotated[float, Field(gt=0, le=4096)] | None = None
@@ -366,7 +370,7 @@ def cross_check(inv: Inventory) -> list[str]:
     problems += _check_gpus(inv)
     problems += _check_ports(inv)
     problems += _check_network(inv)
-    if not inv.serve.start and inv.backend != "ray":
+    if not inv.serve.start and inv.backend == "mp":
         problems.append("serve.start: false needs backend: ray (with mp, the containers are vLLM)")
     for i, host in enumerate(inv.hosts):
         refs = sorted(k for k, v in host.env.items() if ref_name(v))
@@ -425,10 +429,10 @@ def port_fields(inv: Inventory) -> tuple[dict[str, int], dict[str, tuple[int, in
     """The single ports and the (first, last) ranges this deployment pins, by field path."""
     singles = {"serve.port": inv.serve.port}
     ranges = {"network.vllm_port": (inv.network.vllm_port, inv.network.vllm_port + VLLM_PORT_SPAN - 1)}
-    if inv.backend == "ray":
+    if inv.backend != "mp":  # ray, or auto (which may pick either)
         singles |= {f"ray.{f}": getattr(inv.ray, f) for f in RAY_SINGLE_PORTS}
         ranges["ray.min_worker_port"] = (inv.ray.min_worker_port, inv.ray.max_worker_port)
-    else:
+    if inv.backend != "ray":
         singles["mp.master_port"] = inv.mp.master_port
     if inv.images.source == "head-registry":
         singles["images.head_registry.port"] = inv.images.head_registry.port
@@ -438,7 +442,7 @@ def port_fields(inv: Inventory) -> tuple[dict[str, int], dict[str, tuple[int, in
 def _check_ports(inv: Inventory) -> list[str]:
     singles, ranges = port_fields(inv)
     problems = []
-    if inv.backend == "ray" and inv.ray.max_worker_port <= inv.ray.min_worker_port:
+    if inv.backend != "mp" and inv.ray.max_worker_port <= inv.ray.min_worker_port:
         problems.append(f"ray.max_worker_port: {inv.ray.max_worker_port} must be higher than "
                         f"ray.min_worker_port ({inv.ray.min_worker_port})")  # fmt: skip
         ranges.pop("ray.min_worker_port")

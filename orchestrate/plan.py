@@ -13,7 +13,8 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
-from orchestrate import scripts
+from orchestrate import scripts, vllm_caps
+from orchestrate.errors import UsageError
 from orchestrate.inventory import VLLM_PORT_SPAN, Host, Inventory
 from orchestrate.secrets import ref_name
 
@@ -149,6 +150,9 @@ class Plan:
     metrics_export_port: int = 0
     worker_ports: tuple[int, int] = (0, 0)
     vllm_ports: tuple[int, int] = (0, 0)
+    backend_reason: str = ""  # why this backend (backend: auto decides; orchestrate.vllm_caps)
+    vllm_version: str | None = None  # the image's vLLM, when known (inventory vllm_version)
+    extra_args: tuple[str, ...] = ()  # serve.extra_args: the part of the argv orchestrate did not write
 
     @property
     def head(self) -> NodePlan:
@@ -188,7 +192,76 @@ class Plan:
 # ---------------------------------------------------------------- building
 
 
-def build_plan(inv: Inventory) -> Plan:
+def choose_backend(inv: Inventory, version: str | None, image_has_ray: bool | None = None
+                   ) -> tuple[Literal["ray", "mp"], str]:
+    """(backend, why) for the inventory on an image with this vLLM version (None: unknown) and
+    Ray (None: unknown). UsageError for a combination no vLLM of that version can run."""
+    c = vllm_caps.caps(version) if version else None
+    multinode = len(inv.hosts) > 1
+    if inv.backend != "auto":
+        why = f"backend: {inv.backend} in the inventory"
+        if inv.backend == "mp" and multinode and c and not c.has_mp_multinode:
+            raise UsageError(f"backend: mp: vLLM {version} has no --nnodes/--headless (multi-node mp "
+                             "needs vLLM >= 0.11.1)", hint="set backend: ray (or auto), or use an "
+                             "image with vLLM >= 0.11.1")  # fmt: skip
+        if inv.backend == "ray" and image_has_ray is False:
+            raise UsageError(f"backend: ray: the image {inv.image} has no ray",
+                             hint="set backend: mp (or auto), or use an image that contains ray")
+        return inv.backend, why
+    if not inv.serve.start:
+        if image_has_ray is False:
+            raise UsageError(f"serve.start: false needs Ray, and the image {inv.image} has no ray",
+                             hint="use an image that contains ray, or set serve.start: true")
+        return "ray", "backend: auto, serve.start: false needs the Ray cluster"
+    if not multinode:
+        return "mp", "backend: auto, one node: vLLM's own mp executor needs no Ray"
+    if c is None:
+        return vllm_caps.DEFAULT_BACKEND, (
+            "backend: auto, vLLM version unknown: mp, the default for vLLM >= 0.11.1 "
+            "(set vllm_version to decide by the image's vLLM)")
+    if c.has_mp_multinode:
+        return "mp", f"backend: auto, vLLM {version} has multi-node mp (--nnodes/--headless)"
+    if image_has_ray is False:
+        raise UsageError(f"backend: auto: vLLM {version} has no multi-node mp (needs >= 0.11.1) "
+                         f"and the image {inv.image} has no ray", hint="use an image with vLLM "
+                         ">= 0.11.1, or one that contains ray")  # fmt: skip
+    return "ray", (f"backend: auto, vLLM {version} has no multi-node mp (needs >= 0.11.1): ray"
+                   + ("" if image_has_ray else " (preflight checks the image has ray)"))
+
+
+def check_flags(plan: Plan) -> None:
+    """Every `vllm serve` argv of the plan against the table of its vLLM version (one error)."""
+    if not plan.vllm_version:
+        return
+    c = vllm_caps.caps(plan.vllm_version)
+    argvs = [(plan.head.alias, plan.serve_argv)]
+    if plan.backend == "mp":
+        argvs = [(n.alias, ("vllm", *n.container.command)) for n in plan.nodes]
+    extra = {a.split("=", 1)[0] for a in plan.extra_args if a.startswith("-")}
+    for alias, argv in argvs:
+        for flag, problem in vllm_caps.check_argv(c, argv[3:]):
+            where = "serve.extra_args" if flag in extra else f"backend {plan.backend} ({alias})"
+            raise UsageError(f"{where}: {problem}", hint=f"the image runs vLLM {plan.vllm_version} "
+                             "(vllm_version); fix the flag or use an image whose vLLM has it")
+        if "--headless" in argv and "--api-server-count" in argv and c.headless_refuses_api_server_count:
+            raise UsageError(f"serve.extra_args: --api-server-count is refused by vLLM "
+                             f"{plan.vllm_version} together with --headless ({alias})",
+                             hint="remove --api-server-count from serve.extra_args")
+
+
+def build_plan(inv: Inventory, *, vllm_version: str | None = None,
+               image_has_ray: bool | None = None) -> Plan:
+    """vllm_version / image_has_ray: what preflight read from the image (overrides the inventory)."""
+    version = vllm_version or inv.vllm_version
+    backend, reason = choose_backend(inv, version, image_has_ray)
+    if backend != inv.backend:
+        inv = inv.model_copy(update={"backend": backend})
+    plan = _build(inv, reason, version)
+    check_flags(plan)
+    return plan
+
+
+def _build(inv: Inventory, reason: str, version: str | None) -> Plan:
     hosts = [inv.head, *inv.workers]
     serve_argv = _serve_argv(inv, rank=0)
     nodes = tuple(_node(inv, host, rank) for rank, host in enumerate(hosts))
@@ -196,7 +269,7 @@ def build_plan(inv: Inventory) -> Plan:
     return Plan(
         name=inv.name,
         namespace=inv.namespace or inv.name,
-        backend=inv.backend,
+        backend="mp" if inv.backend == "mp" else "ray",
         accelerator=inv.accelerator,
         image=inv.image,
         image_source=inv.images.source,
@@ -235,6 +308,9 @@ def build_plan(inv: Inventory) -> Plan:
         metrics_export_port=inv.ray.metrics_export_port,
         worker_ports=(inv.ray.min_worker_port, inv.ray.max_worker_port),
         vllm_ports=(inv.network.vllm_port, inv.network.vllm_port + VLLM_PORT_SPAN - 1),
+        backend_reason=reason,
+        vllm_version=version,
+        extra_args=tuple(inv.serve.extra_args),
     )
 
 

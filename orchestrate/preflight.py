@@ -379,6 +379,39 @@ _PROBE = (
 )
 
 
+def image_facts(s: Session, node: NodePlan) -> dict[str, str]:
+    """RAY=yes|no and VLLM=<version>|none, read inside the image on this node."""
+    engine = s.engine(node)
+    out = engine.call("run", engine.client.containers.run, s.plan.image, ["-c", _PROBE],
+                      entrypoint="sh", remove=True, network_mode="none")  # fmt: skip
+    return dict(re.findall(r"^(RAY|VLLM)=(\S+)$", out.decode(), flags=re.M))
+
+
+def version_problem(plan: Plan, facts: Mapping[str, str]) -> tuple[str, str] | None:
+    """(problem, fix) when the plan's argv cannot run on the image's vLLM (vllm_caps)."""
+    from dataclasses import replace
+
+    from orchestrate.errors import UsageError
+    from orchestrate.plan import check_flags
+    from orchestrate.vllm_caps import caps
+
+    version = facts.get("VLLM", "none")
+    if version == "none":
+        return None
+    if plan.vllm_version and plan.vllm_version != version:
+        return (f"the image has vLLM {version}, the inventory says vllm_version: "
+                f"{plan.vllm_version}", f"set vllm_version: {version}")
+    if plan.backend == "mp" and len(plan.nodes) > 1 and not caps(version).has_mp_multinode:
+        return (f"backend {plan.backend}: vLLM {version} in the image has no --nnodes/--headless "
+                "(multi-node mp needs >= 0.11.1)", f"set vllm_version: {version} with backend: "
+                "auto (or backend: ray), or use an image with vLLM >= 0.11.1")  # fmt: skip
+    try:
+        check_flags(replace(plan, vllm_version=version))
+    except UsageError as exc:
+        return exc.message, exc.hint or ""
+    return None
+
+
 @check("image")
 def check_image(s: Session, node: NodePlan) -> Row:
     engine, image = s.engine(node), s.plan.image
@@ -386,10 +419,10 @@ def check_image(s: Session, node: NodePlan) -> Row:
     if image_id is None:
         how = "pull it" if s.plan.image_source == "registry" else f"send it from {s.plan.image_source}"
         return Row(node.host, "image", "warn", f"{image} is not on this host; up will {how}")
-    out = engine.call("run", engine.client.containers.run, image, ["-c", _PROBE],
-                      entrypoint="sh", remove=True, network_mode="none")  # fmt: skip
-    facts = dict(re.findall(r"^(RAY|VLLM)=(\S+)$", out.decode(), flags=re.M))
+    facts = image_facts(s, node)
     message = f"{image_id[7:19]} ray={facts.get('RAY', '?')} vllm={facts.get('VLLM', '?')}"
+    if (problem := version_problem(s.plan, facts)) is not None:
+        return _fail(node, "image", problem[0], problem[1])
     if s.plan.backend == "ray" and facts.get("RAY") != "yes":
         return _fail(node, "image", f"ray is not installed in {image} ({message}); current "
                      "vllm/vllm-openai images no longer ship Ray",
