@@ -84,10 +84,14 @@ def _present(client: docker.DockerClient, tag: str) -> Any:
 def _pull(client: docker.DockerClient, tag: str) -> str | None:
     """None when pulled, else why not (one line)."""
     repo, _, version = tag.partition(":")
+    saved = client.api.timeout  # APIClient.pull takes no timeout: bound each read of this one
+    client.api.timeout = _PULL_TIMEOUT
     try:
-        client.api.pull(repo, tag=version or "latest", timeout=_PULL_TIMEOUT)
+        client.api.pull(repo, tag=version or "latest")
     except Exception as exc:  # APIError, ImageNotFound, requests errors and timeouts: no registry
         return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    finally:
+        client.api.timeout = saved
     return None if _present(client, tag) is not None else "the engine did not keep it"
 
 

@@ -273,3 +273,15 @@ def test_second_build_is_a_cache_hit(client: Any, cache_dir: Path, ray_image: st
         assert again == first
         assert any("up to date" in e for e in events), events
         assert not any(e.startswith("Step ") for e in events), events
+
+
+def test_a_registry_pull_that_fails_says_why_in_the_engines_words(client: Any) -> None:
+    """The registry step of the base-image search asks the real engine. Here no registry answers,
+    so the reason must be the engine's (not a client-side TypeError), and the client's timeout is
+    restored afterwards."""
+    from orchestrate.images.base import _pull
+
+    before = client.api.timeout
+    why = _pull(client, "orchestrate/no-such-image-anywhere:0")
+    assert why is not None and "unexpected keyword" not in why and "TypeError" not in why, why
+    assert client.api.timeout == before
