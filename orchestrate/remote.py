@@ -90,6 +90,8 @@ def diagnose(target: SSHTarget, limit: float = DIAGNOSE_S) -> str:
                         "overloaded")  # fmt: skip
     except ConnectionRefusedError:
         return "new connections are refused: the host crashed or is rebooting, or sshd died"
+    except ConnectionResetError:  # accepted, then reset: sshd died under it (a crash in progress)
+        return "new connections are reset: the host crashed or is rebooting, or sshd died"
     except TimeoutError:
         return "new connections time out too: the host is unreachable (network cut, or powered off)"
     except OSError as exc:

@@ -11,6 +11,8 @@ import contextlib
 import gc
 import json
 import os
+import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -55,6 +57,40 @@ BED_BASE = Path(os.environ.get("ORCH_BED_BASE", str(DEFAULT_BASE)))
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(WORKDIR, ignore_errors=True)
+
+
+# Measured tables (fault times, Ctrl-C times) outlive WORKDIR: written to the repo's ignored
+# .pytest-results/ (or $ORCH_RESULTS_DIR; the fault table to $ORCH_FAULT_TABLE when set), each
+# started afresh by the first row of a run, and printed at the end of the run.
+RESULTS_DIR = Path(os.environ.get("ORCH_RESULTS_DIR") or ROOT / ".pytest-results")
+_TABLES: dict[str, tuple[Path, str, list[str]]] = {}  # name -> (path, header, rows this run)
+
+
+def table_path(name: str) -> Path:
+    if name == "fault-table" and os.environ.get("ORCH_FAULT_TABLE"):
+        return Path(os.environ["ORCH_FAULT_TABLE"])
+    return RESULTS_DIR / f"{name}.md"
+
+
+def record_row(name: str, header: str, row: str) -> None:
+    """Append a row to the measured table `name` (a markdown table with `header`)."""
+    if name not in _TABLES:
+        path = table_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header.rstrip("\n") + "\n", encoding="utf-8")
+        _TABLES[name] = (path, header, [])
+    path, _, rows = _TABLES[name]
+    rows.append(row)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(row + "\n")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for name, (path, header, rows) in _TABLES.items():
+        terminalreporter.write_sep("-", f"{name} ({path})")
+        terminalreporter.write_line(header.rstrip("\n"))
+        for row in rows:
+            terminalreporter.write_line(row)
 
 
 def need_bed() -> None:
@@ -306,6 +342,96 @@ def orch_popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Pope
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **CHILD_ENV, **(env or {})},
                             preexec_fn=_default_sigint)  # fmt: skip
+
+
+class Watched:
+    """The real CLI in the background (orch_popen), its stderr read as it comes, so that a test
+    acts on a progress line the moment it appears, with a deadline, never a fixed sleep."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.proc = orch_popen(*args, env=env)
+        self.lines: list[str] = []
+        self.exited_at = 0.0  # time.monotonic() when finish() saw the exit
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name="watched-stderr", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float) -> str:
+        """The first new stderr line matching `pattern`; fails when none comes by the deadline or
+        the command exits first."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout:g}s:\n"
+                                     + self.stderr[-4000:])  # fmt: skip
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self._queue.put(None)
+                raise AssertionError(f"orchestrate {' '.join(self.args)} exited "
+                                     f"({self.proc.wait()}) before a line matching {pattern!r}:"
+                                     f"\n{self.stderr[-4000:]}")  # fmt: skip
+            self.lines.append(line)
+            if rx.search(line):
+                return line
+
+    def interrupt(self) -> float:
+        """Ctrl-C (SIGINT to the process); returns when it was sent (time.monotonic())."""
+        self.proc.send_signal(signal.SIGINT)
+        return time.monotonic()
+
+    def finish(self, timeout: float) -> int:
+        """Wait (bounded) for the exit and the rest of stderr; returns the exit code."""
+        try:
+            code = self.proc.wait(timeout)
+            self.exited_at = time.monotonic()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"orchestrate {' '.join(self.args)} still running after "
+                                 f"{timeout:g}s:\n{self.stderr[-4000:]}") from None  # fmt: skip
+        self._drain()
+        return code
+
+    def _drain(self) -> None:
+        self._reader.join(30)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if line is not None:
+                self.lines.append(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        self._drain()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        sys.stderr.write(f"$ orchestrate {' '.join(self.args)}  -> {self.proc.returncode}\n"
+                         f"{self.stderr[-6000:]}\n")  # fmt: skip
+
+    def __enter__(self) -> Watched:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def orch_json(*args: str, timeout: float = 900) -> Any:

@@ -1,25 +1,40 @@
-"""The fault matrix on the test bed (issue 6): real faults, injected for real, on the worker host and
-on the head host, before `up` and after it. `up` must fail fast with one line naming the host,
-`status` must tell the truth, and after recovery `up` must converge and `down` clean up.
+"""The fault matrix on the test bed (issues 6, 10): real faults, injected for real, on the worker
+host and on the head host, before `up`, in the middle of its phases (creating the containers, the
+Ray gate, the wait for vLLM) and after it. `up` must fail fast with one line naming the host and
+the cause, end at once on Ctrl-C even with the fault still there, `status` must tell the truth,
+and after recovery `up` must converge and `down` clean up.
 
-Each measured time-to-error is appended to FAULT_TABLE for the closing note (not asserted
-beyond the 15 s bound the issue sets for connection faults).
+Each measured time is a row of the fault table (.pytest-results/fault-table.md, or
+$ORCH_FAULT_TABLE; printed at the end of the run), asserted only against the 15 s bound the issue
+sets for connection faults and a few seconds for Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import CPU_BIND, CPU_SERVE, WORKDIR, bed_inventory, orch, orch_json, ps
+from tests.conftest import (
+    CPU_BIND,
+    CPU_SERVE,
+    Watched,
+    bed_inventory,
+    orch,
+    orch_json,
+    ps,
+    record_row,
+)
 from tests.testbed import TestBed
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
-FAULT_TABLE = WORKDIR / "fault-table.md"
+TABLE_HEADER = "| fault | host | when | time | what `up` said |\n|---|---|---|---|---|"
 BOUND_S = 15
+CTRL_C_BOUND_S = 5  # Ctrl-C to exit, the fault still there
 # fault -> how to undo it
 FAULTS = {
     "kill-sshd": "start-sshd",
@@ -45,8 +60,7 @@ def ray2(bed: TestBed, ray_image: str, ray_model: dict[str, str],
 
 
 def _record(row: str) -> None:
-    with FAULT_TABLE.open("a", encoding="utf-8") as f:
-        f.write(row + "\n")
+    record_row("fault-table", TABLE_HEADER, row)
 
 
 def _one_error_line(stderr: str, host: str) -> str:
@@ -124,4 +138,73 @@ def test_vllm_crashing_at_start_is_reported_with_its_cause(
                 f"{line[7:160]} |")
     finally:
         assert orch("down", str(path), timeout=300).returncode == 0
+    assert ps(bed, 1) == [] and ps(bed, 2) == []
+
+
+# ---------------------------------------------------------------- faults in the middle of `up`
+
+# phase -> the progress line on `up`'s stderr that the fault follows at once
+MID = {
+    "create": r"\] start +hb2: creating ",
+    "ray-gate": r"\] ray +waiting for \d+ nodes",
+    "serve-wait": r"\] serve +hb1: waiting for vLLM",
+}
+# fault -> what the error line must say is the cause (and never blame dockerd)
+CAUSE = {"freeze": "frozen", "partition": "unreachable", "crash": "crashed"}
+MID_CASES = [(p, f, t) for p in MID for f in CAUSE for t in ("error", "ctrl-c")]
+
+
+@pytest.fixture(scope="module")
+def mp2(bed: TestBed, cpu_image: str, tiny_model: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Any:  # fmt: skip
+    bed.seed(cpu_image, hosts=[1, 2])  # 2.8 GB through SSH takes minutes on a busy machine
+    path = bed_inventory(
+        bed, tmp_path_factory.mktemp("faults") / "mpfaults.yaml", 2, name="mpfaulty",
+        image=cpu_image, backend="mp", model={"host_dir": str(tiny_model.parent), "name": "tiny"},
+        serve={**CPU_SERVE, "port": 8014}, host_env=CPU_BIND,
+    )  # fmt: skip
+    yield path
+    orch("down", str(path), timeout=300)
+
+
+@pytest.mark.parametrize("phase,fault,then", MID_CASES, ids=["-".join(c) for c in MID_CASES])
+def test_fault_mid_up_fails_fast_naming_the_host_and_ctrl_c_ends_it(
+    bed: TestBed, ray2: Path, request: pytest.FixtureRequest, phase: str, fault: str, then: str
+) -> None:
+    path = request.getfixturevalue("mp2") if phase == "serve-wait" else ray2
+    name = bed.hosts[1].name
+    interrupted_at = None
+    try:
+        with Watched("up", str(path)) as up:
+            up.wait_for(MID[phase], 600)
+            try:
+                injected = time.monotonic()  # bed.sh crash returns after `up` has seen it
+                bed.fault(fault, 2)
+                if then == "ctrl-c":  # ~2 s after the fault, unless `up` has already ended
+                    try:
+                        up.proc.wait(max(0.0, injected + 2 - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        interrupted_at = up.interrupt()
+                code = up.finish(BOUND_S + 45)
+            finally:
+                bed.fault(FAULTS[fault], 2)
+        to_exit = up.exited_at - injected
+        if interrupted_at is not None:
+            after_c = up.exited_at - interrupted_at
+            _record(f"| {fault} | {name} (worker) | mid {phase}, Ctrl-C 2 s after | "
+                    f"exit {after_c:.2f} s after Ctrl-C (code {code}) | "
+                    f"{(up.lines[-1] if up.lines else '').strip()[:150]} |")
+            assert code in (130, 1), up.stderr[-3000:]  # 1: the error came first
+            assert "Traceback" not in up.stderr
+            assert after_c < CTRL_C_BOUND_S, up.stderr[-3000:]
+        else:
+            line = _one_error_line(up.stderr, name)
+            _record(f"| {fault} | {name} (worker) | mid {phase}{' (before Ctrl-C)' * (then == 'ctrl-c')}"
+                    f" | {to_exit:.1f} s | {line[7:200]} |")
+            assert code == 1, up.stderr[-3000:]
+            assert CAUSE[fault] in line and "dockerd" not in line, line
+            assert to_exit < BOUND_S, up.stderr[-3000:]
+    finally:
+        down = orch("down", str(path), timeout=300)
+    assert down.returncode == 0, down.stderr
     assert ps(bed, 1) == [] and ps(bed, 2) == []
