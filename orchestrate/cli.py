@@ -750,15 +750,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None, console: Console) -> None:
+    from orchestrate.console import errors_to
+
     try:
         cli.main(args=argv, prog_name="orchestrate", standalone_mode=False)
     except OrchestrateError as exc:
-        console.error(exc.lines())
+        errors_to(console).error(exc.lines())
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C in a command into Abort
-        console.error(["interrupted: `orchestrate up` finishes the job, `orchestrate down` "
+        errors_to(console).error(["interrupted: `orchestrate up` finishes the job, `orchestrate down` "
                        "cleans up"])  # fmt: skip
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
@@ -773,6 +775,6 @@ def _main(argv: list[str] | None, console: Console) -> None:
             path.write_text(traceback.format_exc(), encoding="utf-8")
         except OSError:
             pass
-        console.error([f"internal error ({sys.exc_info()[0].__name__}); this is a bug in "  # type: ignore[union-attr]
+        errors_to(console).error([f"internal error ({sys.exc_info()[0].__name__}); this is a bug in "  # type: ignore[union-attr]
                        f"orchestrate. Details: {path}"])
         sys.exit(EXIT_INTERNAL)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from rich.console import Console as RichConsole
     from rich.live import Live
 
-__all__ = ["Console", "Events", "close_all", "emit_json", "emit_table", "emit_text", "quiet"]
+__all__ = ["Console", "Events", "close_all", "emit_json", "emit_table", "emit_text", "errors_to", "quiet"]
 
 PLAIN_PROGRESS_S = 15.0  # a pipe gets one progress line per phase and host this often
 _ACTIVE: list[Console] = []  # consoles with a live view or log file open, closed by close_all()
@@ -200,6 +200,14 @@ class Console:
                 self._rich.print(text, style="bold red" if i == 0 else "red", markup=False)
             else:
                 print(text, file=self.stream, flush=True)
+
+
+def errors_to(default: Console) -> Console:
+    """The console an error should go to: the command's own (it names its log file), else default."""
+    for console in reversed(_ACTIVE):
+        if console.log_path is not None:
+            return console
+    return default
 
 
 def close_all() -> None:
