@@ -1,9 +1,10 @@
 """P6: how long each command takes to start, against today's code and a bare import.
 
-Three interpreters of the same Python (this one), alternating within every repetition so that
+Four interpreters of the same Python (this one), alternating within every repetition so that
 machine load hits all three alike:
 
   bare       python3 -c 'import click, yaml, pydantic'   (what any such CLI pays at least)
+  floor      the same imports plus one pydantic model built and used (what pydantic costs)
   base       python3 -m orchestrate ARGS   from `git archive BASE` (default: main)
   candidate  python3 -m orchestrate ARGS   from this checkout
 
@@ -32,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 INV = "inventory/l20.yaml"
 BARE = ["-c", "import click, yaml, pydantic"]
+# what any pydantic-validated CLI pays: the same imports plus one model built and used
+FLOOR = ["-c", "import click, yaml, pydantic\nclass M(pydantic.BaseModel):\n    a: int = 1\nM(a=2)"]
 COMMANDS: dict[str, list[str]] = {
     "--help": ["--help"],
     "validate": ["validate", INV],
@@ -72,14 +75,15 @@ def once(argv: list[str], cwd: Path) -> tuple[float, float]:
 def measure(reps: int, base_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
     runs: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for name, args in COMMANDS.items():
-        variants = {"bare": (BARE, ROOT), "base": (["-m", "orchestrate", *args], base_dir),
+        variants = {"bare": (BARE, ROOT), "floor": (FLOOR, ROOT),
+                    "base": (["-m", "orchestrate", *args], base_dir),
                     "candidate": (["-m", "orchestrate", *args], ROOT)}  # fmt: skip
         for argv, cwd in variants.values():
             once(argv, cwd)  # warm: .pyc files and the page cache
         runs[name] = {k: [] for k in variants}
         for rep in range(reps):
             order = list(variants)
-            order = order[rep % 3:] + order[:rep % 3]  # rotate who goes first
+            order = order[rep % len(order):] + order[:rep % len(order)]  # rotate who goes first
             for side in order:
                 runs[name][side].append(once(*variants[side]))
     return {name: {side: {"wall": statistics.median(w for w, _ in xs),
@@ -89,16 +93,19 @@ def measure(reps: int, base_dir: Path) -> dict[str, dict[str, dict[str, float]]]
 
 
 def table(result: dict[str, dict[str, dict[str, float]]]) -> list[str]:
-    lines = ["| command | bare wall / cpu | base wall / cpu | candidate wall / cpu | candidate / bare "
-             "(wall, cpu) | candidate / base (wall, cpu) |", "|---|---|---|---|---|---|"]
+    lines = ["| command | bare wall / cpu | one pydantic model (floor) | base wall / cpu "
+             "| candidate wall / cpu | candidate / bare (wall, cpu) | candidate / base (wall, cpu) "
+             "| floor / bare |", "|---|---|---|---|---|---|---|---|"]
     for name, r in result.items():
-        b, o, c = r["bare"], r["base"], r["candidate"]
+        b, f, o, c = r["bare"], r["floor"], r["base"], r["candidate"]
         lines.append(
             f"| `{name}` | {b['wall'] * 1000:.0f} / {b['cpu'] * 1000:.0f} ms "
+            f"| {f['wall'] * 1000:.0f} ms "
             f"| {o['wall'] * 1000:.0f} / {o['cpu'] * 1000:.0f} ms "
             f"| {c['wall'] * 1000:.0f} / {c['cpu'] * 1000:.0f} ms "
             f"| **{c['wall'] / b['wall']:.2f}**, {c['cpu'] / b['cpu']:.2f} "
-            f"| **{c['wall'] / o['wall']:.2f}**, {c['cpu'] / o['cpu']:.2f} |")
+            f"| **{c['wall'] / o['wall']:.2f}**, {c['cpu'] / o['cpu']:.2f} "
+            f"| {f['wall'] / b['wall']:.2f} |")
     return lines
 
 

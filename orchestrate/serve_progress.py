@@ -32,6 +32,11 @@ def _graphs(m: re.Match[str]) -> str:
 # (pattern, phrase maker); the first that matches a line wins
 _RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"Loading (?:safetensors|pt) checkpoint shards:.*?(\d+)/(\d+)"), _shards),
+    (re.compile(r"\bversion (\d+\.\d+\S*)\s*$"), lambda m: f"vLLM {m[1]} starting"),
+    (re.compile(r"Resolved architecture: (\S+)"), lambda m: f"model architecture {m[1]}"),
+    (re.compile(r"Initializing an? (?:V1 )?LLM engine \((v?[\w.+]+)\)"),
+     lambda m: f"initializing the engine ({m[1]})"),
+    (re.compile(r"world_size=(\d+) rank=(\d+)"), lambda m: f"joined the group as rank {m[2]} of {m[1]}"),
     (re.compile(r"Starting to load model (\S+)"), lambda m: f"loading model {m[1]}"),
     (re.compile(r"Model loading took ([\d.]+) (GiB|GB)"), lambda m: f"model loaded ({m[1]} {m[2]})"),
     (re.compile(r"Loading (?:model )?weights took ([\d.]+) (GiB|GB)"),

