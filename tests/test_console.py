@@ -198,7 +198,7 @@ def _build_events(lines: list[str]) -> tuple[list[tuple[str, str | None, str]], 
 
 
 def test_pip_download_lines_become_a_wheel_and_size_figure() -> None:
-    real = (FIXTURES / "build" / "pip-download.txt").read_text(encoding="utf-8").splitlines()
+    real = (FIXTURES / "image-build" / "pip-download.txt").read_text(encoding="utf-8").splitlines()
     seen, log = _build_events([Detail(f"pip: {line}") for line in real])
     assert all(isinstance(m, Detail) for _, _, m in seen if "Collecting" in m)
     figures = [m for _, _, m in seen if isinstance(m, Progress)]
@@ -207,7 +207,7 @@ def test_pip_download_lines_become_a_wheel_and_size_figure() -> None:
 
 
 def test_docker_build_lines_become_step_k_of_n() -> None:
-    real = (FIXTURES / "build" / "docker-build-stream.txt").read_text(encoding="utf-8").splitlines()
+    real = (FIXTURES / "image-build" / "docker-build-stream.txt").read_text(encoding="utf-8").splitlines()
     seen, _ = _build_events(["vllm-cpu: building from base", *map(Detail, real)])
     assert seen[0] == ("image", None, "vllm-cpu: building from base")
     figures = [m for _, _, m in seen if isinstance(m, Progress)]
@@ -219,8 +219,8 @@ def test_docker_build_lines_become_step_k_of_n() -> None:
 def test_a_cold_build_in_a_pipe_fits_on_one_screen() -> None:
     """The whole recorded build (pip, then docker build) through a plain console: one line per
     summary event and one paced progress line, none of pip's or docker's own."""
-    pip = (FIXTURES / "build" / "pip-download.txt").read_text(encoding="utf-8").splitlines()
-    build = (FIXTURES / "build" / "docker-build-stream.txt").read_text(encoding="utf-8").splitlines()
+    pip = (FIXTURES / "image-build" / "pip-download.txt").read_text(encoding="utf-8").splitlines()
+    build = (FIXTURES / "image-build" / "docker-build-stream.txt").read_text(encoding="utf-8").splitlines()
     out = io.StringIO()
     con = Console(stream=out)
     log = BuildLog(con)
