@@ -31,6 +31,7 @@ from orchestrate.events import Events, Progress, quiet
 from orchestrate.plan import NodePlan, Plan
 from orchestrate.reconcile import Changes, reconcile
 from orchestrate.render.docker import run_kwargs
+from orchestrate.rootcause import root_cause
 from orchestrate.session import Session, fan_out
 
 POLL_S = 0.25
@@ -122,12 +123,12 @@ class _Timer:
         self.events(phase, None, f"done in {self.report.phases[phase]:.1f}s")
 
 
-def _tail(engine_call: Callable[[], Any]) -> str:
+def _tail(engine_call: Callable[[], Any], limit: int = 8000) -> str:
     try:
         raw = engine_call()
     except (OrchestrateError, OSError):
         return ""
-    return secrets.masker(bytes(raw).decode("utf-8", "replace"))[-8000:]
+    return secrets.masker(bytes(raw).decode("utf-8", "replace"))[-limit:]
 
 
 # ---------------------------------------------------------------- up
@@ -246,8 +247,13 @@ def _dead(s: Session, node: NodePlan, what: str) -> GateError:
     engine = s.engine(node)
     c = engine.container(node.container.name)
     state = c.attrs["State"] if c else {}
-    text = _tail(lambda: engine.logs(c, tail=300)) if c else ""
+    whole = _tail(lambda: engine.logs(c, tail=2000), limit=400_000) if c else ""
+    text = whole[-8000:]
     cause, hint = _diagnose(text, s.plan)
+    if cause is None:  # vLLM's last lines are wrappers ("see root cause above"): find the cause
+        found = root_cause(whole)
+        if found is not None:
+            cause = found.line + (f" (in {found.process})" if found.process else "")
     message = f"{node.host}: {node.container.name} {what} (exit code {state.get('ExitCode', '?')})"
     if cause:
         message += f": {cause}"
