@@ -7,10 +7,8 @@ The same text is used by `up`, the compose files and the Kubernetes manifests.
 
 from __future__ import annotations
 
-# Ray head: start the GCS, then hold `vllm serve` until Ray has every expected node and GPU
-# (vLLM #13909, production-stack wait_for_ray.py), then exec it so vLLM's output is the
-# container's output and outlives the orchestrator.
-RAY_HEAD = r"""set -eu
+# What both Ray entrypoints begin with: strict mode, a log helper, and the pinned ports.
+_RAY_PREAMBLE = r"""set -eu
 log() { echo "orchestrate: $*" >&2; }
 # every port Ray would otherwise pick at random (firewalls: orchestrate firewall); numbers only
 pinned_ports() {
@@ -20,7 +18,12 @@ pinned_ports() {
     "--metrics-export-port=$ORCH_METRICS_EXPORT_PORT" \
     "--min-worker-port=$ORCH_MIN_WORKER_PORT --max-worker-port=$ORCH_MAX_WORKER_PORT"
 }
-command -v ray >/dev/null 2>&1 || {
+"""
+
+# Ray head: start the GCS, then hold `vllm serve` until Ray has every expected node and GPU
+# (vLLM #13909, production-stack wait_for_ray.py), then exec it so vLLM's output is the
+# container's output and outlives the orchestrator.
+RAY_HEAD = _RAY_PREAMBLE + r"""command -v ray >/dev/null 2>&1 || {
   log "ray is not installed in this image; current vllm/vllm-openai images no longer ship Ray."
   log "Use backend: mp in the inventory, or an image that contains ray."
   exit 127
@@ -75,16 +78,7 @@ exec "$@"
 """
 
 # Ray worker: wait for the head's GCS port (dynamo #14108, KubeRay wait-gcs-ready), then join.
-RAY_WORKER = r"""set -eu
-log() { echo "orchestrate: $*" >&2; }
-# every port Ray would otherwise pick at random (firewalls: orchestrate firewall); numbers only
-pinned_ports() {
-  echo "--node-manager-port=$ORCH_NODE_MANAGER_PORT --runtime-env-agent-port=$ORCH_RUNTIME_ENV_AGENT_PORT" \
-    "--dashboard-agent-grpc-port=$ORCH_DASHBOARD_AGENT_GRPC_PORT" \
-    "--dashboard-agent-listen-port=$ORCH_DASHBOARD_AGENT_LISTEN_PORT" \
-    "--metrics-export-port=$ORCH_METRICS_EXPORT_PORT" \
-    "--min-worker-port=$ORCH_MIN_WORKER_PORT --max-worker-port=$ORCH_MAX_WORKER_PORT"
-}
+RAY_WORKER = _RAY_PREAMBLE + r"""
 command -v ray >/dev/null 2>&1 || { log "ray is not installed in this image; use backend: mp"; exit 127; }
 deadline=$(( $(date +%s) + ${ORCH_JOIN_TIMEOUT%.*} ))
 until (exec 3<>"/dev/tcp/$ORCH_HEAD_ADDR/$ORCH_RAY_PORT") 2>/dev/null; do
@@ -98,7 +92,7 @@ if [ -n "${ORCH_OBJECT_STORE_MEMORY:-}" ]; then extra="--object-store-memory=$OR
 exec ray start --block --disable-usage-stats \
   --address="$ORCH_HEAD_ADDR:$ORCH_RAY_PORT" --node-ip-address="$VLLM_HOST_IP" \
   --object-manager-port="$ORCH_OBJECT_MANAGER_PORT" $(pinned_ports) --num-gpus="$ORCH_GPUS" $extra
-"""
+"""[1:]  # the body starts on the line after the quotes
 
 # Used by a Kubernetes init container: the same TCP wait, without joining.
 WAIT_FOR_HEAD = r"""deadline=$(( $(date +%s) + ${ORCH_JOIN_TIMEOUT%.*} ))
