@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 import httpx
@@ -110,8 +111,13 @@ def _vllm_status(plan: Plan, api_key: str | None) -> dict[str, Any]:
     return out
 
 
-def status(plan: Plan, events: Events = quiet, api_key: str | None = None) -> dict[str, Any]:
+def status(plan: Plan, events: Events = quiet, api_key: str | None = None,
+           replan: Callable[[str | None, bool], Plan] | None = None) -> dict[str, Any]:
+    """`replan`: as for apply.up, the plan for the image's vLLM and Ray (read on the head, or
+    from the local cache of what was read), so that status judges what `up` deployed."""
     with Session(plan, events) as s:
+        if replan is not None:
+            plan = s.plan = _plan_for_image(s, replan)
         hosts = [_safe(s, n) for n in plan.nodes]
         ray: dict[str, Any] | None = None
         if plan.backend == "ray" and hosts[0].get("state") == "running":
@@ -126,6 +132,19 @@ def status(plan: Plan, events: Events = quiet, api_key: str | None = None) -> di
         vllm = _vllm_status(plan, api_key)
     healthy = vllm["healthy"] and all(h.get("state") == "running" for h in hosts)
     return {"deployment": plan.name, "healthy": healthy, "hosts": hosts, "ray": ray, "vllm": vllm}
+
+
+def _plan_for_image(s: Session, replan: Callable[[str | None, bool], Plan]) -> Plan:
+    from orchestrate import preflight
+
+    try:
+        facts = preflight.image_facts_if_present(s, s.plan.head)
+        if facts is None:
+            return s.plan
+        version = facts.get("VLLM", "none")
+        return replan(None if version == "none" else version, facts.get("RAY") == "yes")
+    except OrchestrateError:
+        return s.plan  # an unreachable head or an image up would refuse: status shows the rest
 
 
 def _safe(s: Session, node: NodePlan) -> dict[str, Any]:
