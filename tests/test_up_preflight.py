@@ -49,6 +49,10 @@ def test_up_plans_again_for_the_images_old_vllm_and_forms_ray(
         assert "--nnodes" not in res.stderr  # no mp argv reached the 0.10.2 head
         assert res.returncode == 1  # then vLLM 0.10.2 itself cannot start here ...
         assert "No module named 'torch'" in res.stderr  # ... and its root cause is shown
+        # status judges the containers against the plan `up` used (Ray), not the mp default
+        status = orch("--output", "json", "status", str(path), timeout=120)
+        specs = {h["host"]: h.get("spec") for h in json.loads(status.stdout)["hosts"]}
+        assert specs == {"hb1": "current", "hb2": "current"}, status.stdout
     finally:
         down = orch("down", str(path), timeout=300)
         assert down.returncode == 0, down.stderr
