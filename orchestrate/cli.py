@@ -395,8 +395,9 @@ def preflight_cmd(opts: Options, inventory_file: str | None, skip: tuple[str, ..
     from orchestrate import preflight
     from orchestrate.session import Session
 
-    plan = _plan(opts, inventory_file)
+    plan, replan = _load_for_hosts(resolve_inventory(inventory_file, opts.inventory))
     with Session(plan, opts.console() if opts.verbose else _quiet) as s:
+        s.plan = preflight.plan_for_image(s, replan)  # as `up` will plan it for this image
         rows = preflight.run(s, skip=skip)
         if collective and not preflight.failures(rows):
             from orchestrate import collective as coll

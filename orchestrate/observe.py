@@ -115,10 +115,16 @@ def status(plan: Plan, events: Events = quiet, api_key: str | None = None,
            replan: Callable[[str | None, bool], Plan] | None = None) -> dict[str, Any]:
     """`replan`: as for apply.up, the plan for the image's vLLM and Ray (read on the head, or
     from the local cache of what was read), so that status judges what `up` deployed."""
+    from orchestrate.preflight import plan_for_image
+
     with Session(plan, events) as s:
-        if replan is not None:
-            plan = s.plan = _plan_for_image(s, replan)
         hosts = [_safe(s, n) for n in plan.nodes]
+        if replan is not None and hosts[0]["state"] != "unreachable":
+            new = plan_for_image(s, replan)
+            if new != plan:  # judge the containers against the re-planned spec
+                plan = s.plan = new
+                hosts = [h if h["state"] == "unreachable" else _safe(s, n)
+                         for h, n in zip(hosts, plan.nodes, strict=True)]  # fmt: skip
         ray: dict[str, Any] | None = None
         if plan.backend == "ray" and hosts[0].get("state") == "running":
             try:
@@ -132,19 +138,6 @@ def status(plan: Plan, events: Events = quiet, api_key: str | None = None,
         vllm = _vllm_status(plan, api_key)
     healthy = vllm["healthy"] and all(h.get("state") == "running" for h in hosts)
     return {"deployment": plan.name, "healthy": healthy, "hosts": hosts, "ray": ray, "vllm": vllm}
-
-
-def _plan_for_image(s: Session, replan: Callable[[str | None, bool], Plan]) -> Plan:
-    from orchestrate import preflight
-
-    try:
-        facts = preflight.image_facts_if_present(s, s.plan.head)
-        if facts is None:
-            return s.plan
-        version = facts.get("VLLM", "none")
-        return replan(None if version == "none" else version, facts.get("RAY") == "yes")
-    except OrchestrateError:
-        return s.plan  # an unreachable head or an image up would refuse: status shows the rest
 
 
 def _safe(s: Session, node: NodePlan) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from orchestrate import ports
 from orchestrate.engine import version_of
-from orchestrate.errors import HostError, PhaseError
+from orchestrate.errors import HostError, OrchestrateError, PhaseError
 from orchestrate.plan import NodePlan, Plan
 from orchestrate.session import Session, fan_out
 
@@ -420,6 +420,20 @@ def image_facts_if_present(s: Session, node: NodePlan) -> dict[str, str] | None:
     """image_facts when the plan's image is already on this node, else None (nothing pulled)."""
     image_id = s.engine(node).image_id(s.plan.image)
     return None if image_id is None else image_facts(s, node, image_id)
+
+
+def plan_for_image(s: Session, replan: Callable[[str | None, bool], Plan]) -> Plan:
+    """The plan for the vLLM and Ray that the head's copy of the image holds; the session's
+    plan where the image is not there yet, the head cannot be asked, or no plan fits (the
+    checks then say why)."""
+    try:
+        facts = image_facts_if_present(s, s.plan.head)
+        if not facts:
+            return s.plan
+        version = facts.get("VLLM", "none")
+        return replan(None if version == "none" else version, facts.get("RAY") == "yes")
+    except OrchestrateError:
+        return s.plan
 
 
 def _facts_file(image_id: str) -> Path:
