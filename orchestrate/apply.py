@@ -28,6 +28,7 @@ from orchestrate.errors import (
     UsageError,
 )
 from orchestrate.events import Events, Progress, quiet
+from orchestrate.paths import cache_dir
 from orchestrate.plan import NodePlan, Plan
 from orchestrate.reconcile import Changes, reconcile
 from orchestrate.render.docker import run_kwargs
@@ -39,6 +40,9 @@ RAY_PROBE_WINDOW_S = 8  # each probe waits in the head this long; dead container
 SERVE_PROGRESS_EVERY_S = 5.0  # how often the serve wait reads each rank's log for its progress
 SERVE_LOG_TAIL = 120
 
+# (the vLLM version the image holds or None, whether it has ray) -> the plan for that image
+Replan = Callable[[str | None, bool], Plan]
+
 
 @dataclass
 class UpReport:
@@ -49,6 +53,8 @@ class UpReport:
     gpus: int = 0
     ray_nodes: list[dict[str, Any]] = field(default_factory=list)
     checks: list[checks.CheckResult] = field(default_factory=list)
+    backend: str = ""
+    backend_reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +63,8 @@ class UpReport:
             "phases_s": {k: round(v, 2) for k, v in self.phases.items()},
             "nodes": self.nodes,
             "gpus": self.gpus,
+            "backend": self.backend,
+            "backend_reason": self.backend_reason,
             "ray_nodes": self.ray_nodes,
             "checks": [c.as_dict() for c in self.checks],
         }
@@ -66,8 +74,7 @@ class UpReport:
 
 
 def _lock_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "orchestrate" / "locks"
+    return cache_dir() / "locks"
 
 
 @contextmanager
@@ -119,7 +126,7 @@ class _Timer:
     def __call__(self, phase: str) -> Iterator[None]:
         t0 = time.monotonic()
         yield
-        self.report.phases[phase] = time.monotonic() - t0
+        self.report.phases[phase] = self.report.phases.get(phase, 0.0) + time.monotonic() - t0
         self.events(phase, None, f"done in {self.report.phases[phase]:.1f}s")
 
 
@@ -141,7 +148,10 @@ def up(
     run_checks: bool = True,
     api_key: str | None = None,
     skip_checks: Iterable[str] = (),
+    replan: Replan | None = None,
 ) -> UpReport:
+    """`replan` (the CLI passes one): the plan for the vLLM version and Ray the image holds, so
+    that `backend: auto` and the flag tables follow what preflight reads in the image."""
     secret_values = resolve_secrets(plan)
     api_key = api_key or (secret_values.get("VLLM_API_KEY") if plan.api_key_env else None)
     report = UpReport(plan.endpoint, {}, nodes=len(plan.nodes), gpus=plan.total_gpus)
@@ -149,15 +159,27 @@ def up(
     with deployment_lock(plan.name, "up"), Session(plan, events) as s:
         with timer("connect"):
             s.connect()
+        facts = None
+        if replan is not None and (facts := preflight.image_facts_if_present(s, s.plan.head)):
+            _fit_image(s, replan, facts)
         with timer("diff"):
             changes = _diff(s)
-        report.changes = dict(changes.actions)
         with timer("preflight"):
             _preflight(s, changes, skip_checks)
         with timer("image"):
             images_dist.ensure(s)
-        if not changes.noop:
-            _check_image_vllm(s)
+        if facts is None and not changes.noop:
+            facts = preflight.image_facts(s, s.plan.head)
+            if replan is not None and _fit_image(s, replan, facts):
+                with timer("diff"):  # the image was not here before: plan, diff and check again
+                    changes = _diff(s)
+                with timer("preflight"):
+                    _preflight(s, changes, skip_checks)
+        report.changes = dict(changes.actions)
+        report.backend, report.backend_reason = s.plan.backend, s.plan.backend_reason
+        plan = s.plan
+        if not changes.noop and facts is not None:
+            _check_image_vllm(s, facts)
         if changes.noop:
             events("diff", None, "no changes: every container is running with its planned spec")
         else:
@@ -190,10 +212,28 @@ def _diff(s: Session) -> Changes:
     return changes
 
 
-def _check_image_vllm(s: Session) -> None:
+def _fit_image(s: Session, replan: Replan, facts: dict[str, str]) -> bool:
+    """Re-plan for the image's vLLM and Ray (preflight.image_facts); True when the plan changed."""
+    version = facts.get("VLLM", "none")
+    try:
+        new = replan(None if version == "none" else version, facts.get("RAY") == "yes")
+    except UsageError as exc:
+        raise PhaseError("image", [HostError(s.plan.head.host, f"image: {exc.message}",
+                                             hint=exc.hint)]) from None  # fmt: skip
+    old, s.plan = s.plan, new
+    ray = "with ray" if facts.get("RAY") == "yes" else "without ray"
+    what = f"vLLM {version}" if version != "none" else "no vLLM"
+    if new.backend != old.backend:
+        s.events("plan", None, f"{s.plan.image} has {what} {ray}: backend {old.backend} -> "
+                 f"{new.backend} ({new.backend_reason})")  # fmt: skip
+    else:
+        s.events("plan", None, f"{s.plan.image} has {what} {ray}: backend {new.backend}")
+    return new != old
+
+
+def _check_image_vllm(s: Session, facts: dict[str, str]) -> None:
     """Before any container starts: the head's image has the vLLM (and Ray) the argv needs."""
     node = s.plan.head
-    facts = preflight.image_facts(s, node)
     problem = preflight.version_problem(s.plan, facts)
     if problem is None and s.plan.backend == "ray" and facts.get("RAY") == "no":
         problem = (f"ray is not installed in {s.plan.image}", "set backend: mp (or auto), or use "

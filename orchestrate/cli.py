@@ -21,6 +21,8 @@ from orchestrate.errors import EXIT_INTERRUPTED, OrchestrateError, UsageError
 from orchestrate.progress import BuildLog
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from orchestrate.console import Console
     from orchestrate.plan import Plan
 
@@ -83,6 +85,20 @@ def _load_plan(path: str) -> Plan:
 
 def _plan(opts: Options, explicit: str | None) -> Plan:
     return _load_plan(resolve_inventory(explicit, opts.inventory))
+
+
+def _load_for_hosts(path: str) -> tuple[Plan, Callable[[str | None, bool], Plan]]:
+    """The plan, and how to plan again for the vLLM version and Ray that the image turns out
+    to hold (`up` and `status` read them; a vllm_version in the inventory stays as written)."""
+    from orchestrate.inventory import load
+    from orchestrate.plan import build_plan
+
+    inv = load(path)
+
+    def replan(version: str | None, has_ray: bool) -> Plan:
+        return build_plan(inv, vllm_version=inv.vllm_version or version, image_has_ray=has_ray)
+
+    return build_plan(inv), replan
 
 
 inventory_arg = click.argument("inventory_file", metavar="[INVENTORY]", required=False)
@@ -339,27 +355,28 @@ def render(opts: Options, inventory_file: str | None, out_dir: str | None, flavo
 @click.option("--dry-run", is_flag=True, help="Print what would run on each host; touch nothing.")
 @click.option("--no-checks", is_flag=True, help="Skip the chat/stream checks at the end.")
 @click.option("--skip-check", "skip_checks", multiple=True, metavar="CHECK",
-              help="Skip one preflight check (model, model-hash, shm, nic, ports, gpus); "
-                   "repeatable.")
+              help="Skip one preflight check (model, model-hash, shm, nic, ports, gpus, "
+                   "reach-head, reach-peers); repeatable.")
 @click.pass_obj
 def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool,
        skip_checks: tuple[str, ...]) -> None:
     """Preflight, start head and workers, wait for Ray and vLLM, prove it serves."""
     path = resolve_inventory(inventory_file, opts.inventory)
-    plan = _load_plan(path)
+    plan, replan = _load_for_hosts(path)
     if dry_run:
         emit_json(plan_data(plan)) if opts.output == "json" else emit_text(plan_text(plan))
         return
     from orchestrate import apply
 
     _remember(path)
-    report = apply.up(plan, opts.console(), run_checks=not no_checks, skip_checks=skip_checks)
+    report = apply.up(plan, opts.console(), run_checks=not no_checks, skip_checks=skip_checks,
+                      replan=replan)  # fmt: skip
     if opts.output == "json":
         emit_json(report.as_dict())
         return
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items())
     emit_text(f"ready: {report.endpoint}  model {plan.served_name}  {report.nodes} nodes, "
-              f"{report.gpus} GPUs\nphases: {phases}")
+              f"{report.gpus} GPUs, backend {report.backend}\nphases: {phases}")
 
 
 @cli.command("preflight")
@@ -378,8 +395,9 @@ def preflight_cmd(opts: Options, inventory_file: str | None, skip: tuple[str, ..
     from orchestrate import preflight
     from orchestrate.session import Session
 
-    plan = _plan(opts, inventory_file)
+    plan, replan = _load_for_hosts(resolve_inventory(inventory_file, opts.inventory))
     with Session(plan, opts.console() if opts.verbose else _quiet) as s:
+        s.plan = preflight.plan_for_image(s, replan)  # as `up` will plan it for this image
         rows = preflight.run(s, skip=skip)
         if collective and not preflight.failures(rows):
             from orchestrate import collective as coll
@@ -419,9 +437,9 @@ def status(opts: Options, inventory_file: str | None) -> None:
     """Per host: container state; Ray nodes and GPUs; vLLM health and key metrics."""
     from orchestrate import apply, observe
 
-    plan = _plan(opts, inventory_file)
+    plan, replan = _load_for_hosts(resolve_inventory(inventory_file, opts.inventory))
     api_key = apply.resolve_secrets(plan).get("VLLM_API_KEY") if plan.api_key_env else None
-    data = observe.status(plan, opts.console(), api_key)
+    data = observe.status(plan, opts.console(), api_key, replan=replan)
     if opts.output == "json":
         emit_json(data)
     else:
@@ -678,7 +696,7 @@ def demo(opts: Options, inventory_file: str | None, base: str | None) -> None:
     from orchestrate import apply, images
 
     path = inventory_file or opts.inventory or DEMO_INVENTORY
-    plan = _load_plan(path)
+    plan, replan = _load_for_hosts(path)
     console = opts.console()
     try:
         images.build_image("vllm-cpu", tag=plan.image, base=base,
@@ -689,7 +707,7 @@ def demo(opts: Options, inventory_file: str | None, base: str | None) -> None:
     except images.ImageBuildError as exc:
         raise _build_error(exc) from None
     _remember(path)
-    report = apply.up(plan, console)
+    report = apply.up(plan, console, replan=replan)
     emit_text(f"ready: {report.endpoint} serves {plan.served_name!r}; try:\n"
               f"  curl -s {report.endpoint}/v1/chat/completions -H 'Content-Type: application/json' "
               f"-d '{{\"model\":\"{plan.served_name}\",\"messages\":[{{\"role\":\"user\","
@@ -701,8 +719,9 @@ def demo(opts: Options, inventory_file: str | None, base: str | None) -> None:
 
 
 def _debug_log() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "orchestrate" / "debug.log"
+    from orchestrate.paths import cache_dir
+
+    return cache_dir() / "debug.log"
 
 
 RUN_LOGS_KEPT = 30

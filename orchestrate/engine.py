@@ -414,10 +414,16 @@ class Engine:
         docker-py's exec_run cannot bound its read: it poll()s the socket with no timeout."""
         api = self.client.api
         try:
-            exec_id = self.call("exec", api.exec_create, container.id, argv)["Id"]
-            sock = self.call("exec", api.exec_start, exec_id, socket=True)
+            exec_id = api.exec_create(container.id, argv)["Id"]
+            sock = api.exec_start(exec_id, socket=True)
         except NotFound:
             return 127, "container is gone"
+        except APIError as exc:
+            if exc.status_code == 409:  # it stopped since it was read: the caller's gates say why
+                return 126, "container is not running"
+            raise self._cause("exec", exc) from None
+        except _TRANSPORT_ERRORS as exc:
+            raise self._cause("exec", exc) from None
         raw = getattr(sock, "_sock", sock)  # the local engine hands back a SocketIO over it
         try:
             out = _read_until(raw, time.monotonic() + timeout)

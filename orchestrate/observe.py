@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 import httpx
@@ -110,9 +111,20 @@ def _vllm_status(plan: Plan, api_key: str | None) -> dict[str, Any]:
     return out
 
 
-def status(plan: Plan, events: Events = quiet, api_key: str | None = None) -> dict[str, Any]:
+def status(plan: Plan, events: Events = quiet, api_key: str | None = None,
+           replan: Callable[[str | None, bool], Plan] | None = None) -> dict[str, Any]:
+    """`replan`: as for apply.up, the plan for the image's vLLM and Ray (read on the head, or
+    from the local cache of what was read), so that status judges what `up` deployed."""
+    from orchestrate.preflight import plan_for_image
+
     with Session(plan, events) as s:
         hosts = [_safe(s, n) for n in plan.nodes]
+        if replan is not None and hosts[0]["state"] != "unreachable":
+            new = plan_for_image(s, replan)
+            if new != plan:  # judge the containers against the re-planned spec
+                plan = s.plan = new
+                hosts = [h if h["state"] == "unreachable" else _safe(s, n)
+                         for h, n in zip(hosts, plan.nodes, strict=True)]  # fmt: skip
         ray: dict[str, Any] | None = None
         if plan.backend == "ray" and hosts[0].get("state") == "running":
             try:

