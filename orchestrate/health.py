@@ -35,7 +35,7 @@ _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})?\s+(\S+)(?:\s+\S+)
 def metric_sums(text: str, names: Iterable[str] = (*BUSY, *PROGRESS)) -> dict[str, float]:
     """Each wanted metric summed over its series (engines, models, finish reasons), from the
     Prometheus text format; NaN and unparsable values are skipped."""
-    wanted, out = set(names), {}
+    wanted, out = set(names), dict[str, float]()
     for line in text.splitlines():
         if not line or line[0] == "#" or not (m := _LINE.match(line.strip())):
             continue
