@@ -40,9 +40,6 @@ RAY_PROBE_WINDOW_S = 8  # each probe waits in the head this long; dead container
 SERVE_PROGRESS_EVERY_S = 5.0  # how often the serve wait reads each rank's log for its progress
 SERVE_LOG_TAIL = 120
 
-# (the vLLM version the image holds or None, whether it has ray) -> the plan for that image
-Replan = Callable[[str | None, bool], Plan]
-
 
 @dataclass
 class UpReport:
@@ -148,7 +145,7 @@ def up(
     run_checks: bool = True,
     api_key: str | None = None,
     skip_checks: Iterable[str] = (),
-    replan: Replan | None = None,
+    replan: preflight.Replan | None = None,
 ) -> UpReport:
     """`replan` (the CLI passes one): the plan for the vLLM version and Ray the image holds, so
     that `backend: auto` and the flag tables follow what preflight reads in the image."""
@@ -212,11 +209,11 @@ def _diff(s: Session) -> Changes:
     return changes
 
 
-def _fit_image(s: Session, replan: Replan, facts: dict[str, str]) -> bool:
+def _fit_image(s: Session, replan: preflight.Replan, facts: dict[str, str]) -> bool:
     """Re-plan for the image's vLLM and Ray (preflight.image_facts); True when the plan changed."""
     version = facts.get("VLLM", "none")
     try:
-        new = replan(None if version == "none" else version, facts.get("RAY") == "yes")
+        new = preflight.replan_for(facts, replan)
     except UsageError as exc:
         raise PhaseError("image", [HostError(s.plan.head.host, f"image: {exc.message}",
                                              hint=exc.hint)]) from None  # fmt: skip

@@ -21,10 +21,9 @@ from orchestrate.errors import EXIT_INTERRUPTED, OrchestrateError, UsageError
 from orchestrate.progress import BuildLog
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from orchestrate.console import Console
     from orchestrate.plan import Plan
+    from orchestrate.preflight import Replan
 
 # Start-up time is part of the interface (issue 15): this module imports only click and the
 # package's light modules. Each command imports what it needs (pydantic for inventories, rich
@@ -87,7 +86,7 @@ def _plan(opts: Options, explicit: str | None) -> Plan:
     return _load_plan(resolve_inventory(explicit, opts.inventory))
 
 
-def _load_for_hosts(path: str) -> tuple[Plan, Callable[[str | None, bool], Plan]]:
+def _load_for_hosts(path: str) -> tuple[Plan, Replan]:
     """The plan, and how to plan again for the vLLM version and Ray that the image turns out
     to hold (`up` and `status` read them; a vllm_version in the inventory stays as written)."""
     from orchestrate.inventory import load

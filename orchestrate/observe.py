@@ -8,8 +8,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 from docker.models.containers import Container
@@ -22,6 +21,9 @@ from orchestrate.plan import LABEL_HASH, NodePlan, Plan
 from orchestrate.reconcile import Observed
 from orchestrate.secrets import masker
 from orchestrate.session import Session
+
+if TYPE_CHECKING:
+    from orchestrate.preflight import Replan
 
 
 def observed(s: Session, node: NodePlan) -> list[Observed]:
@@ -112,7 +114,7 @@ def _vllm_status(plan: Plan, api_key: str | None) -> dict[str, Any]:
 
 
 def status(plan: Plan, events: Events = quiet, api_key: str | None = None,
-           replan: Callable[[str | None, bool], Plan] | None = None) -> dict[str, Any]:
+           replan: Replan | None = None) -> dict[str, Any]:
     """`replan`: as for apply.up, the plan for the image's vLLM and Ray (read on the head, or
     from the local cache of what was read), so that status judges what `up` deployed."""
     from orchestrate.preflight import plan_for_image

@@ -422,16 +422,23 @@ def image_facts_if_present(s: Session, node: NodePlan) -> dict[str, str] | None:
     return None if image_id is None else image_facts(s, node, image_id)
 
 
-def plan_for_image(s: Session, replan: Callable[[str | None, bool], Plan]) -> Plan:
+# (the vLLM version the image holds or None, whether it has ray) -> the plan for that image
+Replan = Callable[[str | None, bool], Plan]
+
+
+def replan_for(facts: Mapping[str, str], replan: Replan) -> Plan:
+    """`replan` applied to what image_facts read (UsageError where no plan fits the image)."""
+    version = facts.get("VLLM", "none")
+    return replan(None if version == "none" else version, facts.get("RAY") == "yes")
+
+
+def plan_for_image(s: Session, replan: Replan) -> Plan:
     """The plan for the vLLM and Ray that the head's copy of the image holds; the session's
     plan where the image is not there yet, the head cannot be asked, or no plan fits (the
     checks then say why)."""
     try:
         facts = image_facts_if_present(s, s.plan.head)
-        if not facts:
-            return s.plan
-        version = facts.get("VLLM", "none")
-        return replan(None if version == "none" else version, facts.get("RAY") == "yes")
+        return replan_for(facts, replan) if facts else s.plan
     except OrchestrateError:
         return s.plan
 
