@@ -1,0 +1,190 @@
+"""The in-container supervisor as real processes on this machine: a head and a worker supervisor
+around real child processes, talking over real TCP. The bundle is what containers run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrate.agents import bundle
+from orchestrate.agents.supervisor import EXIT_CHILD_ZERO, EXIT_PEER
+
+SLEEPER = [sys.executable, "-c", "import time\nprint('child up', flush=True)\ntime.sleep(600)"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(cond: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+class Group:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.port = tmp, _free_port()
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, role: str, rank: int, child: list[str], **env: str) -> subprocess.Popen[bytes]:
+        full = os.environ | {
+            "ORCH_SUP_ROLE": role, "ORCH_SUP_RANK": str(rank), "ORCH_SUP_NODES": "2",
+            "ORCH_SUP_PORT": str(self.port), "ORCH_SUP_HEAD": "127.0.0.1",
+            "ORCH_SUP_PEER_TIMEOUT": "3", "ORCH_SUP_BACKOFF": "0.5",
+            "ORCH_SUP_STATE": str(self.tmp / f"{role}-{rank}.json"), "VLLM_HOST_IP": "127.0.0.1",
+        } | env  # fmt: skip
+        p = subprocess.Popen([sys.executable, "-c", bundle("supervisor"), "orchestrate-supervisor",
+                              *child], env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)  # fmt: skip
+        self.procs.append(p)
+        return p
+
+    def state(self, role: str, rank: int) -> dict[str, object]:
+        try:
+            return dict(json.loads((self.tmp / f"{role}-{rank}.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+            if p.stdout:
+                p.stdout.close()
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Iterator[Group]:
+    g = Group(tmp_path)
+    try:
+        yield g
+    finally:
+        g.close()
+
+
+def _exit(p: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    return p.wait(timeout)
+
+
+def test_worker_starts_only_once_admitted_and_the_head_restarts_the_group(group: Group) -> None:
+    worker = group.start("worker", 1, SLEEPER)
+    _wait(lambda: group.state("worker", 1).get("phase") == "waiting", what="worker waiting")
+    time.sleep(1.5)  # no head: it must not start its child
+    assert group.state("worker", 1)["phase"] == "waiting"
+    head = group.start("head", 0, SLEEPER)
+    _wait(lambda: group.state("worker", 1).get("phase") == "starting", what="worker admitted")
+    _wait(lambda: "1" in group.state("head", 0).get("members", {}), what="member listed")  # type: ignore[operator]
+    head_epoch = group.state("head", 0)["epoch"]
+    assert group.state("worker", 1)["head_epoch"] == head_epoch
+    # the worker dies (SIGKILL of its supervisor, as the OOM killer or a host crash would)
+    os.killpg(worker.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    assert _exit(head) == EXIT_PEER
+    assert time.monotonic() - t0 < 10
+    last = group.state("head", 0)["last_failure"]
+    assert isinstance(last, dict) and "worker-1 lost" in last["reason"]
+
+
+def test_a_restarted_worker_breaks_the_group_at_once(group: Group) -> None:
+    head = group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
+    w1 = group.start("worker", 1, SLEEPER)
+    _wait(lambda: group.state("worker", 1).get("phase") == "starting", what="admitted")
+    os.killpg(w1.pid, signal.SIGKILL)
+    w1.wait(10)
+    (group.tmp / "worker-1.json").unlink()  # as a new container would
+    group.start("worker", 1, SLEEPER)  # a new life of rank 1, long before the peer timeout
+    assert _exit(head, 15) == EXIT_PEER
+    assert "worker-1 restarted" in group.state("head", 0)["last_failure"]["reason"]  # type: ignore[index]
+
+
+def test_workers_follow_a_new_head(group: Group) -> None:
+    head = group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
+    worker = group.start("worker", 1, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
+    _wait(lambda: group.state("worker", 1).get("phase") == "starting", what="admitted")
+    os.killpg(head.pid, signal.SIGKILL)
+    head.wait(10)
+    group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
+    assert _exit(worker, 15) == EXIT_PEER
+    assert "the head restarted" in group.state("worker", 1)["last_failure"]["reason"]  # type: ignore[index]
+
+
+def test_child_exit_records_the_root_cause_and_a_crash_loop_parks(group: Group) -> None:
+    crash = [sys.executable, "-c", "import sys\nprint('Traceback (most recent call last):')\n"
+             "print('  File \"x.py\", line 1')\nprint('ValueError: bad flag value', flush=True)\n"
+             "sys.exit(3)"]  # fmt: skip
+    env = {"ORCH_SUP_NODES": "1", "ORCH_SUP_MAX_FAILURES": "3"}
+    codes = []
+    for _ in range(3):  # what Docker's restart policy does: run it again, state file kept
+        codes.append(_exit(group.start("head", 0, crash, **env)))
+    assert codes == [3, 3, 3]
+    state = group.state("head", 0)
+    assert state["last_failure"]["cause"] == "ValueError: bad flag value"  # type: ignore[index]
+    assert [life["exit"] for life in state["lives"]] == [3, 3, 3]  # type: ignore[union-attr]
+    parked = group.start("head", 0, crash, **env)
+    _wait(lambda: group.state("head", 0).get("phase") == "parked", what="parked")
+    assert "ValueError: bad flag value" in str(group.state("head", 0)["detail"])
+    time.sleep(1)
+    assert parked.poll() is None  # parked: it stays up, so Docker does not restart it
+    os.killpg(parked.pid, signal.SIGTERM)
+    assert _exit(parked) == 143
+
+
+def test_backoff_grows_with_failures_in_a_row(group: Group) -> None:
+    quick = [sys.executable, "-c", "pass"]
+    env = {"ORCH_SUP_NODES": "1", "ORCH_SUP_BACKOFF": "1"}
+    took = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        assert _exit(group.start("head", 0, quick, **env)) == EXIT_CHILD_ZERO
+        took.append(time.monotonic() - t0)
+    assert took[1] < 1.0 <= took[2]  # the first restart is immediate, the second waits 1 s
+
+
+def test_sigterm_stops_the_child_and_is_not_a_failure(group: Group) -> None:
+    p = group.start("head", 0, SLEEPER, ORCH_SUP_NODES="1")
+    _wait(lambda: group.state("head", 0).get("phase") == "serving", what="running")
+    os.kill(p.pid, signal.SIGTERM)
+    assert _exit(p) == 143
+    assert group.state("head", 0)["failures_in_a_row"] == 0
+
+
+STUCK_ENGINE = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+METRICS = b'vllm:num_requests_running{engine="0"} 2.0\nvllm:generation_tokens_total{engine="0"} 40.0\n'
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        body = b"" if self.path == "/health" else METRICS
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_a_busy_engine_whose_counters_stop_is_a_hang(group: Group) -> None:
+    """/health says 200 and two requests run, but no token is generated: exit 71."""
+    api = _free_port()
+    p = group.start("head", 0, [sys.executable, "-c", STUCK_ENGINE, str(api)], ORCH_SUP_NODES="1",
+                    ORCH_SUP_API=str(api), ORCH_SUP_STALL_AFTER="3")  # fmt: skip
+    _wait(lambda: group.state("head", 0).get("phase") == "serving", what="serving")
+    assert _exit(p) == 71
+    last = group.state("head", 0)["last_failure"]
+    assert last["reason"] == "engine hang" and "2 request(s)" in last["cause"]  # type: ignore[index]
