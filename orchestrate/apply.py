@@ -18,6 +18,7 @@ from typing import Any
 from docker.models.containers import Container
 
 from orchestrate import checks, images_dist, observe, preflight, secrets, serve_progress
+from orchestrate.agents.supervisor import EXIT_PEER
 from orchestrate.errors import (
     ChecksError,
     GateError,
@@ -279,11 +280,13 @@ def _container(s: Session, node: NodePlan) -> Container | None:
     return s.engine(node).container(node.container.name)
 
 
-def _dead(s: Session, node: NodePlan, what: str) -> GateError:
+def _dead(s: Session, node: NodePlan, what: str, code: int | None = None) -> GateError:
     """A container died: say where, the known cause with the log line that shows it, the tail."""
     engine = s.engine(node)
     c = engine.container(node.container.name)
     state = c.attrs["State"] if c else {}
+    if code is not None:
+        state = state | {"ExitCode": code}
     whole = _tail(lambda: engine.logs(c, tail=2000), limit=400_000) if c else ""
     text = whole[-8000:]
     cause, hint = _diagnose(text, s.plan)
@@ -348,11 +351,32 @@ def _ray_gate(s: Session) -> list[dict[str, Any]]:
 
 
 def _raise_if_dead(s: Session, when: str) -> None:
+    """A member that died since the gates began: exited, or restarted by its restart policy
+    (its supervisor exits when its child or its group breaks). Of several, the one that failed
+    by itself is named, not the ones that followed it (exit 70: the group broke)."""
     s.raise_if_lost()
+    baseline = s.restart_baseline
+    dead: list[tuple[NodePlan, int | None]] = []
     for node in s.plan.nodes:
         c = _container(s, node)
-        if c is None or c.status in ("exited", "dead"):
-            raise _dead(s, node, f"exited {when}")
+        if c is None:
+            dead.append((node, None))
+            continue
+        restarts = observe.restart_count(c)
+        baseline.setdefault(node.host, restarts)
+        if c.status in ("exited", "dead", "restarting") or restarts > baseline[node.host]:
+            dead.append((node, _last_exit(s, node, c)))
+    if dead:
+        first = next((d for d in dead if d[1] != EXIT_PEER), dead[0])
+        raise _dead(s, first[0], f"exited {when}", first[1])
+
+
+def _last_exit(s: Session, node: NodePlan, c: Container) -> int | None:
+    if c.status != "running":
+        return int(c.attrs.get("State", {}).get("ExitCode", 0))
+    sup = observe.supervisor_state(s, node, c) or {}
+    last = sup.get("last_failure")
+    return int(last["exit"]) if isinstance(last, dict) and "exit" in last else None
 
 
 # Log lines that name a known multi-node failure, and what to do about each.

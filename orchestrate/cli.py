@@ -312,9 +312,14 @@ def rendered(target: str, plan: Plan, flavor: str) -> dict[str, str]:
             files[f"{plan.name}-secret.yaml"] = dump_all([secret], header + note)
         return files
     if target == "compose":
-        return {f"{host}.yaml": dump(doc, header + f"# docker compose -f {host}.yaml up -d  "
-                                     f"(on host {host})\n")
-                for host, doc in compose_r.render(plan).items()}  # fmt: skip
+        files = {f"{host}.yaml": dump(doc, header + f"# docker compose -f {host}.yaml up -d  "
+                                      f"(on host {host})\n")
+                 for host, doc in compose_r.render(plan).items()}  # fmt: skip
+        if any(n.container.supervisor for n in plan.nodes):
+            from orchestrate.agents import bundle
+
+            files[compose_r.SUPERVISOR_FILE] = bundle("supervisor")
+        return files
     return {f"{plan.name}.sh": "#!/bin/sh\n" + plan_text(plan) + "\n"}
 
 
@@ -449,11 +454,15 @@ def status(opts: Options, inventory_file: str | None) -> None:
 
 def _status_text(data: dict[str, Any]) -> None:
     rows = [(h["role"], h["host"], h["address"], h["state"], h.get("spec", ""),
-             h.get("error", "") or (f"exit {h['exit_code']}" if h.get("exit_code") is not None
-                                    else ""))
+             str(h.get("restarts", "")), (h.get("supervisor") or {}).get("phase", ""), _note(h))
             for h in data["hosts"]]  # fmt: skip
     emit_table(f"deployment {data['deployment']}", ["node", "host", "address", "state", "spec",
-                                                    "note"], rows)  # fmt: skip
+                                                    "restarts", "watchdog", "note"], rows)  # fmt: skip
+    for h in data["hosts"]:  # the last failure of each member, with its root-cause line
+        last = (h.get("supervisor") or {}).get("last_failure")
+        if last:
+            cause = f": {last['cause']}" if last.get("cause") else ""
+            emit_text(f"{h['role']}: last failure (exit {last.get('exit')}) {last.get('reason')}{cause}")
     ray = data.get("ray")
     if ray and "error" not in ray:
         emit_text(f"ray: {ray['nodes_alive']}/{ray['nodes_expected']} nodes alive, "
@@ -469,6 +478,17 @@ def _status_text(data: dict[str, Any]) -> None:
     if v.get("reason"):
         line += f" ({v['reason']})"
     emit_text(line)
+
+
+def _note(h: dict[str, Any]) -> str:
+    if h.get("error"):
+        return str(h["error"])
+    if h.get("exit_code") is not None:
+        return f"exit {h['exit_code']}"
+    sup = h.get("supervisor") or {}
+    if sup.get("phase") in ("parked", "backoff", "waiting", "hung", "exiting"):
+        return str(sup.get("detail", ""))
+    return ""
 
 
 def _complete_node(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:

@@ -228,6 +228,19 @@ class MP(Strict):
     master_port: Port = 29501
 
 
+class Watchdog(Strict):
+    """The supervisor that is PID 1 of every node container (orchestrate/agents/supervisor.py):
+    restart policy unless-stopped, workers heartbeat to the head on `port`, the group restarts
+    when a member dies, hangs or its head restarts; a crash loop backs off, then parks."""
+
+    enabled: bool = True
+    port: Port = 8626  # on the head: the workers' heartbeats (and GET /state)
+    peer_timeout: Annotated[float, Field(ge=2, le=3600)] = 10  # a silent peer this long is lost
+    stall_after: Annotated[float, Field(ge=5, le=86400)] = 60  # busy and no progress: a hang
+    max_failures: Annotated[int, Field(ge=1, le=100, strict=True)] = 5  # lives in a row, then park
+    backoff: Annotated[float, Field(ge=0, le=300)] = 10  # seconds before the 2nd restart, doubling
+
+
 class Container(Strict):
     shm_size: Size = parse_size("10Gi")
     privileged: bool = False
@@ -322,6 +335,7 @@ class Inventory(Strict):
     ray: Ray = Ray()
     mp: MP = MP()
     container: Container = Container()
+    watchdog: Watchdog = Watchdog()
     model: Model
     serve: Serve
     checks: Checks = Checks()
@@ -434,6 +448,8 @@ def port_fields(inv: Inventory) -> tuple[dict[str, int], dict[str, tuple[int, in
         ranges["ray.min_worker_port"] = (inv.ray.min_worker_port, inv.ray.max_worker_port)
     if inv.backend != "ray":
         singles["mp.master_port"] = inv.mp.master_port
+    if inv.watchdog.enabled:
+        singles["watchdog.port"] = inv.watchdog.port
     if inv.images.source == "head-registry":
         singles["images.head_registry.port"] = inv.images.head_registry.port
     return singles, ranges

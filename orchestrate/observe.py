@@ -14,6 +14,7 @@ import httpx
 from docker.models.containers import Container
 
 from orchestrate import checks, scripts
+from orchestrate.agents import STATE_PATH
 from orchestrate.engine import STREAM_ERRORS, Engine
 from orchestrate.errors import HostError, OrchestrateError, UsageError
 from orchestrate.events import Events, quiet
@@ -27,10 +28,32 @@ if TYPE_CHECKING:
 
 
 def observed(s: Session, node: NodePlan) -> list[Observed]:
-    return [
-        Observed(node.host, c.name, c.labels.get(LABEL_HASH, ""), c.status)
-        for c in s.engine(node).containers(s.plan.name, node.host)
-    ]
+    out = []
+    for c in s.engine(node).containers(s.plan.name, node.host):
+        sup = supervisor_state(s, node, c) if c.name == node.container.name else None
+        parked = str(sup.get("detail", "")) if sup and sup.get("phase") == "parked" else ""
+        out.append(Observed(node.host, c.name, c.labels.get(LABEL_HASH, ""), c.status, parked))
+    return out
+
+
+def supervisor_state(s: Session, node: NodePlan, c: Container) -> dict[str, Any] | None:
+    """What the container's supervisor wrote about its lives (agents/supervisor.py), or None: no
+    supervisor, not running, or nothing written yet."""
+    if node.container.supervisor is None or c.status != "running":
+        return None
+    code, out = s.engine(node).exec(c, ["cat", STATE_PATH], timeout=15)
+    if code != 0:
+        return None
+    try:
+        data = json.loads(out)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def restart_count(c: Container) -> int:
+    """How often Docker restarted the container (its restart policy) since it was created."""
+    return int(c.attrs.get("RestartCount") or 0)
 
 
 def ray_nodes(s: Session, wait_s: float = 0) -> list[dict[str, Any]]:
@@ -89,12 +112,37 @@ def _host_status(s: Session, node: NodePlan) -> dict[str, Any]:
         return row | {"state": "absent"}
     state = c.attrs.get("State", {})
     want = node.container.labels_dict()[LABEL_HASH]
-    return row | {
+    row |= {
         "state": c.status,
         "exit_code": state.get("ExitCode") if c.status != "running" else None,
         "started_at": state.get("StartedAt"),
         "spec": "current" if c.labels.get(LABEL_HASH) == want else "outdated",
+        "restarts": restart_count(c),
     }
+    sup = supervisor_state(s, node, c)
+    if sup is not None:
+        row["supervisor"] = _supervisor_row(sup)
+    return row
+
+
+def _supervisor_row(sup: dict[str, Any]) -> dict[str, Any]:
+    last = sup.get("last_failure") or None
+    out: dict[str, Any] = {
+        "phase": sup.get("phase"), "detail": sup.get("detail", ""), "life": sup.get("epoch"),
+        "failures_in_a_row": sup.get("failures_in_a_row", 0),
+    }  # fmt: skip
+    if isinstance(last, dict):
+        out["last_failure"] = {k: last.get(k) for k in ("exit", "reason", "cause", "ended")}
+    if sup.get("role") == "head" and isinstance(sup.get("members"), dict):
+        out["members"] = sup["members"]
+    return out
+
+
+def member_ok(row: dict[str, Any]) -> bool:
+    """A host row is whole: running, and its supervisor (if any) is not parked, hung or exiting."""
+    sup = row.get("supervisor")
+    return row.get("state") == "running" and (
+        sup is None or sup.get("phase") in ("serving", "running", "starting"))
 
 
 def _vllm_status(plan: Plan, api_key: str | None) -> dict[str, Any]:
@@ -138,7 +186,7 @@ def status(plan: Plan, events: Events = quiet, api_key: str | None = None,
             except OrchestrateError as exc:
                 ray = {"error": exc.message}
         vllm = _vllm_status(plan, api_key)
-    healthy = vllm["healthy"] and all(h.get("state") == "running" for h in hosts)
+    healthy = vllm["healthy"] and all(member_ok(h) for h in hosts)
     return {"deployment": plan.name, "healthy": healthy, "hosts": hosts, "ray": ray, "vllm": vllm}
 
 

@@ -35,6 +35,36 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class SupervisorSpec:
+    """How the container's PID 1 supervisor (orchestrate/agents/supervisor.py) watches its group."""
+
+    role: Role
+    rank: int
+    nodes: int
+    port: int  # the head's watchdog port
+    head: str  # the head's address (workers heartbeat to it)
+    api: int  # the head's vLLM API port to watch; 0: none (workers, a Ray cluster only)
+    loose: bool  # a Ray cluster without vLLM: members may come and go
+    peer_timeout: float
+    stall_after: float
+    max_failures: int
+    backoff: float
+    source: str  # the bundle's hash: a new supervisor re-creates the container
+
+    def env(self) -> dict[str, str]:
+        return {
+            "ORCH_SUP_ROLE": self.role, "ORCH_SUP_RANK": str(self.rank),
+            "ORCH_SUP_NODES": str(self.nodes), "ORCH_SUP_PORT": str(self.port),
+            "ORCH_SUP_HEAD": self.head, "ORCH_SUP_API": str(self.api),
+            "ORCH_SUP_LOOSE": "1" if self.loose else "0",
+            "ORCH_SUP_PEER_TIMEOUT": f"{self.peer_timeout:g}",
+            "ORCH_SUP_STALL_AFTER": f"{self.stall_after:g}",
+            "ORCH_SUP_MAX_FAILURES": str(self.max_failures),
+            "ORCH_SUP_BACKOFF": f"{self.backoff:g}",
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     name: str
     image: str
@@ -52,6 +82,8 @@ class ContainerSpec:
     labels: tuple[tuple[str, str], ...]
     network_mode: str = "host"  # or the name of a Docker bridge network ...
     ipv4_address: str | None = None  # ... with this container's address on it
+    # PID 1 around entrypoint + command, with restart policy unless-stopped (watchdog.enabled)
+    supervisor: SupervisorSpec | None = None
 
     def spec_hash(self) -> str:
         data = asdict(self)
@@ -461,9 +493,25 @@ def _container(inv: Inventory, host: Host, rank: int, role: Role, nic: str) -> C
         labels=tuple(sorted(labels.items())),
         network_mode=net.name if (net := inv.network.docker_network) else "host",
         ipv4_address=host.address if inv.network.docker_network else None,
+        supervisor=_supervisor(inv, rank, role),
     )
     labels[LABEL_HASH] = spec.spec_hash()
     return replace(spec, labels=tuple(sorted(labels.items())))
+
+
+def _supervisor(inv: Inventory, rank: int, role: Role) -> SupervisorSpec | None:
+    from orchestrate.agents import bundle_hash
+
+    w = inv.watchdog
+    if not w.enabled:
+        return None
+    return SupervisorSpec(
+        role=role, rank=rank, nodes=len(inv.hosts), port=w.port, head=inv.head.address,
+        api=inv.serve.port if rank == 0 and inv.serve.start else 0,
+        loose=inv.backend == "ray" and not inv.serve.start,
+        peer_timeout=w.peer_timeout, stall_after=w.stall_after, max_failures=w.max_failures,
+        backoff=w.backoff, source=bundle_hash("supervisor"),
+    )  # fmt: skip
 
 
 def _entry(

@@ -62,10 +62,13 @@ def _flows(plan: Plan) -> list[_Flow]:
                  "all", "all")  # fmt: skip
     ephemeral = _Flow(*EPHEMERAL, "(ephemeral)", "NCCL, Gloo and vLLM's message queue bind "
                       "random ports (cannot be pinned)", "all", "all")  # fmt: skip
+    sup = plan.head.container.supervisor
+    watchdog = [_Flow(sup.port, sup.port, "watchdog.port", "the supervisors' heartbeats to the "
+                      "head (orchestrate's self-healing)", "head", "workers")] if sup else []  # fmt: skip
     if plan.backend == "mp":
         return [_Flow(plan.master_port, plan.master_port, "mp.master_port",
                       "vLLM's master (torch.distributed rendezvous)", "head", "workers"),
-                vllm, ephemeral]  # fmt: skip
+                *watchdog, vllm, ephemeral]  # fmt: skip
     p = plan
     return [
         _Flow(p.ray_port, p.ray_port, "ray.port", "Ray GCS", "head", "workers"),
@@ -81,6 +84,7 @@ def _flows(plan: Plan) -> list[_Flow]:
         _Flow(p.dashboard_agent_listen_port, p.dashboard_agent_listen_port,
               "ray.dashboard_agent_listen_port", "Ray dashboard agent HTTP (called by the head)",
               "all", "head"),
+        *watchdog,
         vllm,
         ephemeral,
     ]  # fmt: skip

@@ -22,6 +22,7 @@ class Observed:
     name: str
     spec_hash: str
     status: str  # docker state: running, exited, created, ...
+    parked: str = ""  # why its supervisor parked (a crash loop), when it did
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ def reconcile(plan: Plan, observed: dict[str, list[Observed]]) -> Changes:
             actions[node.host], reasons[node.host] = "recreate", "spec changed"
         elif current.status != "running":
             actions[node.host], reasons[node.host] = "recreate", f"container {current.status}"
+        elif current.parked:
+            actions[node.host], reasons[node.host] = "recreate", f"parked: {current.parked}"
         else:
             actions[node.host] = "keep"
     if any(a != "keep" for a in actions.values()):

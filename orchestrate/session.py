@@ -83,6 +83,8 @@ class Session:
         self.events = events
         self._runners: dict[str, Runner] = {}
         self._engines: dict[str, Engine] = {}
+        # each container's Docker RestartCount when the gates first looked (apply._raise_if_dead)
+        self.restart_baseline: dict[str, int] = {}
 
     def runner(self, node: NodePlan) -> Runner:
         if node.host not in self._runners:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from orchestrate import inventory
+from orchestrate.agents import bundle
 from orchestrate.cli import plan_data, rendered
 from orchestrate.errors import InventoryError
 from orchestrate.plan import build_plan
@@ -42,6 +43,9 @@ def test_golden_outputs(case: Path) -> None:
         for name, text in rendered("k8s", plan, flavor).items():
             golden.check(out / "k8s" / name, text)
     for name, text in rendered("compose", plan, "").items():
+        if name == compose.SUPERVISOR_FILE:  # the agent itself: checked once, in compose/
+            assert text == bundle("supervisor")
+            continue
         golden.check(out / "compose" / name, text)
 
 

@@ -11,7 +11,11 @@ import functools
 import hashlib
 from importlib import resources
 
-__all__ = ["bundle", "bundle_hash"]
+__all__ = ["STATE_PATH", "bundle", "bundle_hash"]
+
+# where the supervisor keeps its lives (in the container's own layer: kept across Docker's
+# restarts of the container, gone when `up` re-creates it); `status` reads it with docker exec
+STATE_PATH = "/tmp/orchestrate/supervisor.json"
 
 _DEPS = {"supervisor": ("health", "rootcause")}
 

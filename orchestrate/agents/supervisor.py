@@ -292,6 +292,8 @@ class Supervisor:
                 return self.end(143, "stopped")
         self.set_phase("starting", " ".join(self.argv[:2]))
         self.start_child()
+        if self.role == "worker":
+            self.set_phase("running", f"joined the head's life {self.head_epoch}")
         return self.watch()
 
     def wait_admission(self) -> bool:

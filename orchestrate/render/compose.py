@@ -11,6 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrate.plan import ContainerSpec, NodePlan, Plan
+from orchestrate.render.docker import RESTART_POLICY, SUPERVISOR_NAME
+
+# written next to the compose files (cli render) and bind-mounted: the same supervisor as `up`'s
+SUPERVISOR_FILE = f"{SUPERVISOR_NAME}.py"
+SUPERVISOR_PATH = "/opt/orchestrate/supervisor.py"
 
 
 def _lit(value: str) -> str:
@@ -41,21 +46,27 @@ def _service(node: NodePlan) -> dict[str, Any]:
     env = {k: _lit(v) for k, v in spec.env}
     # an unset variable fails `docker compose up` instead of serving without the key
     env |= {k: f"${{{src}:?set {src} (the secret for {k})}}" for k, src in spec.secret_env}
+    entrypoint, volumes = list(spec.entrypoint), [
+        {"type": "bind", "source": m.source, "target": m.target, "read_only": m.read_only}
+        for m in spec.mounts
+    ]
+    if spec.supervisor is not None:
+        env |= spec.supervisor.env()
+        entrypoint = ["python3", SUPERVISOR_PATH, *entrypoint]
+        volumes.append({"type": "bind", "source": f"./{SUPERVISOR_FILE}",
+                        "target": SUPERVISOR_PATH, "read_only": True})  # fmt: skip
     svc: dict[str, Any] = {
         "image": spec.image,
         "container_name": spec.name,
         **_network(spec),
         "shm_size": str(spec.shm_size),
-        "entrypoint": [_lit(a) for a in spec.entrypoint],
+        "entrypoint": [_lit(a) for a in entrypoint],
         "command": [_lit(a) for a in spec.command],
         "environment": env,
-        "volumes": [
-            {"type": "bind", "source": m.source, "target": m.target, "read_only": m.read_only}
-            for m in spec.mounts
-        ],
+        "volumes": volumes,
         "labels": dict(spec.labels),
         "stop_grace_period": f"{spec.stop_timeout}s",
-        "restart": "no",
+        "restart": RESTART_POLICY if spec.supervisor is not None else "no",
     }
     if spec.ipc == "host":
         svc["ipc"] = "host"

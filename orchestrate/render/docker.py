@@ -7,16 +7,30 @@ from typing import Any
 
 from orchestrate.plan import ContainerSpec
 
+RESTART_POLICY = "unless-stopped"  # `docker stop` and `down` still stop it; a crash or a reboot not
+SUPERVISOR_NAME = "orchestrate-supervisor"
+
+
+def entrypoint(spec: ContainerSpec, supervisor_source: str) -> list[str]:
+    """The container's entrypoint: the planned one, behind the supervisor when there is one."""
+    if spec.supervisor is None:
+        return list(spec.entrypoint)
+    return ["python3", "-c", supervisor_source, SUPERVISOR_NAME, *spec.entrypoint]
+
 
 def run_kwargs(spec: ContainerSpec, secrets: Mapping[str, str]) -> dict[str, Any]:
     """kwargs for `client.containers.create(**kw)`; `secrets` maps container variable -> value."""
     from docker.types import DeviceRequest, EndpointConfig, Mount
 
+    from orchestrate.agents import bundle
+
     env = dict(spec.env) | {k: secrets[k] for k, _ in spec.secret_env}
+    if spec.supervisor is not None:
+        env |= spec.supervisor.env()
     kwargs: dict[str, Any] = {
         "image": spec.image,
         "name": spec.name,
-        "entrypoint": list(spec.entrypoint),
+        "entrypoint": entrypoint(spec, bundle("supervisor")),
         "command": list(spec.command),
         "environment": env,
         "labels": dict(spec.labels),
@@ -30,6 +44,8 @@ def run_kwargs(spec: ContainerSpec, secrets: Mapping[str, str]) -> dict[str, Any
         ],
         "detach": True,
     }
+    if spec.supervisor is not None:
+        kwargs["restart_policy"] = {"Name": RESTART_POLICY}
     if spec.ipc == "host":
         kwargs["ipc_mode"] = "host"
     if spec.ipv4_address:
@@ -47,6 +63,8 @@ def describe(spec: ContainerSpec) -> list[str]:
     if spec.ipv4_address:
         argv.append(f"--ip={spec.ipv4_address}")
     argv += [f"--shm-size={spec.shm_size}"]
+    if spec.supervisor is not None:
+        argv.append(f"--restart={RESTART_POLICY}")
     if spec.ipc == "host":
         argv.append("--ipc=host")
     if spec.privileged:
@@ -57,6 +75,10 @@ def describe(spec: ContainerSpec) -> list[str]:
         argv += ["-v", f"{m.source}:{m.target}{':ro' if m.read_only else ''}"]
     argv += [x for k, v in spec.env for x in ("-e", f"{k}={v}")]
     argv += [x for k, src in spec.secret_env for x in ("-e", f"{k}=${{{src}}}")]
+    if spec.supervisor is not None:
+        argv += [x for k, v in spec.supervisor.env().items() for x in ("-e", f"{k}={v}")]
     argv += [x for k, v in spec.labels for x in ("--label", f"{k}={v}")]
-    argv += ["--entrypoint", spec.entrypoint[0], spec.image]
-    return [*argv, *spec.entrypoint[1:], *spec.command]
+    # the supervisor's source is long: `python3 -m orchestrate.agents supervisor` prints it
+    entry = entrypoint(spec, "$(python3 -m orchestrate.agents supervisor)")
+    argv += ["--entrypoint", entry[0], spec.image]
+    return [*argv, *entry[1:], *spec.command]
