@@ -274,6 +274,7 @@ def _start(s: Session, node: NodePlan, secret_values: dict[str, str]) -> None:
     kwargs = run_kwargs(node.container, secret_values)
     s.events("start", node.host, f"creating {node.container.name} ({node.role})")
     s.engine(node).create_and_start(kwargs)
+    s.restart_baseline[node.host] = 0  # a restart of this new container is a failure of this up
 
 
 def _container(s: Session, node: NodePlan) -> Container | None:

@@ -480,6 +480,74 @@ def _status_text(data: dict[str, Any]) -> None:
     emit_text(line)
 
 
+@cli.command()
+@inventory_arg
+@click.option("--interval", type=click.FloatRange(0.5, 3600), default=2.0, show_default=True,
+              help="Seconds between samples.")
+@click.option("--count", type=click.IntRange(0), default=0,
+              help="Stop after this many samples (0: until Ctrl-C).")
+@click.pass_obj
+def watch(opts: Options, inventory_file: str | None, interval: float, count: int) -> None:
+    """A live view: nodes, ranks, watchdogs, health, requests, tokens/s, restarts, and events as
+    they happen (plain lines when not a terminal; --output json: one JSON event per line). It only
+    observes: the deployment heals itself without it."""
+    import itertools
+    import time
+
+    from orchestrate import apply, observe
+
+    plan, _ = _load_for_hosts(resolve_inventory(inventory_file, opts.inventory))
+    api_key = apply.resolve_secrets(plan).get("VLLM_API_KEY") if plan.api_key_env else None
+    live = opts.output != "json" and sys.stdout.isatty()
+    prev: dict[str, Any] | None = None
+    samples = observe.watch(plan, api_key, interval)
+    view = None
+    if live:
+        from rich.live import Live
+
+        view = Live(refresh_per_second=2)
+        view.start()
+    try:
+        for data in itertools.islice(samples, count or None):
+            rate = observe.tokens_per_s(prev, data)
+            stamp = time.strftime("%H:%M:%S", time.localtime(data["t"]))
+            for line in observe.changes(prev, data):
+                if opts.output == "json":
+                    emit_json({"t": data["t"], "event": line})
+                elif view is not None:
+                    view.console.print(f"{stamp} {line}")
+                else:
+                    emit_text(f"{stamp} {line}")
+            if opts.output == "json":
+                emit_json({"t": data["t"], "event": "sample", "healthy": data["healthy"],
+                           "tokens_per_s": rate, "status": data})  # fmt: skip
+            elif view is not None:
+                view.update(_watch_table(data, rate))
+            prev = data
+    except KeyboardInterrupt:
+        pass
+    finally:
+        samples.close()
+        if view is not None:
+            view.stop()
+
+
+def _watch_table(data: dict[str, Any], rate: float | None) -> Any:
+    from rich.table import Table
+
+    m = data["vllm"].get("metrics") or {}
+    title = (f"{data['deployment']}: {'healthy' if data['healthy'] else 'NOT healthy'}; running "
+             f"{m.get('requests_running', 0):g}, waiting {m.get('requests_waiting', 0):g}"
+             + (f", {rate:.1f} tokens/s" if rate is not None else ""))  # fmt: skip
+    table = Table(title=title)
+    for col in ("node", "host", "state", "restarts", "watchdog", "note"):
+        table.add_column(col)
+    for h in data["hosts"]:
+        table.add_row(h["role"], h["host"], h["state"], str(h.get("restarts", "")),
+                      (h.get("supervisor") or {}).get("phase", ""), _note(h))  # fmt: skip
+    return table
+
+
 def _note(h: dict[str, Any]) -> str:
     if h.get("error"):
         return str(h["error"])

@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Generator
 from typing import IO, TYPE_CHECKING, Any
 
 import httpx
@@ -175,19 +176,69 @@ def status(plan: Plan, events: Events = quiet, api_key: str | None = None,
                 plan = s.plan = new
                 hosts = [h if h["state"] == "unreachable" else _safe(s, n)
                          for h, n in zip(hosts, plan.nodes, strict=True)]  # fmt: skip
-        ray: dict[str, Any] | None = None
-        if plan.backend == "ray" and hosts[0].get("state") == "running":
-            try:
-                nodes = ray_nodes(s)
-                alive = [n for n in nodes if n["alive"]]
-                ray = {"nodes_alive": len(alive), "nodes_expected": len(plan.nodes),
-                       "gpus": sum(n["gpus"] for n in alive), "gpus_expected": plan.total_gpus,
-                       "nodes": nodes}  # fmt: skip
-            except OrchestrateError as exc:
-                ray = {"error": exc.message}
-        vllm = _vllm_status(plan, api_key)
+        return _snapshot(s, hosts, api_key)
+
+
+def _snapshot(s: Session, hosts: list[dict[str, Any]], api_key: str | None) -> dict[str, Any]:
+    plan = s.plan
+    ray: dict[str, Any] | None = None
+    if plan.backend == "ray" and hosts[0].get("state") == "running":
+        try:
+            nodes = ray_nodes(s)
+            alive = [n for n in nodes if n["alive"]]
+            ray = {"nodes_alive": len(alive), "nodes_expected": len(plan.nodes),
+                   "gpus": sum(n["gpus"] for n in alive), "gpus_expected": plan.total_gpus,
+                   "nodes": nodes}  # fmt: skip
+        except OrchestrateError as exc:
+            ray = {"error": exc.message}
+    vllm = _vllm_status(plan, api_key)
     healthy = vllm["healthy"] and all(member_ok(h) for h in hosts)
     return {"deployment": plan.name, "healthy": healthy, "hosts": hosts, "ray": ray, "vllm": vllm}
+
+
+def watch(plan: Plan, api_key: str | None, interval: float, events: Events = quiet
+          ) -> Generator[dict[str, Any], None, None]:
+    """status, again and again over one session (links re-open after a host comes back)."""
+    with Session(plan, events) as s:
+        while True:
+            t0 = time.monotonic()
+            yield _snapshot(s, [_safe(s, n) for n in plan.nodes], api_key) | {"t": time.time()}
+            time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+
+
+def changes(prev: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """What happened between two snapshots, as lines for people (and watch's event stream)."""
+    out: list[str] = []
+    old = {h["host"]: h for h in (prev or {}).get("hosts", [])}
+    for h in now["hosts"]:
+        o = old.get(h["host"], {})
+        sup, osup = h.get("supervisor") or {}, o.get("supervisor") or {}
+        what = f"{h['role']} ({h['host']})"
+        if h.get("state") != o.get("state"):
+            out.append(f"{what}: container {h.get('state')}"
+                       + (f" ({h['error']})" if h.get("error") else ""))  # fmt: skip
+        if prev and h.get("restarts", 0) > o.get("restarts", 0):
+            last = sup.get("last_failure") or {}
+            cause = f": {last['cause']}" if last.get("cause") else ""
+            out.append(f"{what}: restarted ({h['restarts']} in all); {last.get('reason', '?')}{cause}")
+        if sup.get("phase") != osup.get("phase") and sup.get("phase"):
+            detail = f": {sup['detail']}" if sup.get("detail") else ""
+            out.append(f"{what}: watchdog {sup['phase']}{detail}")
+    if now["vllm"]["healthy"] != (prev or {}).get("vllm", {}).get("healthy"):
+        v = now["vllm"]
+        out.append("vllm: healthy" if v["healthy"] else f"vllm: NOT healthy ({v.get('reason', '')})")
+    if prev is not None and now["healthy"] != prev["healthy"]:
+        out.append("deployment: healthy" if now["healthy"] else "deployment: NOT healthy")
+    return out
+
+
+def tokens_per_s(prev: dict[str, Any] | None, now: dict[str, Any]) -> float | None:
+    a = ((prev or {}).get("vllm") or {}).get("metrics") or {}
+    b = (now.get("vllm") or {}).get("metrics") or {}
+    if "generation_tokens_total" not in a or "generation_tokens_total" not in b or not prev:
+        return None
+    dt = max(float(now["t"]) - float(prev["t"]), 1e-6)
+    return max(0.0, float(b["generation_tokens_total"]) - float(a["generation_tokens_total"])) / dt
 
 
 def _safe(s: Session, node: NodePlan) -> dict[str, Any]:
