@@ -7,17 +7,21 @@ runs in parallel and every failure is reported (session.fan_out).
 from __future__ import annotations
 
 import fcntl
+import getpass
 import os
+import secrets as _secrets
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from docker.models.containers import Container
 
-from orchestrate import checks, images_dist, observe, preflight, secrets, serve_progress
+from orchestrate import checks, images_dist, observe, preflight, scripts, secrets, serve_progress
 from orchestrate.agents.supervisor import EXIT_PEER
 from orchestrate.errors import (
     ChecksError,
@@ -32,6 +36,7 @@ from orchestrate.events import Events, Progress, quiet
 from orchestrate.paths import cache_dir
 from orchestrate.plan import NodePlan, Plan
 from orchestrate.reconcile import Changes, reconcile
+from orchestrate.remote import runner_for
 from orchestrate.render.docker import run_kwargs
 from orchestrate.rootcause import root_cause
 from orchestrate.session import Session, fan_out
@@ -102,6 +107,63 @@ def deployment_lock(name: str, action: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+HEAD_LOCK_DIR = "/var/tmp/orchestrate-locks"  # on the head host; shared by every SSH user
+HEAD_LOCK_STALE_S = 90  # a lock its holder has not touched for this long is broken
+HEAD_LOCK_REFRESH_S = 20
+
+
+def _lock_argv(op: str, name: str, token: str, holder: str = "") -> list[str]:
+    return ["bash", "-c", scripts.HEAD_LOCK, "orchestrate-lock", op, HEAD_LOCK_DIR, name, token,
+            str(HEAD_LOCK_STALE_S), holder]  # fmt: skip
+
+
+@contextmanager
+def head_lock(s: Session, action: str) -> Iterator[None]:
+    """The deployment lock on the head host, besides this machine's flock: an operator on
+    another machine gets "busy" with the holder and since when. The holder refreshes it from a
+    thread on its own connection; a holder that died leaves a lock broken after 90 s."""
+    node, name = s.plan.head, s.plan.name
+    token = _secrets.token_hex(8)
+    holder = (f"`orchestrate {action}` by {getpass.getuser()}@{socket.gethostname()} pid "
+              f"{os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")  # fmt: skip
+    res = s.runner(node).run(_lock_argv("acquire", name, token, holder), timeout=30, check=False)
+    words = res.stdout.strip().splitlines()[-1].split(" ", 2) if res.stdout.strip() else [""]
+    if res.exited == 3:
+        age, who = ([*words[1:], "?", "?"])[:2]
+        raise LockError(f"deployment {name} is busy: {who} (the lock on the head {node.host}, "
+                        f"touched {age} s ago)", hint="wait for it to finish; a lock whose holder "
+                        f"died is broken after {HEAD_LOCK_STALE_S} s")  # fmt: skip
+    if words[0] != "ACQUIRED":
+        raise HostError(node.host, "could not take the deployment lock in "
+                        f"{HEAD_LOCK_DIR}: {(res.stderr or res.stdout).strip()[:300]}")  # fmt: skip
+    for line in res.stdout.splitlines():
+        if line.startswith("STALE "):
+            s.events("lock", node.host, f"broke a stale lock ({line[6:][:200]})")
+    stop = threading.Event()
+
+    def refresh() -> None:
+        runner = runner_for(node.host, node.ssh)
+        try:
+            while not stop.wait(HEAD_LOCK_REFRESH_S):
+                # the head away for now: the next refresh tries again
+                with suppress(OrchestrateError):
+                    runner.run(_lock_argv("refresh", name, token), timeout=30, check=False)
+        finally:
+            runner.close()
+
+    thread = threading.Thread(target=refresh, name="orchestrate-head-lock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(40)
+        try:
+            s.runner(node).run(_lock_argv("release", name, token), timeout=30, check=False)
+        except OrchestrateError as exc:
+            s.events("lock", node.host, f"could not release the lock: {exc.message}")
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -154,9 +216,10 @@ def up(
     api_key = api_key or (secret_values.get("VLLM_API_KEY") if plan.api_key_env else None)
     report = UpReport(plan.endpoint, {}, nodes=len(plan.nodes), gpus=plan.total_gpus)
     timer = _Timer(report, events)
-    with deployment_lock(plan.name, "up"), Session(plan, events) as s:
+    with deployment_lock(plan.name, "up"), Session(plan, events) as s, ExitStack() as held:
         with timer("connect"):
             s.connect()
+            held.enter_context(head_lock(s, "up"))
         facts = None
         if replan is not None and (facts := preflight.image_facts_if_present(s, s.plan.head)):
             _fit_image(s, replan, facts)
@@ -485,7 +548,11 @@ def _checks(plan: Plan, events: Events, api_key: str | None) -> list[checks.Chec
 def down(plan: Plan, events: Events = quiet) -> dict[str, int]:
     """Remove this deployment's containers: workers first, then the head. Idempotent."""
     removed: dict[str, int] = {}
-    with deployment_lock(plan.name, "down"), Session(plan, events) as s:
+    with deployment_lock(plan.name, "down"), Session(plan, events) as s, ExitStack() as held:
+        try:
+            held.enter_context(head_lock(s, "down"))
+        except HostError as exc:  # the head is away: remove what can be removed, as before
+            events("down", plan.head.host, f"no lock on the head: {exc.message}")
 
         def one(node: NodePlan) -> int:
             engine = s.engine(node)

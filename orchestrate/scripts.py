@@ -127,3 +127,35 @@ if len(sys.argv) == 5:
         time.sleep(0.2)
 print(json.dumps(table()))
 """
+
+# The deployment lock on the head host (apply.head_lock): two operators on two machines cannot
+# both hold it. A directory made with mkdir (atomic) holding the holder's token and description;
+# the holder touches it while it works, and one untouched for longer than $5 seconds is stale:
+# it is renamed away (atomic: of two breakers, one wins) and taken. Exit 3: busy.
+HEAD_LOCK = r"""set -u
+op=$1 dir=$2 name=$3 token=$4 stale=$5 holder=${6:-}
+lock="$dir/$name.lock"
+mine() { [ "$(head -n 1 "$lock/holder" 2>/dev/null)" = "$token" ]; }
+case "$op" in
+acquire)
+  mkdir -p "$dir" && chmod 0777 "$dir" 2>/dev/null
+  for _ in 1 2 3; do
+    if mkdir "$lock" 2>/dev/null; then
+      printf '%s\n%s\n' "$token" "$holder" > "$lock/holder"; echo ACQUIRED; exit 0
+    fi
+    now=$(date +%s)
+    then=$(stat -c %Y "$lock/holder" 2>/dev/null || stat -c %Y "$lock" 2>/dev/null || echo "$now")
+    age=$(( now - then ))
+    if [ "$age" -gt "$stale" ]; then
+      echo "STALE $age $(tail -n +2 "$lock/holder" 2>/dev/null)"
+      mv "$lock" "$lock.broken.$$" 2>/dev/null && rm -rf "$lock.broken.$$"
+      continue
+    fi
+    echo "BUSY $age $(tail -n +2 "$lock/holder" 2>/dev/null)"; exit 3
+  done
+  echo "BUSY ? (the lock kept changing hands)"; exit 3 ;;
+refresh) mine && touch "$lock/holder" ;;
+release) if mine; then rm -rf "$lock"; fi ;;
+*) echo "unknown op $op" >&2; exit 2 ;;
+esac
+"""

@@ -116,6 +116,48 @@ def test_two_ups_at_once_one_refuses(bed: TestBed, ray2: Path) -> None:
     assert orch("down", str(ray2), timeout=300).returncode == 0
 
 
+HEAD_LOCK = "/var/tmp/orchestrate-locks/sectest.lock"
+
+
+def test_an_operator_on_another_machine_is_refused_by_the_lock_on_the_head(
+        bed: TestBed, ray2: Path, tmp_path: Path) -> None:  # fmt: skip
+    """Another machine has its own flock; the lock on the head host is the one they share."""
+    first = orch_popen("up", str(ray2))
+    try:
+        deadline = time.monotonic() + 60
+        while bed.run(1, "cat", f"{HEAD_LOCK}/holder").returncode != 0:
+            assert first.poll() is None and time.monotonic() < deadline, "the first up never took it"
+            time.sleep(0.1)
+        other = tmp_path / "another-machines-cache"  # so its own flock is free
+        other.mkdir()
+        second = orch("up", str(ray2), timeout=60, env={"XDG_CACHE_HOME": str(other)})
+        assert second.returncode == 4, second.stderr
+        head = bed.hosts[0].name
+        assert f"the lock on the head {head}" in second.stderr, second.stderr
+        assert "`orchestrate up` by " in second.stderr and f"pid {first.pid} since" in second.stderr
+        _, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate(timeout=30)
+    assert bed.run(1, "test", "-e", HEAD_LOCK).returncode != 0  # released when up ended
+
+
+def test_a_stale_lock_on_the_head_is_broken_and_said(bed: TestBed, ray2: Path) -> None:
+    ghost = "`orchestrate up` by ghost@gone pid 1 since long ago"
+    made = bed.run(1, "bash", "-c", f"mkdir -p {HEAD_LOCK} && printf 'deadbeef\\n%s\\n' '{ghost}' "
+                   f"> {HEAD_LOCK}/holder && touch -d '-10 minutes' {HEAD_LOCK}/holder")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    try:
+        res = orch("up", str(ray2), timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "broke a stale lock" in res.stderr and "ghost@gone" in res.stderr
+    finally:
+        bed.run(1, "rm", "-rf", HEAD_LOCK)
+        orch("down", str(ray2), timeout=300)
+
+
 def test_ctrl_c_in_the_middle_of_up_leaves_a_state_up_and_down_finish(bed: TestBed,
                                                                        ray2: Path) -> None:  # fmt: skip
     try:
