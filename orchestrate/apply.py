@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import getpass
 import os
+import re
 import secrets as _secrets
 import socket
 import threading
@@ -128,6 +129,12 @@ def head_lock(s: Session, action: str) -> Iterator[None]:
               f"{os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")  # fmt: skip
     res = s.runner(node).run(_lock_argv("acquire", name, token, holder), timeout=30, check=False)
     words = res.stdout.strip().splitlines()[-1].split(" ", 2) if res.stdout.strip() else [""]
+    if res.exited == 3 and _holder_is_dead_here(words[2] if len(words) > 2 else ""):
+        # ours, from this machine, and its process is gone (this machine's flock is ours now)
+        s.events("lock", node.host, f"broke the lock of a dead process here ({words[2][:200]})")
+        s.runner(node).run(_lock_argv("break", name, words[2]), timeout=30, check=False)
+        res = s.runner(node).run(_lock_argv("acquire", name, token, holder), timeout=30, check=False)
+        words = res.stdout.strip().splitlines()[-1].split(" ", 2) if res.stdout.strip() else [""]
     if res.exited == 3:
         age, who = ([*words[1:], "?", "?"])[:2]
         raise LockError(f"deployment {name} is busy: {who} (the lock on the head {node.host}, "
@@ -153,15 +160,41 @@ def head_lock(s: Session, action: str) -> Iterator[None]:
 
     thread = threading.Thread(target=refresh, name="orchestrate-head-lock", daemon=True)
     thread.start()
+    failed = True
     try:
         yield
+        failed = False
     finally:
         stop.set()
-        thread.join(40)
-        try:
-            s.runner(node).run(_lock_argv("release", name, token), timeout=30, check=False)
-        except OrchestrateError as exc:
-            s.events("lock", node.host, f"could not release the lock: {exc.message}")
+        # after an error or Ctrl-C the head may be the thing that is gone: do not wait on it
+        # (a lock left behind is this machine's: its dead pid is broken by the next `up` here)
+        thread.join(1 if failed else 35)
+        release = threading.Thread(target=_release, args=(s, node, name, token),
+                                   name="orchestrate-head-unlock", daemon=True)  # fmt: skip
+        release.start()
+        release.join(2 if failed else 35)
+
+
+def _release(s: Session, node: NodePlan, name: str, token: str) -> None:
+    try:
+        s.runner(node).run(_lock_argv("release", name, token), timeout=30, check=False)
+    except Exception as exc:  # a thread's edge: the session may be closing under it
+        message = exc.message if isinstance(exc, OrchestrateError) else type(exc).__name__
+        s.events("lock", node.host, f"could not release the lock: {message}")
+
+
+def _holder_is_dead_here(holder: str) -> bool:
+    """`orchestrate up` by user@HOST pid N ...: HOST is this machine and N is not running."""
+    m = re.search(r" by \S+@(\S+) pid (\d+) ", holder)
+    if not m or m.group(1) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(m.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 # ---------------------------------------------------------------- helpers
@@ -415,20 +448,20 @@ def _ray_gate(s: Session) -> list[dict[str, Any]]:
 
 
 def _raise_if_dead(s: Session, when: str) -> None:
-    """A member that died since the gates began: exited, or restarted by its restart policy
-    (its supervisor exits when its child or its group breaks). Of several, the one that failed
-    by itself is named, not the ones that followed it (exit 70: the group broke)."""
+    """A member that died: exited, or, for a container this `up` created, restarted by its
+    restart policy (its supervisor exits when its child or its group breaks). A kept container
+    that restarts is a group healing itself: the gates wait for it. Of several, the one that
+    failed by itself is named, not the ones that followed it (exit 70: the group broke)."""
     s.raise_if_lost()
-    baseline = s.restart_baseline
     dead: list[tuple[NodePlan, int | None]] = []
     for node in s.plan.nodes:
         c = _container(s, node)
         if c is None:
             dead.append((node, None))
             continue
-        restarts = observe.restart_count(c)
-        baseline.setdefault(node.host, restarts)
-        if c.status in ("exited", "dead", "restarting") or restarts > baseline[node.host]:
+        ours = node.host in s.restart_baseline
+        restarted = ours and (c.status == "restarting" or observe.restart_count(c) > 0)
+        if c.status in ("exited", "dead") or restarted:
             dead.append((node, _last_exit(s, node, c)))
     if dead:
         first = next((d for d in dead if d[1] != EXIT_PEER), dead[0])

@@ -155,6 +155,10 @@ acquire)
   done
   echo "BUSY ? (the lock kept changing hands)"; exit 3 ;;
 refresh) mine && touch "$lock/holder" ;;
+break)  # the holder ($4 is its description here) is known to be dead: its own machine said so
+  if [ "$(sed -n 2p "$lock/holder" 2>/dev/null)" = "$token" ]; then
+    mv "$lock" "$lock.broken.$$" 2>/dev/null && rm -rf "$lock.broken.$$"
+  fi ;;
 release) if mine; then rm -rf "$lock"; fi ;;
 *) echo "unknown op $op" >&2; exit 2 ;;
 esac

@@ -83,7 +83,7 @@ class Session:
         self.events = events
         self._runners: dict[str, Runner] = {}
         self._engines: dict[str, Engine] = {}
-        # each container's Docker RestartCount when the gates first looked (apply._raise_if_dead)
+        # hosts whose container this `up` created: a restart of one is a failure of this up
         self.restart_baseline: dict[str, int] = {}
 
     def runner(self, node: NodePlan) -> Runner:
