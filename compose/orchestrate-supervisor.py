@@ -349,6 +349,10 @@ class Supervisor:
         rank, epoch = int(msg["rank"]), str(msg["epoch"])
         with self.lock:
             m = self.members.get(rank)
+            if str(msg.get("head_epoch") or self.epoch) != self.epoch and (
+                    m is None or m["epoch"] != epoch):  # fmt: skip
+                # a life of that rank that joined an earlier head: it is about to exit
+                return {"epoch": self.epoch, "phase": self.phase, "admitted": False}
             if m is None or (self.loose and m["epoch"] != epoch):
                 m = self.members[rank] = {"epoch": epoch, "address": str(msg.get("address", ""))}
             elif m["epoch"] != epoch and not self.broken:
@@ -398,6 +402,7 @@ class Supervisor:
         url = f"http://{self._hostport(self.head)}/heartbeat"
         while True:
             body = json.dumps({"rank": self.rank, "epoch": self.epoch, "phase": self.phase,
+                               "head_epoch": self.head_epoch,
                                "address": os.environ.get("VLLM_HOST_IP", "")}).encode()
             try:
                 req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
@@ -499,6 +504,8 @@ class Supervisor:
                 return self.end(143, "stopped")
         self.set_phase("starting", " ".join(self.argv[:2]))
         self.start_child()
+        if self.role == "worker":
+            self.set_phase("running", f"joined the head's life {self.head_epoch}")
         return self.watch()
 
     def wait_admission(self) -> bool:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def test_worker_starts_only_once_admitted_and_the_head_restarts_the_group(group:
     time.sleep(1.5)  # no head: it must not start its child
     assert group.state("worker", 1)["phase"] == "waiting"
     head = group.start("head", 0, SLEEPER)
-    _wait(lambda: group.state("worker", 1).get("phase") == "starting", what="worker admitted")
+    _wait(lambda: group.state("worker", 1).get("phase") == "running", what="worker admitted")
     _wait(lambda: "1" in group.state("head", 0).get("members", {}), what="member listed")  # type: ignore[operator]
     head_epoch = group.state("head", 0)["epoch"]
     assert group.state("worker", 1)["head_epoch"] == head_epoch
@@ -105,7 +106,7 @@ def test_worker_starts_only_once_admitted_and_the_head_restarts_the_group(group:
 def test_a_restarted_worker_breaks_the_group_at_once(group: Group) -> None:
     head = group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
     w1 = group.start("worker", 1, SLEEPER)
-    _wait(lambda: group.state("worker", 1).get("phase") == "starting", what="admitted")
+    _wait(lambda: group.state("worker", 1).get("phase") == "running", what="admitted")
     os.killpg(w1.pid, signal.SIGKILL)
     w1.wait(10)
     (group.tmp / "worker-1.json").unlink()  # as a new container would
@@ -117,7 +118,7 @@ def test_a_restarted_worker_breaks_the_group_at_once(group: Group) -> None:
 def test_workers_follow_a_new_head(group: Group) -> None:
     head = group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
     worker = group.start("worker", 1, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
-    _wait(lambda: group.state("worker", 1).get("phase") == "starting", what="admitted")
+    _wait(lambda: group.state("worker", 1).get("phase") == "running", what="admitted")
     os.killpg(head.pid, signal.SIGKILL)
     head.wait(10)
     group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
@@ -188,3 +189,113 @@ def test_a_busy_engine_whose_counters_stop_is_a_hang(group: Group) -> None:
     assert _exit(p) == 71
     last = group.state("head", 0)["last_failure"]
     assert last["reason"] == "engine hang" and "2 request(s)" in last["cause"]  # type: ignore[index]
+
+
+# ---------------------------------------------------------------- how the plan ships it
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _l20(**watchdog: object):  # type: ignore[no-untyped-def]
+    from orchestrate import inventory
+    from orchestrate.plan import build_plan
+
+    inv = inventory.load(ROOT / "inventory" / "l20.yaml")
+    if watchdog:
+        inv = inv.model_copy(update={"watchdog": inv.watchdog.model_copy(update=watchdog)})
+    return build_plan(inv)
+
+
+def test_docker_run_puts_the_supervisor_in_front_with_a_restart_policy() -> None:
+    from orchestrate.render.docker import run_kwargs
+
+    plan = _l20()
+    kw = run_kwargs(plan.workers[0].container, {"VLLM_API_KEY": "k"} if plan.api_key_env else {})
+    assert kw["restart_policy"] == {"Name": "unless-stopped"}
+    assert kw["entrypoint"][:2] == ["python3", "-c"] and kw["entrypoint"][2] == bundle("supervisor")
+    assert kw["entrypoint"][3:] == ["orchestrate-supervisor", *plan.workers[0].container.entrypoint]
+    env = kw["environment"]
+    assert env["ORCH_SUP_ROLE"] == "worker" and env["ORCH_SUP_HEAD"] == plan.head.address
+    assert run_kwargs(plan.head.container, {"VLLM_API_KEY": "k"})["environment"]["ORCH_SUP_API"] == str(
+        plan.api_port)
+
+
+def test_watchdog_disabled_is_the_bare_container() -> None:
+    from orchestrate.render import compose
+    from orchestrate.render.docker import run_kwargs
+
+    plan = _l20(enabled=False)
+    kw = run_kwargs(plan.head.container, {"VLLM_API_KEY": "k"})
+    assert "restart_policy" not in kw and kw["entrypoint"] == list(plan.head.container.entrypoint)
+    assert compose.render(plan)[plan.head.host]["services"]["head"]["restart"] == "no"
+
+
+def test_compose_mounts_the_same_supervisor_and_restarts_unless_stopped() -> None:
+    from orchestrate.cli import rendered
+    from orchestrate.render import compose
+
+    plan = _l20()
+    svc = compose.render(plan)[plan.head.host]["services"]["head"]
+    assert svc["restart"] == "unless-stopped"
+    assert svc["entrypoint"][:2] == ["python3", compose.SUPERVISOR_PATH]
+    assert {"type": "bind", "source": f"./{compose.SUPERVISOR_FILE}", "target": compose.SUPERVISOR_PATH,
+            "read_only": True} in svc["volumes"]  # fmt: skip
+    assert rendered("compose", plan, "")[compose.SUPERVISOR_FILE] == bundle("supervisor")
+
+
+def test_the_firewall_opens_the_watchdog_port_from_workers_to_the_head() -> None:
+    from orchestrate import ports
+
+    plan = _l20(port=8700)
+    needs = [n for n in ports.needs(plan) if n.field == "watchdog.port"]
+    assert [(n.src, n.dst, n.first) for n in needs] == [(plan.workers[0].host, plan.head.host, 8700)]
+
+
+def test_a_parked_member_is_recreated_by_up_and_a_healthy_group_kept() -> None:
+    from orchestrate.reconcile import Observed, reconcile
+
+    plan = _l20()
+    want = {n.host: n.container.labels_dict()["orchestrate.spec-hash"] for n in plan.nodes}
+    seen = {n.host: [Observed(n.host, n.container.name, want[n.host], "running")] for n in plan.nodes}
+    assert reconcile(plan, seen).noop
+    w = plan.workers[0]
+    seen[w.host] = [Observed(w.host, w.container.name, want[w.host], "running", "5 lives in a row failed")]
+    changes = reconcile(plan, seen)
+    assert changes.actions == {plan.head.host: "recreate", w.host: "recreate"}
+    assert changes.reasons[w.host] == "parked: 5 lives in a row failed"
+
+
+def test_watch_events_name_restarts_with_their_cause() -> None:
+    from orchestrate.observe import changes, tokens_per_s
+
+    def snap(t: float, restarts: int, phase: str, healthy: bool, tokens: float) -> dict[str, object]:
+        sup = {"phase": phase, "detail": "", "last_failure": {"exit": 70, "reason": "worker-1 lost",
+                                                              "cause": ""}}  # fmt: skip
+        return {"t": t, "healthy": healthy, "hosts": [
+            {"host": "a", "role": "head", "state": "running", "restarts": restarts, "supervisor": sup}],
+            "vllm": {"healthy": healthy, "reason": "connection refused",
+                     "metrics": {"generation_tokens_total": tokens}}}  # fmt: skip
+
+    a, b = snap(0, 0, "serving", True, 100), snap(2, 1, "starting", False, 100)
+    lines = changes(a, b)
+    assert "head (a): restarted (1 in all); worker-1 lost" in lines
+    assert "head (a): watchdog starting" in lines and "deployment: NOT healthy" in lines
+    assert tokens_per_s(a, snap(2, 0, "serving", True, 150)) == 25.0
+    assert changes(None, a)[0] == "head (a): container running"
+
+
+def test_a_new_head_admits_only_lives_that_did_not_join_an_earlier_head(group: Group) -> None:
+    """The old worker life still heartbeats for a moment after a head restarts: admitting it
+    would break the new group again as soon as the worker's next life shows up."""
+    head = group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
+    _wait(lambda: group.state("head", 0).get("phase") == "serving", what="head up")
+    body = json.dumps({"rank": 1, "epoch": "oldlife", "head_epoch": "oldhead", "phase": "running"})
+    req = urllib.request.Request(f"http://127.0.0.1:{group.port}/heartbeat", body.encode(),
+                                 {"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert json.loads(resp.read())["admitted"] is False
+    assert group.state("head", 0).get("members") in ({}, None)
+    group.start("worker", 1, SLEEPER)  # its next life joins, and nothing breaks
+    _wait(lambda: group.state("worker", 1).get("phase") == "running", what="admitted")
+    time.sleep(2)
+    assert head.poll() is None
