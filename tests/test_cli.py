@@ -32,7 +32,8 @@ def test_fresh_checkout_renders_the_reference_inventory(tmp_path: Path) -> None:
 def test_render_writes_files(tmp_path: Path) -> None:
     res = run("--target", "compose", "render", "-o", str(tmp_path))
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["l20-head.yaml", "l20-worker.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l20-head.yaml", "l20-worker.yaml",
+                                                          "orchestrate-supervisor.py"]
 
 
 @pytest.mark.parametrize("case", sorted((CASES / "invalid").glob("*.yaml")), ids=lambda p: p.stem)
@@ -157,7 +158,8 @@ def test_global_options_after_the_subcommand_mean_the_same(tmp_path: Path) -> No
     # render's own -o DIR is still render's: --output is the global one
     res = run("render", "-o", str(tmp_path), "--target", "compose", "--output", "text")
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["l20-head.yaml", "l20-worker.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l20-head.yaml", "l20-worker.yaml",
+                                                          "orchestrate-supervisor.py"]
 
 
 def test_verbose_and_output_merge_from_both_sides() -> None:
