@@ -223,10 +223,12 @@ exits (restart policy unless-stopped); this program decides when to exit:
 
 Workers heartbeat to the head (POST /heartbeat on the head's watchdog port, every second) and
 start their child only once the head has admitted them into its current life, so a restarted
-group re-forms in the same order `up` uses. Before each start the supervisor backs off by how
-many lives in a row failed (0 s for the first failure, then 10 s doubling, at most 300 s); after
-`max_failures` failed lives in a row it parks: it stays up, starts nothing, and says why in its
-state file, which `orchestrate status` reads. A life that served for STABLE_S clears the count.
+group re-forms in the same order `up` uses. A crash loop is lives that end before the group
+served (head: /health 200; worker: the head said it serves): before each start the supervisor
+backs off by how many such lives came in a row (0 s for the first, then 10 s doubling, at most
+300 s); after `max_failures` of them it parks: it stays up, starts nothing, and says why in its
+state file, which `orchestrate status` reads. A life that served ends any run of failures: faults
+minutes apart are each healed at once, never counted as a loop.
 
 Standard library only: it runs in any image with python3, shipped as `python3 -c` source together
 with orchestrate.health and orchestrate.rootcause (orchestrate.agents.bundle).
@@ -251,7 +253,6 @@ from typing import Any
 EXIT_PEER = 70  # the group broke: a peer was lost or restarted
 EXIT_HANG = 71  # the engine stopped making progress
 EXIT_CHILD_ZERO = 72  # the child exited 0, which a server never should
-STABLE_S = 300.0  # serving this long clears the failure count
 HEARTBEAT_S = 1.0
 LOG_LINES = 4000
 
@@ -274,6 +275,7 @@ class Supervisor:
         self.peer_timeout = float(_env("PEER_TIMEOUT", "10"))
         self.max_failures = int(_env("MAX_FAILURES", "5"))
         self.backoff_base = float(_env("BACKOFF", "10"))
+        self.served_after = float(_env("SERVED_AFTER", "30"))  # no API to ask: alive this long
         self.path = _env("STATE", "/tmp/orchestrate/supervisor.json")
         self.epoch = secrets.token_hex(6)
         self.lock = threading.Lock()
@@ -305,7 +307,7 @@ class Supervisor:
     def failures(self) -> int:
         n = 0
         for life in reversed(self.history):
-            if life.get("stopped") or life.get("stable"):
+            if life.get("stopped") or life.get("served"):
                 break
             n += 1
         return n
@@ -459,9 +461,9 @@ class Supervisor:
     # ------------------------------------------------------------ ending a life
 
     def end(self, code: int, reason: str, cause: str = "") -> int:
-        stable = self.served_at is not None and time.time() - self.served_at >= STABLE_S
         self.history.append({"epoch": self.epoch, "started": self.started, "ended": time.time(),
-                             "exit": code, "reason": reason, "cause": cause, "stable": stable,
+                             "exit": code, "reason": reason, "cause": cause,
+                             "served": self.served_at is not None,
                              "stopped": self.stopping})  # fmt: skip
         self.say(f"exit {code}: {reason}" + (f" -- cause: {cause}" if cause else ""))
         self.set_phase("exiting", reason)
@@ -485,14 +487,14 @@ class Supervisor:
         if n >= self.max_failures:
             last = self.history[-1] if self.history else {}
             why = last.get("cause") or last.get("reason") or "?"
-            self.set_phase("parked", f"{n} lives in a row failed; last: {why}; "
+            self.set_phase("parked", f"{n} lives in a row ended before serving; last: {why}; "
                            "fix it, then orchestrate up")  # fmt: skip
             while not self.stopping:
                 time.sleep(0.5)
             return 143
         if n:
             delay = 0.0 if n == 1 else min(self.backoff_base * 2 ** (n - 2), 300.0)
-            self.set_phase("backoff", f"{n} failed in a row; waiting {delay:g} s")
+            self.set_phase("backoff", f"{n} lives in a row ended before serving; waiting {delay:g} s")
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not self.stopping:
                 time.sleep(0.2)
@@ -543,7 +545,9 @@ class Supervisor:
                 if hung:
                     self.set_phase("hung", hung)
                     return self.end(EXIT_HANG, "engine hang", hung)
-            elif self.role == "head" and not self.api and self.phase == "starting":
+            elif (self.role == "head" and not self.api and self.phase == "starting"
+                  and time.time() - self.started >= self.served_after):  # fmt: skip
+                # nothing to ask (a Ray cluster without vLLM): serving once the child lasted
                 self.served_at = time.time()
                 self.set_phase("serving")
             if now >= next_save:
@@ -554,6 +558,9 @@ class Supervisor:
         now = time.time()
         with self.lock:
             if self.role == "worker":
+                if self.served_at is None and self.head_seen.get("phase") == "serving" and (
+                        self.head_seen.get("epoch") == self.head_epoch):  # fmt: skip
+                    self.served_at = now
                 age = time.monotonic() - self.head_ok_at
                 if self.head_seen.get("epoch") not in (None, self.head_epoch):
                     return f"the head restarted (life {self.head_epoch} -> {self.head_seen['epoch']})"

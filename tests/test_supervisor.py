@@ -47,7 +47,7 @@ class Group:
         full = os.environ | {
             "ORCH_SUP_ROLE": role, "ORCH_SUP_RANK": str(rank), "ORCH_SUP_NODES": "2",
             "ORCH_SUP_PORT": str(self.port), "ORCH_SUP_HEAD": "127.0.0.1",
-            "ORCH_SUP_PEER_TIMEOUT": "3", "ORCH_SUP_BACKOFF": "0.5",
+            "ORCH_SUP_PEER_TIMEOUT": "3", "ORCH_SUP_BACKOFF": "0.5", "ORCH_SUP_SERVED_AFTER": "0.5",
             "ORCH_SUP_STATE": str(self.tmp / f"{role}-{rank}.json"), "VLLM_HOST_IP": "127.0.0.1",
         } | env  # fmt: skip
         p = subprocess.Popen([sys.executable, "-c", bundle("supervisor"), "orchestrate-supervisor",
@@ -299,3 +299,15 @@ def test_a_new_head_admits_only_lives_that_did_not_join_an_earlier_head(group: G
     _wait(lambda: group.state("worker", 1).get("phase") == "running", what="admitted")
     time.sleep(2)
     assert head.poll() is None
+
+
+def test_lives_that_served_never_add_up_to_a_crash_loop(group: Group) -> None:
+    """Faults minutes apart, each after the group served again: healed at once, never parked."""
+    dies = [sys.executable, "-c", "import sys, time\ntime.sleep(1.5)\nsys.exit(1)"]
+    env = {"ORCH_SUP_NODES": "1", "ORCH_SUP_MAX_FAILURES": "2", "ORCH_SUP_BACKOFF": "5"}
+    for _ in range(3):
+        t0 = time.monotonic()
+        assert _exit(group.start("head", 0, dies, **env)) == 1
+        assert time.monotonic() - t0 < 5  # no backoff
+    state = group.state("head", 0)
+    assert state["failures_in_a_row"] == 0 and [x["served"] for x in state["lives"]] == [True] * 3  # type: ignore[union-attr, index]
