@@ -211,7 +211,7 @@ def root_cause(text: str) -> Cause | None:
 """The supervisor: PID 1 of every node container (docker run and compose), around vLLM or Ray.
 
 It keeps a multi-node group whole while nobody runs orchestrate. Docker restarts a container that
-exits (restart policy unless-stopped); this program decides when to exit:
+exits (restart policy always); this program decides when to exit:
 
 - its own child (`vllm serve`, or the Ray entrypoint) exited: exit with its code (72 for 0), the
   root-cause line of the child's log recorded;

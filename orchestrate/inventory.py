@@ -230,7 +230,7 @@ class MP(Strict):
 
 class Watchdog(Strict):
     """The supervisor that is PID 1 of every node container (orchestrate/agents/supervisor.py):
-    restart policy unless-stopped, workers heartbeat to the head on `port`, the group restarts
+    restart policy always, workers heartbeat to the head on `port`, the group restarts
     when a member dies, hangs or its head restarts; a crash loop backs off, then parks."""
 
     enabled: bool = True

@@ -82,7 +82,7 @@ class ContainerSpec:
     labels: tuple[tuple[str, str], ...]
     network_mode: str = "host"  # or the name of a Docker bridge network ...
     ipv4_address: str | None = None  # ... with this container's address on it
-    # PID 1 around entrypoint + command, with restart policy unless-stopped (watchdog.enabled)
+    # PID 1 around entrypoint + command, with restart policy always (watchdog.enabled)
     supervisor: SupervisorSpec | None = None
 
     def spec_hash(self) -> str:

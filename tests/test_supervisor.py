@@ -211,7 +211,7 @@ def test_docker_run_puts_the_supervisor_in_front_with_a_restart_policy() -> None
 
     plan = _l20()
     kw = run_kwargs(plan.workers[0].container, {"VLLM_API_KEY": "k"} if plan.api_key_env else {})
-    assert kw["restart_policy"] == {"Name": "unless-stopped"}
+    assert kw["restart_policy"] == {"Name": "always"}
     assert kw["entrypoint"][:2] == ["python3", "-c"] and kw["entrypoint"][2] == bundle("supervisor")
     assert kw["entrypoint"][3:] == ["orchestrate-supervisor", *plan.workers[0].container.entrypoint]
     env = kw["environment"]
@@ -230,13 +230,13 @@ def test_watchdog_disabled_is_the_bare_container() -> None:
     assert compose.render(plan)[plan.head.host]["services"]["head"]["restart"] == "no"
 
 
-def test_compose_mounts_the_same_supervisor_and_restarts_unless_stopped() -> None:
+def test_compose_mounts_the_same_supervisor_and_restarts_always() -> None:
     from orchestrate.cli import rendered
     from orchestrate.render import compose
 
     plan = _l20()
     svc = compose.render(plan)[plan.head.host]["services"]["head"]
-    assert svc["restart"] == "unless-stopped"
+    assert svc["restart"] == "always"
     assert svc["entrypoint"][:2] == ["python3", compose.SUPERVISOR_PATH]
     assert {"type": "bind", "source": f"./{compose.SUPERVISOR_FILE}", "target": compose.SUPERVISOR_PATH,
             "read_only": True} in svc["volumes"]  # fmt: skip

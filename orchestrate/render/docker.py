@@ -7,7 +7,11 @@ from typing import Any
 
 from orchestrate.plan import ContainerSpec
 
-RESTART_POLICY = "unless-stopped"  # `docker stop` and `down` still stop it; a crash or a reboot not
+# always, not unless-stopped: a dockerd that restarts without live-restore stops its running
+# containers first, which marks them stopped by hand, and unless-stopped then leaves them down
+# (measured on the bed, bench P7's dockerd row). `docker stop` still stops one until dockerd
+# restarts; `orchestrate down` removes them.
+RESTART_POLICY = "always"
 SUPERVISOR_NAME = "orchestrate-supervisor"
 
 
