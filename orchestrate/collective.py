@@ -39,6 +39,7 @@ def _spec(s: Session, node: NodePlan, port: int, timeout: float):  # type: ignor
         env=tuple(sorted(env.items())),
         secret_env=(),
         labels=((f"{LABEL_DEPLOYMENT}-collective", plan.name),),
+        supervisor=None,  # a one-shot check: no watchdog, no restart policy, it must exit
     )
 
 

@@ -230,6 +230,18 @@ def test_watchdog_disabled_is_the_bare_container() -> None:
     assert compose.render(plan)[plan.head.host]["services"]["head"]["restart"] == "no"
 
 
+def test_the_collective_check_is_a_one_shot_container_without_the_watchdog() -> None:
+    # CI caught it: behind the supervisor with restart=always the all-reduce never "exited"
+    from orchestrate.collective import _spec
+    from orchestrate.render.docker import run_kwargs
+
+    plan = _l20()
+    spec = _spec(type("S", (), {"plan": plan})(), plan.workers[0], 29601, 60)  # type: ignore[arg-type]
+    kw = run_kwargs(spec, {})
+    assert "restart_policy" not in kw and kw["entrypoint"] == ["python3"]
+    assert not any(k.startswith("ORCH_SUP_") for k in kw["environment"])
+
+
 def test_compose_mounts_the_same_supervisor_and_restarts_always() -> None:
     from orchestrate.cli import rendered
     from orchestrate.render import compose
