@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-STALL_AFTER_S = 60.0
+STALL_AFTER_S = 45.0
 BUSY = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 PROGRESS = (
     "vllm:generation_tokens_total",
@@ -181,7 +181,7 @@ def _final_lines(lines: list[tuple[str | None, str | None, str]]) -> list[Cause]
     """The exception line that ends each traceback, in the order they were printed."""
     found: list[Cause] = []
     open_tb: dict[str | None, bool] = {}  # tracebacks interleave across processes: one per prefix
-    for proc, _level, text in lines:
+    for i, (proc, _level, text) in enumerate(lines):
         if text.startswith("Traceback (most recent call last)"):
             open_tb[proc] = True
             continue
@@ -189,9 +189,31 @@ def _final_lines(lines: list[tuple[str | None, str | None, str]]) -> list[Cause]
             continue
         m = _EXCEPTION.match(text)
         if m:
+            if _VALIDATION.search(text):
+                text = f"{text}: {_validation_detail(lines[i + 1 :], proc)}".rstrip(": ")
             found.append(Cause(text[:400], proc))
             open_tb[proc] = False
     return found
+
+
+# pydantic's "1 validation error for ModelConfig" says nothing; what failed is on the next lines:
+# an optional field name, then the indented message ending in "[type=..., input_value=...]"
+_VALIDATION = re.compile(r"ValidationError: \d+ validation errors? for ")
+
+
+def _validation_detail(rest: list[tuple[str | None, str | None, str]], proc: str | None) -> str:
+    field = ""
+    for p, _level, text in rest[:6]:
+        if p != proc or not text.strip():
+            continue
+        if not text.startswith((" ", "\t")):
+            if field:
+                break
+            field = text.strip()
+            continue
+        message = re.sub(r"\s*\[type=.*$", "", text.strip())
+        return f"{field}: {message}" if field else message
+    return field
 
 
 def root_cause(text: str) -> Cause | None:
@@ -218,7 +240,8 @@ exits (restart policy always); this program decides when to exit:
 - head: a worker's heartbeat stopped for `peer_timeout` seconds, or a worker came back as a new
   life (a headless rank cannot rejoin a running group): exit 70, so the whole group re-forms;
 - head: requests are running or waiting and vLLM's progress counters in /metrics have not moved
-  for `stall_after` seconds (a hang that /health does not see): exit 71;
+  for `stall_after` seconds (a hang that /health does not see), or the API has not answered
+  /metrics for as long: exit 71;
 - worker: the head stopped answering for `peer_timeout` seconds, or answers as a new life: exit 70.
 
 Workers heartbeat to the head (POST /heartbeat on the head's watchdog port, every second) and
@@ -271,7 +294,7 @@ class Supervisor:
         self.head = _env("HEAD")  # worker: head address
         self.api = int(_env("API", "0"))  # head: vLLM's API port (0: no vLLM to watch)
         self.loose = _env("LOOSE") == "1"  # a Ray cluster without vLLM: members come and go
-        self.stall_after = float(_env("STALL_AFTER", "60"))
+        self.stall_after = float(_env("STALL_AFTER", "45"))
         self.peer_timeout = float(_env("PEER_TIMEOUT", "10"))
         self.max_failures = int(_env("MAX_FAILURES", "5"))
         self.backoff_base = float(_env("BACKOFF", "10"))
@@ -291,6 +314,7 @@ class Supervisor:
         self.log: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self.started = time.time()
         self.served_at: float | None = None
+        self.api_ok_at = 0.0  # monotonic: the API's last answer
         self.history = self._load()
         self.stopping = False
 
@@ -583,7 +607,7 @@ class Supervisor:
             try:
                 with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
                     if resp.status == 200:
-                        self.served_at = time.time()
+                        self.served_at, self.api_ok_at = time.time(), time.monotonic()
                         self.set_phase("serving")
             except OSError:
                 pass
@@ -591,8 +615,13 @@ class Supervisor:
         try:
             with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
                 text = resp.read().decode("utf-8", "replace")
-        except OSError:
+        except OSError as exc:
+            # an API that stopped answering is a hang as well, whatever the engine does
+            silent = time.monotonic() - (self.api_ok_at or time.monotonic())
+            if silent >= self.stall_after:
+                return f"vLLM's API did not answer /metrics for {silent:.0f} s ({exc})"
             return ""
+        self.api_ok_at = time.monotonic()
         verdict = progress.feed(Sample.of(time.monotonic(), text))
         return verdict.detail if verdict.hung else ""
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-STALL_AFTER_S = 60.0
+STALL_AFTER_S = 45.0
 BUSY = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 PROGRESS = (
     "vllm:generation_tokens_total",

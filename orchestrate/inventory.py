@@ -236,7 +236,7 @@ class Watchdog(Strict):
     enabled: bool = True
     port: Port = 8626  # on the head: the workers' heartbeats (and GET /state)
     peer_timeout: Annotated[float, Field(ge=2, le=3600)] = 10  # a silent peer this long is lost
-    stall_after: Annotated[float, Field(ge=5, le=86400)] = 60  # busy and no progress: a hang
+    stall_after: Annotated[float, Field(ge=5, le=86400)] = 45  # busy and no progress: a hang
     max_failures: Annotated[int, Field(ge=1, le=100, strict=True)] = 5  # lives in a row, then park
     backoff: Annotated[float, Field(ge=0, le=300)] = 10  # seconds before the 2nd restart, doubling
 

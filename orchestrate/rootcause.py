@@ -63,7 +63,7 @@ def _final_lines(lines: list[tuple[str | None, str | None, str]]) -> list[Cause]
     """The exception line that ends each traceback, in the order they were printed."""
     found: list[Cause] = []
     open_tb: dict[str | None, bool] = {}  # tracebacks interleave across processes: one per prefix
-    for proc, _level, text in lines:
+    for i, (proc, _level, text) in enumerate(lines):
         if text.startswith("Traceback (most recent call last)"):
             open_tb[proc] = True
             continue
@@ -71,9 +71,31 @@ def _final_lines(lines: list[tuple[str | None, str | None, str]]) -> list[Cause]
             continue
         m = _EXCEPTION.match(text)
         if m:
+            if _VALIDATION.search(text):
+                text = f"{text}: {_validation_detail(lines[i + 1 :], proc)}".rstrip(": ")
             found.append(Cause(text[:400], proc))
             open_tb[proc] = False
     return found
+
+
+# pydantic's "1 validation error for ModelConfig" says nothing; what failed is on the next lines:
+# an optional field name, then the indented message ending in "[type=..., input_value=...]"
+_VALIDATION = re.compile(r"ValidationError: \d+ validation errors? for ")
+
+
+def _validation_detail(rest: list[tuple[str | None, str | None, str]], proc: str | None) -> str:
+    field = ""
+    for p, _level, text in rest[:6]:
+        if p != proc or not text.strip():
+            continue
+        if not text.startswith((" ", "\t")):
+            if field:
+                break
+            field = text.strip()
+            continue
+        message = re.sub(r"\s*\[type=.*$", "", text.strip())
+        return f"{field}: {message}" if field else message
+    return field
 
 
 def root_cause(text: str) -> Cause | None:

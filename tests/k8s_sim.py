@@ -25,7 +25,13 @@ target and `${TIMEOUT%.*}` deadline, `ray start --head` (GCS on --port, at --nod
 must be the pod's IP) and its gate on ORCH_EXPECTED_* with its deadline variable, `ray start
 --address=...` joining the GCS it reaches, and `vllm serve` with --nnodes/--node-rank/--master-addr
 (rank 0 binds the master address, so it must be its own IP; headless ranks connect to it, 300 s of
-retries) and --port (/health after `load_s`). A command it does not recognise fails the run.
+retries) and --port (/health after `load_s`), and the supervisor (`python3
+/opt/orchestrate/supervisor.py CMD...`, ORCH_SUP_*): the head's listens on the watchdog port and
+serves /livez, workers start CMD once they reach it, either side exits 70 when its peer is gone
+for peer_timeout (or came back as a new life), the head exits 71 when its engine has hung for
+stall_after. A hung engine (Scenario.hang_at) still answers /health, and a group with one is not
+serving: the run needs every pod Ready and no hung engine. A command it does not recognise fails
+the run.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class Scenario:
     mp_connect_s: int = 300  # a headless rank's retries to reach the master
     horizon_s: int = 4 * 3600
     stable_s: int = 900  # all Ready must hold this long
+    hang_at: int | None = None  # from then on every engine started before it stops making progress
 
 
 class Exit(Exception):
@@ -232,6 +239,82 @@ class Vllm(Proc):
             self.listen(self.pod.ip, self.port)
             self.http_port = self.port
 
+    def hung(self, t: int) -> bool:
+        hang = self.sim.scenario.hang_at
+        return hang is not None and self.t0 < hang <= t
+
+
+class Supervisor(Proc):
+    """orchestrate's PID 1 around CMD (orchestrate/agents/supervisor.py), as its env configures it."""
+
+    def __init__(self, sim: Sim, pod: Pod, env: dict[str, str], t: int, argv: list[str]) -> None:
+        super().__init__(sim, pod, env, t)
+        self.argv = argv
+        self.role, self.rank = env["ORCH_SUP_ROLE"], int(env["ORCH_SUP_RANK"])
+        self.port, self.head_addr = int(env["ORCH_SUP_PORT"]), env["ORCH_SUP_HEAD"]
+        self.api = int(env["ORCH_SUP_API"])
+        self.peer_timeout = float(env["ORCH_SUP_PEER_TIMEOUT"])
+        self.stall_after = float(env["ORCH_SUP_STALL_AFTER"])
+        self.child: Proc | None = None
+        self.members: dict[int, Supervisor] = {}
+        self.head: Supervisor | None = None
+        self.lost_since: dict[object, int] = {}
+        self.hung_since: int | None = None
+        self.broken = ""
+        if self.role == "head":
+            self.listen(pod.ip, self.port)  # binds 0.0.0.0
+            self.http_port = self.port  # /livez
+            self.child = make_proc(sim, pod, env, argv, t)
+
+    def vllm(self) -> Vllm | None:
+        proc = self.child.child if isinstance(self.child, RayHead) else self.child
+        return proc if isinstance(proc, Vllm) else None
+
+    def _gone(self, key: object, alive: bool, t: int, what: str) -> None:
+        if alive:
+            self.lost_since.pop(key, None)
+        elif t - self.lost_since.setdefault(key, t) > self.peer_timeout:
+            raise Exit(70, f"supervisor: {what} lost for {self.peer_timeout:g} s")
+
+    def step(self, t: int) -> None:
+        if self.role == "worker":
+            target = self.sim.connect(self.pod, self.head_addr, self.port)
+            if self.head is None:
+                if not isinstance(target, Supervisor) or target.role != "head":
+                    return  # waiting for admission
+                if self.rank in target.members:  # a new life of a member: the group re-forms
+                    target.broken = f"worker-{self.rank} restarted"
+                    return  # not admitted; the next head will admit it
+                self.head = target
+                target.members[self.rank] = self
+                self.child = make_proc(self.sim, self.pod, self.env, self.argv, t)
+            elif isinstance(target, Supervisor) and target is not self.head:
+                raise Exit(70, "supervisor: the head restarted")
+            self._gone("head", self.head.pod.alive(self.head), t, "the head")
+        else:
+            if self.broken:
+                raise Exit(70, f"supervisor: {self.broken}")
+            for rank, m in list(self.members.items()):
+                self._gone(rank, m.pod.alive(m), t, f"worker-{rank}")
+            engine = self.vllm()
+            if self.api and engine is not None and engine.http_port and engine.hung(t):
+                self.hung_since = t if self.hung_since is None else self.hung_since
+                if t - self.hung_since >= self.stall_after:
+                    raise Exit(71, "supervisor: engine hang")
+        if self.child is not None:
+            self.child.step(t)
+
+    def stop(self) -> None:
+        if self.child is not None:
+            if isinstance(self.child, RayHead) and self.child.child is not None:
+                self.child.child.stop()
+            self.child.stop()
+        super().stop()
+
+    @property
+    def http(self) -> int | None:
+        return self.http_port
+
 
 def _flags(argv: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -253,6 +336,8 @@ def make_proc(sim: Sim, pod: Pod, env: dict[str, str], argv: list[str], t: int) 
             return WaitTCP(sim, pod, env, t, script)
     if argv[:2] == ["vllm", "serve"]:
         return Vllm(sim, pod, env, t, argv)
+    if argv[:2] == ["python3", "/opt/orchestrate/supervisor.py"]:
+        return Supervisor(sim, pod, env, t, argv[2:])
     raise ValueError(f"sim: unrecognised command {argv[:3]}")
 
 
@@ -292,7 +377,8 @@ class Pod:
 
     @property
     def phase(self) -> str:
-        return "Running" if any(c.proc for c in self.main) else "Pending"
+        # a pod whose container crashed and waits in CrashLoopBackOff is still Running
+        return "Running" if any(c.proc or c.restarts for c in self.main) else "Pending"
 
     @property
     def ready(self) -> bool:
@@ -306,7 +392,9 @@ class Pod:
 
 
 def _owns(parent: Proc | None, proc: Proc) -> bool:
-    return isinstance(parent, RayHead) and parent.child is proc
+    if isinstance(parent, (RayHead, Supervisor)) and parent.child is not None:
+        return parent.child is proc or _owns(parent.child, proc)
+    return False
 
 
 class Sim:
@@ -401,7 +489,7 @@ class Sim:
         if c.proc is not None:
             if isinstance(c.proc, RayHead) and c.proc.child is not None:
                 c.proc.child.stop()
-            c.proc.stop()
+            c.proc.stop()  # a Supervisor stops its child too
         c.proc = None
 
     # -------------------------------------------------------- scheduling and images
@@ -647,6 +735,11 @@ class Sim:
 
     # -------------------------------------------------------- run
 
+    def hung(self, t: int) -> bool:
+        """A live engine that stopped making progress: the group is not serving."""
+        return any(isinstance(p, Vllm) and p.hung(t) and p.pod.alive(p)
+                   for p in set(self.listeners.values()))
+
     def run(self) -> Result:
         ready_since: int | None = None
         for t in range(self.scenario.horizon_s):
@@ -661,9 +754,10 @@ class Sim:
                     continue
                 self._kubelet(pod, t)
             live = [p for p in self.pods if not p.deleted]
-            if live and all(p.ready for p in live):
+            if live and all(p.ready for p in live) and not self.hung(t):
                 ready_since = t if ready_since is None else ready_since
-                if t - ready_since >= self.scenario.stable_s:
+                hang = self.scenario.hang_at
+                if t - ready_since >= self.scenario.stable_s and (hang is None or ready_since > hang):
                     return Result(True, ready_since, live, self.log)
             else:
                 ready_since = None

@@ -248,3 +248,62 @@ def test_generated_inventories_reach_all_ready(data: dict[str, Any], flavor: str
              for n in plan.nodes]
     res = Sim(docs, nodes[::-1] if reverse else nodes).run()
     assert res.all_ready, res.why()
+
+
+# ---------------------------------------------------------------- a hang /health does not see
+
+HANG_CASES = [(ROOT / "inventory" / "l20.yaml", f) for f in ("deployment", "lws")] + [
+    (ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml", f)
+    for f in ("deployment", "lws")
+]
+HANG_AT = 5000  # well after the group first served (cold pull + load)
+
+
+def _without_watchdog(path: Path, tmp: Path) -> Path:
+    data = yaml.safe_load(path.read_text())
+    data["watchdog"] = {"enabled": False}
+    out = tmp / path.name
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+@pytest.mark.parametrize("path,flavor", HANG_CASES, ids=[f"{p.stem}-{f}" for p, f in HANG_CASES])
+def test_an_engine_hang_restarts_the_group_and_it_serves_again(path: Path, flavor: str) -> None:
+    docs = _docs(path, flavor)
+    head = next(d for d in docs if d["kind"] in ("Deployment", "LeaderWorkerSet"))
+    tpl = head["spec"].get("leaderWorkerTemplate", {}).get("leaderTemplate") or head["spec"]["template"]
+    probe = tpl["spec"]["containers"][0]["livenessProbe"]
+    assert probe["httpGet"]["path"] == "/livez"
+    res = Sim(docs, _cluster(path), Scenario(hang_at=HANG_AT, horizon_s=4 * 3600)).run()
+    assert res.all_ready and res.at is not None and res.at > HANG_AT, res.why()
+    assert any("engine hang" in line for line in res.log), res.log
+    if flavor == "lws":
+        assert any("recreates group" in line for line in res.log), res.log
+
+
+@pytest.mark.parametrize("path,flavor", HANG_CASES[:2], ids=["deployment", "lws"])
+def test_without_the_watchdog_a_hang_behind_a_healthy_health_never_heals(path: Path, flavor: str,
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    docs = _docs(_without_watchdog(path, tmp_path), flavor)
+    assert not any(d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-supervisor")
+                   for d in docs)  # fmt: skip
+    res = Sim(docs, _cluster(path), Scenario(hang_at=HANG_AT, horizon_s=4 * 3600)).run()
+    assert not res.all_ready
+    assert not any("restarts" in line and int(line.split(":")[0]) >= HANG_AT for line in res.log)
+
+
+def test_workers_find_the_head_supervisor_through_the_peer_service() -> None:
+    docs = _docs(ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml", "deployment")
+    peers = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-peers"))
+    worker = next(d for d in docs if d["kind"] == "Deployment" and "worker" in d["metadata"]["name"])
+    env = {e["name"]: e.get("value") for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ORCH_SUP_ROLE"] == "worker"
+    assert env["ORCH_SUP_HEAD"].startswith(peers["metadata"]["name"] + ".")
+    assert int(env["ORCH_SUP_PORT"]) in {p["port"] for p in peers["spec"]["ports"]}
+    cmd = worker["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[:2] == ["python3", k8s.SUPERVISOR_PATH]
+    lws = _lws_doc(_docs(ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml", "lws"))
+    wenv = {e["name"]: e.get("value") for e in
+            lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]["env"]}
+    assert wenv["ORCH_SUP_RANK"] == "$(LWS_WORKER_INDEX)"
+    assert wenv["ORCH_SUP_HEAD"] == "$(LWS_LEADER_ADDRESS)"

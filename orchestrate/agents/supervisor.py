@@ -8,7 +8,8 @@ exits (restart policy always); this program decides when to exit:
 - head: a worker's heartbeat stopped for `peer_timeout` seconds, or a worker came back as a new
   life (a headless rank cannot rejoin a running group): exit 70, so the whole group re-forms;
 - head: requests are running or waiting and vLLM's progress counters in /metrics have not moved
-  for `stall_after` seconds (a hang that /health does not see): exit 71;
+  for `stall_after` seconds (a hang that /health does not see), or the API has not answered
+  /metrics for as long: exit 71;
 - worker: the head stopped answering for `peer_timeout` seconds, or answers as a new life: exit 70.
 
 Workers heartbeat to the head (POST /heartbeat on the head's watchdog port, every second) and
@@ -64,7 +65,7 @@ class Supervisor:
         self.head = _env("HEAD")  # worker: head address
         self.api = int(_env("API", "0"))  # head: vLLM's API port (0: no vLLM to watch)
         self.loose = _env("LOOSE") == "1"  # a Ray cluster without vLLM: members come and go
-        self.stall_after = float(_env("STALL_AFTER", "60"))
+        self.stall_after = float(_env("STALL_AFTER", "45"))
         self.peer_timeout = float(_env("PEER_TIMEOUT", "10"))
         self.max_failures = int(_env("MAX_FAILURES", "5"))
         self.backoff_base = float(_env("BACKOFF", "10"))
@@ -84,6 +85,7 @@ class Supervisor:
         self.log: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self.started = time.time()
         self.served_at: float | None = None
+        self.api_ok_at = 0.0  # monotonic: the API's last answer
         self.history = self._load()
         self.stopping = False
 
@@ -376,7 +378,7 @@ class Supervisor:
             try:
                 with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
                     if resp.status == 200:
-                        self.served_at = time.time()
+                        self.served_at, self.api_ok_at = time.time(), time.monotonic()
                         self.set_phase("serving")
             except OSError:
                 pass
@@ -384,8 +386,13 @@ class Supervisor:
         try:
             with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
                 text = resp.read().decode("utf-8", "replace")
-        except OSError:
+        except OSError as exc:
+            # an API that stopped answering is a hang as well, whatever the engine does
+            silent = time.monotonic() - (self.api_ok_at or time.monotonic())
+            if silent >= self.stall_after:
+                return f"vLLM's API did not answer /metrics for {silent:.0f} s ({exc})"
             return ""
+        self.api_ok_at = time.monotonic()
         verdict = progress.feed(Sample.of(time.monotonic(), text))
         return verdict.detail if verdict.hung else ""
 

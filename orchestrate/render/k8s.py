@@ -3,7 +3,9 @@
 What the post left manual and this adds: GPU requests/limits, the serve step inside the head pod
 gated on every Ray node and GPU being alive, a Service port for the API, startup/readiness/liveness
 probes on the head, a worker init container that waits for the head's GCS, VLLM_HOST_IP from the
-downward API, the dashboard port (8265), and secrets by Secret reference only.
+downward API, the dashboard port (8265), and secrets by Secret reference only. With the watchdog
+on, every container runs orchestrate's supervisor (from a ConfigMap) as under docker, and the
+head's liveness probe is its /livez, which fails on an engine hang that /health answers 200 to.
 
 Start order: the head is Ready only once every worker has joined, so workers must reach it before
 it is Ready. They do through a headless Service with publishNotReadyAddresses (`<name>-head-peers`,
@@ -20,6 +22,7 @@ import re
 from typing import Any, Literal
 
 from orchestrate import scripts
+from orchestrate.agents import bundle
 from orchestrate.plan import ContainerSpec, NodePlan, Plan
 from orchestrate.ports import container_ports
 
@@ -32,10 +35,14 @@ _NODE_ENV = {"VLLM_HOST_IP", "ORCH_GPUS", "ORCH_HEAD_ADDR"}
 # longer than ray.join_timeout, so a cold node's pull does not time the group out.
 IMAGE_PULL_BUDGET = 1800
 SECRET_PLACEHOLDER = "REPLACE-ME"
+# the supervisor (orchestrate/agents/supervisor.py), from a ConfigMap: the same program as docker's
+SUPERVISOR_PATH = "/opt/orchestrate/supervisor.py"
 
 
 def render(plan: Plan, flavor: Flavor = "deployment") -> list[Obj]:
     objs = [_namespace(plan), _configmap(plan), _head_service(plan)]
+    if plan.head.container.supervisor is not None:
+        objs.insert(2, _supervisor_configmap(plan))
     if flavor == "lws":
         return [*objs, _lws(plan)]
     if plan.workers:
@@ -123,6 +130,15 @@ def _configmap(plan: Plan) -> Obj:
     }
 
 
+def _supervisor_configmap(plan: Plan) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(plan, f"{plan.name}-supervisor"),
+        "data": {"supervisor.py": bundle("supervisor")},
+    }
+
+
 def _peer_host(plan: Plan) -> str:
     return f"{plan.name}-head-peers.{plan.namespace}.svc.cluster.local"
 
@@ -136,6 +152,8 @@ def _ports(plan: Plan, peer: bool) -> list[Obj]:
         ports.append({"name": "dashboard", "port": plan.dashboard_port})
     elif peer:
         ports.append({"name": "master", "port": plan.master_port})
+    if peer and (sup := plan.head.container.supervisor) is not None:
+        ports.append({"name": "watchdog", "port": sup.port})
     for port in ports:
         port["targetPort"] = port["port"]
         port["protocol"] = "TCP"
@@ -176,6 +194,9 @@ def _env(plan: Plan, node: NodePlan, head_addr: str) -> list[Obj]:
     for key, source in node.container.secret_env:
         ref = {"name": secret_name(plan), "key": source}
         out.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    if node.container.supervisor is not None:
+        sup = node.container.supervisor.env() | {"ORCH_SUP_HEAD": head_addr}
+        out += [{"name": k, "value": v} for k, v in sup.items()]
     return out
 
 
@@ -193,7 +214,10 @@ def _container(plan: Plan, node: NodePlan, head_addr: str) -> Obj:
     out: Obj = {
         "name": "vllm-head" if node.role == "head" else "vllm-worker",
         "image": spec.image,
-        "command": list(spec.entrypoint),
+        # behind the supervisor (PID 1), as under docker: it exits when a peer or the head is
+        # lost or the engine hangs; the kubelet restarts it, LWS then recreates the group
+        "command": ([] if spec.supervisor is None else ["python3", SUPERVISOR_PATH])
+        + list(spec.entrypoint),
         "args": _args(node, head_addr),
         "envFrom": [{"configMapRef": {"name": f"{plan.name}-env"}}],
         "env": _env(plan, node, head_addr),
@@ -205,6 +229,9 @@ def _container(plan: Plan, node: NodePlan, head_addr: str) -> Obj:
             ),
         ],
     }
+    if spec.supervisor is not None:
+        out["volumeMounts"].append({"name": "supervisor", "mountPath": SUPERVISOR_PATH,
+                                    "subPath": "supervisor.py", "readOnly": True})
     if spec.gpus:
         gpus = {"nvidia.com/gpu": str(spec.gpus)}
         out["resources"] = {"limits": dict(gpus), "requests": dict(gpus)}
@@ -254,19 +281,32 @@ def _probes(plan: Plan) -> Obj:
     timeout = probe_timeout(plan)
     period = max(10, timeout)
     threshold = max(3, math.ceil(startup_budget(plan) / period))
+    sup = plan.head.container.supervisor
+    # liveness: the supervisor's /livez, which fails on a hang /health does not see (requests in
+    # flight and vLLM's progress counters stopped, or the API not answering, for stall_after);
+    # the supervisor exits 71 then as well. Without it, only a dead /health restarts the head.
+    live = (
+        {"httpGet": {"path": "/livez", "port": sup.port}, "periodSeconds": 10,
+         "timeoutSeconds": 5, "failureThreshold": 3}
+        if sup is not None
+        else {"httpGet": get, "periodSeconds": 2 * period, "timeoutSeconds": timeout,
+              "failureThreshold": 6}
+    )  # fmt: skip
     return {
         "startupProbe": {"httpGet": get, "periodSeconds": period, "timeoutSeconds": timeout,
                          "failureThreshold": threshold},
         "readinessProbe": {"httpGet": get, "periodSeconds": period, "timeoutSeconds": timeout,
                            "failureThreshold": 3},
-        "livenessProbe": {"httpGet": get, "periodSeconds": 2 * period, "timeoutSeconds": timeout,
-                          "failureThreshold": 6},
+        "livenessProbe": live,
     }
 
 
 def _volumes(plan: Plan, spec: ContainerSpec) -> list[Obj]:
     shm = {"medium": "Memory", "sizeLimit": _quantity(spec.shm_size)}
     vols: list[Obj] = [{"name": "dshm", "emptyDir": shm}]
+    if spec.supervisor is not None:
+        vols.append({"name": "supervisor", "configMap": {
+            "name": f"{plan.name}-supervisor", "defaultMode": 0o444}})
     vols += [
         {"name": f"model-{i}", "hostPath": {"path": m.source, "type": "Directory"}}
         for i, m in enumerate(spec.mounts)
@@ -359,8 +399,10 @@ def _lws(plan: Plan) -> Obj:
     worker_node = plan.workers[0] if plan.workers else plan.head
     worker = _pod_spec(plan, worker_node, leader_addr, pin=False) | {"affinity": affinity}
     worker["containers"][0]["env"] = [
-        e for e in worker["containers"][0]["env"] if e["name"] != "ORCH_GPUS"
-    ] + [{"name": "ORCH_GPUS", "value": str(worker_node.gpus)}]
+        {"name": "ORCH_SUP_RANK", "value": "$(LWS_WORKER_INDEX)"}
+        if e["name"] == "ORCH_SUP_RANK" else e
+        for e in worker["containers"][0]["env"] if e["name"] != "ORCH_GPUS"
+    ] + [{"name": "ORCH_GPUS", "value": str(worker_node.gpus)}]  # fmt: skip
     args = worker["containers"][0]["args"]
     if "--node-rank" in args:  # mp backend: LWS gives each worker its index
         args[args.index("--node-rank") + 1] = "$(LWS_WORKER_INDEX)"
