@@ -18,6 +18,11 @@ and started again on the worker, the worker host crashed (every process of it ki
 and a crash loop (serve.max_model_len above the model's, which passes the flag table and fails in
 vLLM): the number of restarts until it parks, and whether `status` names the cause.
 
+Ray cluster only (serve.start false, `--only ray`): the worker's container frozen (every process
+SIGSTOPped, as a hung host), timed against Ray's own view: when `ray.nodes()` in the head marks
+the node dead (its health-check death timeout), and when `orchestrate status` first says
+unhealthy (the head's supervisor no longer hears the worker's heartbeat).
+
 Baseline, the same run: watchdog.enabled false (today's main before the watchdog), the worker's
 container killed, and an operator who runs `orchestrate up` as soon as `status` says unhealthy.
 Ratio = baseline time to serving again / the watchdog's.
@@ -44,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.p2_overhead import (
     CHAT_BODY,
     CPU_IMAGE,
+    RAY_IMAGE,
     WORK,
     base_inventory,
     bench_bed,
@@ -224,14 +230,68 @@ def crash_loop(bed: TestBed, model: Path) -> dict[str, Any]:
             "cause": last.get("cause"), "left": leftovers(bed)}  # fmt: skip
 
 
+RAY_NAME = "healray"
+RAY_NODES_DEAD = (
+    "import json, ray; ray.init(address='auto', logging_level='ERROR', log_to_driver=False); "
+    "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() if not n['Alive']]))"
+)
+
+
+def ray_row(bed: TestBed, model: Path) -> dict[str, Any]:
+    """Ray cluster only (serve.start false): the worker's container SIGKILLed and kept down (its
+    PID 1 frozen, as a host that hangs), against Ray's own view: when does `ray.nodes()` mark it
+    dead? orchestrate's: the first `status` that says the deployment is unhealthy."""
+    data = base_inventory(
+        bed, 2, RAY_NAME, image=RAY_IMAGE, backend="ray",
+        model={"host_dir": str(model.parent), "name": model.name},
+        ray={"object_store_memory": "200Mi", "join_timeout": 120},
+        serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": False},
+    )  # fmt: skip
+    inv = write_yaml(data, WORK / "p7" / "heal-ray.yaml")
+    if orch("up", str(inv), timeout=900).returncode != 0:
+        raise SystemExit("ray: up failed")
+    try:
+        if not until(lambda: status(inv).get("healthy"), 120):
+            raise SystemExit("ray: not healthy after up")
+        worker_ip = bed.hosts[1].address
+
+        def ray_says_dead() -> bool:
+            res = bed.docker(1, "exec", f"{RAY_NAME}-head", "python3", "-c", RAY_NODES_DEAD)
+            lines = [x for x in res.stdout.splitlines() if x.startswith("[")]
+            return bool(lines) and worker_ip in json.loads(lines[-1])
+
+        pid = pid1(bed, 2, f"{RAY_NAME}-worker-1")
+        t0 = time.monotonic()
+        bed.run(2, "kill", "-STOP", pid)  # the whole container frozen: raylet, supervisor
+        top = bed.docker(2, "top", f"{RAY_NAME}-worker-1", "-eo", "pid").stdout.split()[1:]
+        bed.run(2, "kill", "-STOP", *top)
+        seen: dict[str, float | None] = {"orchestrate": None, "ray": None}
+
+        def both() -> bool:
+            now = time.monotonic()
+            if seen["orchestrate"] is None and not status(inv).get("healthy"):
+                seen["orchestrate"] = now - t0
+            if seen["ray"] is None and ray_says_dead():
+                seen["ray"] = now - t0
+            return None not in seen.values()
+
+        until(both, 300)
+        bed.run(2, "kill", "-CONT", *top, pid)
+    finally:
+        orch("down", str(inv), timeout=300)
+    row = {"orchestrate_detect_s": seen["orchestrate"], "ray_dead_s": seen["ray"]}
+    log(f"ray: {row}")
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--only", action="append", choices=[*FAULTS, "crash-loop", "baseline"])
+    p.add_argument("--only", action="append", choices=[*FAULTS, "crash-loop", "baseline", "ray"])
     p.add_argument("--json", metavar="FILE")
     a = p.parse_args()
-    keys = a.only or [*FAULTS, "crash-loop", "baseline"]
+    keys = a.only or [*FAULTS, "crash-loop", "baseline", "ray"]
     out: dict[str, Any] = {"machine": machine(), "rows": {}}
-    with bench_bed(2, [CPU_IMAGE]) as bed:
+    with bench_bed(2, [CPU_IMAGE, RAY_IMAGE] if "ray" in keys else [CPU_IMAGE]) as bed:
         model = put_tiny_model(bed)
         endpoint = f"http://{bed.hosts[0].address}:{PORT}"
         inv = inventory(bed, model)
@@ -245,6 +305,8 @@ def main() -> None:
             out["crash_loop"] = crash_loop(bed, model)
         if "baseline" in keys:
             out["baseline"] = baseline(bed, model, endpoint)
+        if "ray" in keys:
+            out["ray"] = ray_row(bed, model)
     print(machine_line(out["machine"]))
     rows = [(r["fault"], f"{r['detect_s']:.1f} s" if r["detect_s"] else "not seen",
              f"{r['serving_s']:.1f} s" if r["serving_s"] else "NOT healed", f"{r['failed']}/{r['requests']}",
@@ -259,6 +321,13 @@ def main() -> None:
         wd = out["rows"].get("worker-kill", {}).get("serving_s")
         if wd and b.get("serving_s"):
             print(f"ratio worker-kill time to serving, baseline / watchdog: {b['serving_s'] / wd:.2f}")
+    if "ray" in out:
+        r = out["ray"]
+        print(f"ray cluster only, worker frozen: orchestrate status unhealthy after "
+              f"{r['orchestrate_detect_s']}, Ray marks it dead after {r['ray_dead_s']} s")
+        if r["orchestrate_detect_s"] and r["ray_dead_s"]:
+            print(f"ratio time to report, Ray / orchestrate: "
+                  f"{r['ray_dead_s'] / r['orchestrate_detect_s']:.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2, default=str))
 

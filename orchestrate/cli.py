@@ -465,9 +465,13 @@ def _status_text(data: dict[str, Any]) -> None:
             emit_text(f"{h['role']}: last failure (exit {last.get('exit')}) {last.get('reason')}{cause}")
     ray = data.get("ray")
     if ray and "error" not in ray:
+        missing = f"; no alive raylet on {', '.join(ray['missing'])}" if ray.get("missing") else ""
         emit_text(f"ray: {ray['nodes_alive']}/{ray['nodes_expected']} nodes alive, "
-                  f"{ray['gpus']:g}/{ray['gpus_expected']} GPUs")
+                  f"{ray['gpus']:g}/{ray['gpus_expected']} GPUs{missing}")
     v = data["vllm"]
+    if not v.get("endpoint"):  # serve.start false: a Ray cluster only
+        emit_text(f"deployment: {'healthy' if data['healthy'] else 'NOT healthy'} (Ray cluster only)")
+        return
     line = f"vllm: {'healthy' if v['healthy'] else 'NOT healthy'} at {v['endpoint']}"
     if v.get("models"):
         line += f", models {', '.join(v['models'])}"
@@ -553,6 +557,8 @@ def _note(h: dict[str, Any]) -> str:
         return str(h["error"])
     if h.get("exit_code") is not None:
         return f"exit {h['exit_code']}"
+    if h.get("lost"):
+        return f"lost: {h['lost']}"
     sup = h.get("supervisor") or {}
     if sup.get("phase") in ("parked", "backoff", "waiting", "hung", "exiting"):
         return str(sup.get("detail", ""))

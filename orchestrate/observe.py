@@ -142,7 +142,7 @@ def _supervisor_row(sup: dict[str, Any]) -> dict[str, Any]:
 def member_ok(row: dict[str, Any]) -> bool:
     """A host row is whole: running, and its supervisor (if any) is not parked, hung or exiting."""
     sup = row.get("supervisor")
-    return row.get("state") == "running" and (
+    return row.get("state") == "running" and not row.get("lost") and (
         sup is None or sup.get("phase") in ("serving", "running", "starting"))
 
 
@@ -191,9 +191,34 @@ def _snapshot(s: Session, hosts: list[dict[str, Any]], api_key: str | None) -> d
                    "nodes": nodes}  # fmt: skip
         except OrchestrateError as exc:
             ray = {"error": exc.message}
-    vllm = _vllm_status(plan, api_key)
-    healthy = vllm["healthy"] and all(member_ok(h) for h in hosts)
+    if ray is not None and "error" not in ray:
+        # a raylet whose node died stays "alive" in the GCS for Ray's death timeout; a machine
+        # whose container restarted is there twice: count each IP once, and say what is missing
+        ips = {n["ip"] for n in ray["nodes"] if n["alive"]}
+        ray["missing"] = [n.address for n in plan.nodes if n.address not in ips]
+    vllm = _vllm_status(plan, api_key) if plan.serve_start else {"healthy": True, "serving": False}
+    _mark_lost_members(plan, hosts)
+    healthy = (vllm["healthy"] and all(member_ok(h) for h in hosts)
+               and (ray is None or (not ray.get("error") and not ray.get("missing"))))  # fmt: skip
     return {"deployment": plan.name, "healthy": healthy, "hosts": hosts, "ray": ray, "vllm": vllm}
+
+
+def _mark_lost_members(plan: Plan, hosts: list[dict[str, Any]]) -> None:
+    """The head's supervisor hears every worker each second: a worker it has not heard for the
+    watchdog's peer_timeout is lost, seconds before Ray (or a container state) would say so."""
+    sup = plan.head.container.supervisor
+    head = hosts[0].get("supervisor") if hosts else None
+    if sup is None or not isinstance(head, dict) or not isinstance(head.get("members"), dict):
+        return
+    members = head["members"]
+    for node, row in zip(plan.nodes, hosts, strict=True):
+        if node.role == "head" or row.get("state") != "running":
+            continue
+        m = members.get(str(node.rank))
+        age = None if m is None else m.get("seen_s_ago")
+        if head.get("phase") == "serving" and (m is None or (age or 0) > sup.peer_timeout):
+            row["lost"] = ("never heard by the head's supervisor" if m is None
+                           else f"the head's supervisor has not heard it for {age:g} s")  # fmt: skip
 
 
 def watch(plan: Plan, api_key: str | None, interval: float, events: Events = quiet
@@ -221,6 +246,8 @@ def changes(prev: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
             last = sup.get("last_failure") or {}
             cause = f": {last['cause']}" if last.get("cause") else ""
             out.append(f"{what}: restarted ({h['restarts']} in all); {last.get('reason', '?')}{cause}")
+        if h.get("lost") and not o.get("lost"):
+            out.append(f"{what}: lost ({h['lost']})")
         if sup.get("phase") != osup.get("phase") and sup.get("phase"):
             detail = f": {sup['detail']}" if sup.get("detail") else ""
             out.append(f"{what}: watchdog {sup['phase']}{detail}")

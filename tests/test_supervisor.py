@@ -319,6 +319,27 @@ def test_watch_events_name_restarts_with_their_cause() -> None:
     assert changes(None, a)[0] == "head (a): container running"
 
 
+def test_a_worker_the_head_no_longer_hears_is_lost_in_status() -> None:
+    from orchestrate.observe import _mark_lost_members, member_ok
+
+    plan = _l20()  # peer_timeout 10 s
+    def rows(seen: dict[str, float], phase: str = "serving") -> list[dict[str, object]]:
+        head = {"host": plan.head.host, "role": "head", "state": "running",
+                "supervisor": {"phase": phase, "members": {r: {"seen_s_ago": a} for r, a in seen.items()}}}
+        return [head, {"host": plan.workers[0].host, "role": "worker-1", "state": "running",
+                       "supervisor": {"phase": "running"}}]  # fmt: skip
+
+    fresh, stale, never = rows({"1": 0.8}), rows({"1": 12.0}), rows({})
+    for r in (fresh, stale, never):
+        _mark_lost_members(plan, r)  # type: ignore[arg-type]
+    assert member_ok(fresh[1]) and "lost" not in fresh[1]
+    assert not member_ok(stale[1]) and stale[1]["lost"] == "the head's supervisor has not heard it for 12 s"
+    assert not member_ok(never[1]) and "never heard" in str(never[1]["lost"])
+    starting = rows({}, phase="starting")  # the group is forming: nobody is lost yet
+    _mark_lost_members(plan, starting)  # type: ignore[arg-type]
+    assert "lost" not in starting[1]
+
+
 def test_a_new_head_admits_only_lives_that_did_not_join_an_earlier_head(group: Group) -> None:
     """The old worker life still heartbeats for a moment after a head restarts: admitting it
     would break the new group again as soon as the worker's next life shows up."""

@@ -10,8 +10,10 @@ tests stop at the Ray cluster, like the post's first two steps.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,10 +71,41 @@ def test_status_and_logs_show_the_truth(bed: TestBed, ray_inventory: Path, ray_u
     data = json.loads(res.stdout)
     assert [h["state"] for h in data["hosts"]] == ["running"] * 3
     assert data["ray"]["nodes_alive"] == 3 and data["ray"]["gpus"] == 3 * GPUS_PER_HOST
-    assert data["vllm"]["healthy"] is False and res.returncode == 1  # no vLLM: not healthy
+    assert data["vllm"]["serving"] is False and data["healthy"] and res.returncode == 0
+    assert data["ray"]["missing"] == []
     logs = orch("-i", str(ray_inventory), "logs", "head", "--tail", "50", timeout=60)
     assert logs.returncode == 0
     assert "ray cluster only" in logs.stdout and "Ray runtime started" in logs.stdout
+
+
+def test_a_frozen_worker_is_reported_lost_while_ray_still_lists_it_alive(
+        bed: TestBed, ray_inventory: Path, ray_up: dict) -> None:  # type: ignore[type-arg]  # fmt: skip
+    """SIGSTOP of worker-2's supervisor (PID 1): its container runs and Ray keeps its raylet alive
+    for its death timeout, but the head's supervisor no longer hears it: status says so."""
+    pid = bed.docker(3, "inspect", "-f", "{{.State.Pid}}", "bedtest-worker-2").stdout.strip()
+    assert pid.isdigit(), pid
+    bed.run(3, "kill", "-STOP", pid)
+    try:
+        data = _until_status(ray_inventory, lambda d: not d["healthy"], 60)
+        row = next(h for h in data["hosts"] if h["role"] == "worker-2")
+        assert row["state"] == "running" and "has not heard it" in row["lost"]
+        assert data["ray"]["missing"] == []  # Ray: still alive
+        text = orch("status", str(ray_inventory), timeout=120)
+        assert "lost: the head's supervisor has not heard it" in text.stdout
+    finally:
+        bed.run(3, "kill", "-CONT", pid)
+    _until_status(ray_inventory, lambda d: d["healthy"], 60)
+
+
+def _until_status(inv: Path, cond: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    data: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        data = json.loads(orch("--output", "json", "status", str(inv), timeout=120).stdout)
+        if cond(data):
+            return data
+        time.sleep(1)
+    raise AssertionError(f"status did not change within {timeout:g} s: {data}")
 
 
 def test_changed_inventory_restarts_the_group_in_order(bed: TestBed, ray_inventory: Path,
