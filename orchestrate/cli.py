@@ -553,15 +553,19 @@ def _watch_table(data: dict[str, Any], rate: float | None) -> Any:
 
 
 def _note(h: dict[str, Any]) -> str:
+    from orchestrate.observe import STATE_STALE_S
+
     if h.get("error"):
         return str(h["error"])
     if h.get("exit_code") is not None:
         return f"exit {h['exit_code']}"
-    if h.get("lost"):
-        return f"lost: {h['lost']}"
     sup = h.get("supervisor") or {}
     if sup.get("phase") in ("parked", "backoff", "waiting", "hung", "exiting"):
         return str(sup.get("detail", ""))
+    if h.get("lost"):
+        return f"lost: {h['lost']}"
+    if (sup.get("state_age_s") or 0) > STATE_STALE_S:
+        return f"its supervisor has not written its state for {sup['state_age_s']:g} s (frozen?)"
     return ""
 
 

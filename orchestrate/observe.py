@@ -27,6 +27,9 @@ from orchestrate.session import Session
 if TYPE_CHECKING:
     from orchestrate.preflight import Replan
 
+# a supervisor writes its state every second; one silent this long is frozen (SIGSTOP, a hung host)
+STATE_STALE_S = 15.0
+
 
 def observed(s: Session, node: NodePlan) -> list[Observed]:
     out = []
@@ -42,14 +45,20 @@ def supervisor_state(s: Session, node: NodePlan, c: Container) -> dict[str, Any]
     supervisor, not running, or nothing written yet."""
     if node.container.supervisor is None or c.status != "running":
         return None
-    code, out = s.engine(node).exec(c, ["cat", STATE_PATH], timeout=15)
+    # the container's own clock: how old the state is, whatever this machine's clock says
+    code, out = s.engine(node).exec(c, ["sh", "-c", f"date +%s && cat {STATE_PATH}"], timeout=15)
     if code != 0:
         return None
+    now, _, text = out.partition("\n")
     try:
-        data = json.loads(out)
+        data = json.loads(text)
     except ValueError:
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("saved_at"), (int, float)) and now.strip().isdigit():
+        data["state_age_s"] = round(max(0.0, int(now) - data["saved_at"]), 1)
+    return data
 
 
 def restart_count(c: Container) -> int:
@@ -77,6 +86,13 @@ def ray_nodes(s: Session, wait_s: float = 0) -> list[dict[str, Any]]:
             nodes: list[dict[str, Any]] = json.loads(line)
             return nodes
     return []
+
+
+def one_per_ip(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A worker that healed itself rejoins Ray before Ray's ~60 s death timeout marks its old
+    raylet dead: both are "alive" with one IP. Count that machine once (the newest entry)."""
+    alive = {n["ip"]: n for n in nodes if n["alive"]}
+    return [n for n in nodes if not n["alive"]] + list(alive.values())
 
 
 # ---------------------------------------------------------------- status
@@ -131,6 +147,7 @@ def _supervisor_row(sup: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "phase": sup.get("phase"), "detail": sup.get("detail", ""), "life": sup.get("epoch"),
         "failures_in_a_row": sup.get("failures_in_a_row", 0),
+        "state_age_s": sup.get("state_age_s"),
     }  # fmt: skip
     if isinstance(last, dict):
         out["last_failure"] = {k: last.get(k) for k in ("exit", "reason", "cause", "ended")}
@@ -143,7 +160,8 @@ def member_ok(row: dict[str, Any]) -> bool:
     """A host row is whole: running, and its supervisor (if any) is not parked, hung or exiting."""
     sup = row.get("supervisor")
     return row.get("state") == "running" and not row.get("lost") and (
-        sup is None or sup.get("phase") in ("serving", "running", "starting"))
+        sup is None or (sup.get("phase") in ("serving", "running", "starting")
+                        and (sup.get("state_age_s") or 0) <= STATE_STALE_S))
 
 
 def _vllm_status(plan: Plan, api_key: str | None) -> dict[str, Any]:
@@ -184,7 +202,7 @@ def _snapshot(s: Session, hosts: list[dict[str, Any]], api_key: str | None) -> d
     ray: dict[str, Any] | None = None
     if plan.backend == "ray" and hosts[0].get("state") == "running":
         try:
-            nodes = ray_nodes(s)
+            nodes = one_per_ip(ray_nodes(s))
             alive = [n for n in nodes if n["alive"]]
             ray = {"nodes_alive": len(alive), "nodes_expected": len(plan.nodes),
                    "gpus": sum(n["gpus"] for n in alive), "gpus_expected": plan.total_gpus,

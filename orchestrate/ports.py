@@ -216,6 +216,9 @@ def fix_for(need: Need, deployment: str) -> str:
 def container_ports(plan: Plan, node: NodePlan) -> list[tuple[str, int]]:
     """(name, port) of the single ports this node's container listens on (Kubernetes ports)."""
     out = [("http", plan.api_port)] if node.role == "head" else []
+    sup = node.container.supervisor
+    if sup is not None and node.role == "head":  # two heads on one node: the scheduler says no
+        out.append(("watchdog", sup.port))
     if plan.backend == "mp":
         return out + ([("master", plan.master_port)] if node.role == "head" else [])
     if node.role == "head":

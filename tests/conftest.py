@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +283,20 @@ def ray_model(bed: TestBed) -> dict[str, str]:
     return {"host_dir": str(model.parent), "name": "ray-only"}
 
 
+def until(cond: Callable[[], Any], timeout: float = 30.0, what: str = "the condition",
+          every: float = 1.0) -> Any:
+    """cond()'s first truthy value, polled every `every` seconds; fails after `timeout` naming
+    `what` (a condition with a deadline, never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)
+
+
 def bed_inventory(bed: TestBed, path: Path, n: int, **sections: Any) -> Path:
     """Write an inventory for the bed's first n hosts; `sections` override top-level keys."""
     hosts = [
@@ -342,6 +356,18 @@ def orch_popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Pope
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **CHILD_ENV, **(env or {})},
                             preexec_fn=_default_sigint)  # fmt: skip
+
+
+@contextlib.contextmanager
+def background(*args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """orch_popen that never outlives the test: killed and reaped on the way out, pass or fail."""
+    proc = orch_popen(*args, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
 
 
 class Watched:

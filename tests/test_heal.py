@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import CPU_BIND, CPU_SERVE, bed_inventory, deployed, orch, ps, record_row
+from tests.conftest import CPU_BIND, CPU_SERVE, bed_inventory, deployed, orch, ps, record_row, until
 from tests.testbed import TestBed
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow, pytest.mark.vllm]
@@ -47,16 +46,6 @@ def _status(inv: Path) -> dict[str, Any]:
     return data
 
 
-def _until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"not {what} within {timeout:g}s")
-
-
 def _pid(bed: TestBed, host: int, container: str) -> str:
     res = bed.docker(host, "inspect", "-f", "{{.State.Pid}}", container)
     assert res.returncode == 0 and res.stdout.strip() not in ("", "0"), res.stderr
@@ -64,12 +53,12 @@ def _pid(bed: TestBed, host: int, container: str) -> str:
 
 
 def _heals(bed: TestBed, inv: Path, fault: str, t0: float) -> dict[str, Any]:
-    unhealthy = _until(lambda: not _status(inv)["healthy"] and time.monotonic(), 60,
+    unhealthy = until(lambda: not _status(inv)["healthy"] and time.monotonic(), 60,
                        "reported by status")  # fmt: skip
-    _until(lambda: orch("check", str(inv), timeout=180).returncode == 0, HEAL_DEADLINE_S,
+    until(lambda: orch("check", str(inv), timeout=180).returncode == 0, HEAL_DEADLINE_S,
            "serving again")  # fmt: skip
     healed = time.monotonic()
-    data = _until(lambda: (d := _status(inv))["healthy"] and d, 120, "healthy in status")
+    data = until(lambda: (d := _status(inv))["healthy"] and d, 120, "healthy in status")
     rows = {h["role"]: h for h in data["hosts"]}
     record_row("heal-table", TABLE_HEADER,
                f"| {fault} | {unhealthy - t0:.1f} s | {healed - t0:.1f} s | "

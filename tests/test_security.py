@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import RUN_CACHE, bed_inventory, orch, orch_json, orch_popen, ps
+from tests.conftest import RUN_CACHE, background, bed_inventory, orch, orch_json, orch_popen, ps, until
 from tests.testbed import TestBed
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
@@ -95,23 +95,17 @@ def test_inventory_values_never_reach_a_shell(bed: TestBed, ray2: Path, tmp_path
 
 
 def test_two_ups_at_once_one_refuses(bed: TestBed, ray2: Path) -> None:
-    first = orch_popen("up", str(ray2))
     lock = RUN_CACHE / "orchestrate" / "locks" / "sectest.lock"
-    try:
+    with background("up", str(ray2)) as first:
         # the holder writes its pid into the lock file once it holds the lock
-        deadline = time.monotonic() + 60
-        while f"pid {first.pid}" not in (lock.read_text() if lock.exists() else ""):
-            assert first.poll() is None and time.monotonic() < deadline, "the first up never took the lock"
-            time.sleep(0.05)
+        until(lambda: first.poll() is not None or f"pid {first.pid}" in (
+            lock.read_text() if lock.exists() else ""), 60, "the first up to take the lock", 0.05)
+        assert first.poll() is None, "the first up ended before it took the lock"
         second = orch("up", str(ray2), timeout=60)
         assert second.returncode == 4, second.stderr
         assert "busy" in second.stderr and "orchestrate up" in second.stderr
         _, err = first.communicate(timeout=300)
         assert first.returncode == 0, err
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate(timeout=30)
     assert orch_json("up", str(ray2), timeout=300)["changes"] == {"hb1": "keep", "hb2": "keep"}
     assert orch("down", str(ray2), timeout=300).returncode == 0
 
@@ -122,12 +116,10 @@ HEAD_LOCK = "/var/tmp/orchestrate-locks/sectest.lock"
 def test_an_operator_on_another_machine_is_refused_by_the_lock_on_the_head(
         bed: TestBed, ray2: Path, tmp_path: Path) -> None:  # fmt: skip
     """Another machine has its own flock; the lock on the head host is the one they share."""
-    first = orch_popen("up", str(ray2))
-    try:
-        deadline = time.monotonic() + 60
-        while bed.run(1, "cat", f"{HEAD_LOCK}/holder").returncode != 0:
-            assert first.poll() is None and time.monotonic() < deadline, "the first up never took it"
-            time.sleep(0.1)
+    with background("up", str(ray2)) as first:
+        until(lambda: first.poll() is not None or bed.run(1, "cat", f"{HEAD_LOCK}/holder").returncode
+              == 0, 60, "the first up to take the lock on the head", 0.1)  # fmt: skip
+        assert first.poll() is None, "the first up ended before it took the lock"
         other = tmp_path / "another-machines-cache"  # so its own flock is free
         other.mkdir()
         second = orch("up", str(ray2), timeout=60, env={"XDG_CACHE_HOME": str(other)})
@@ -137,10 +129,6 @@ def test_an_operator_on_another_machine_is_refused_by_the_lock_on_the_head(
         assert "`orchestrate up` by " in second.stderr and f"pid {first.pid} since" in second.stderr
         _, err = first.communicate(timeout=300)
         assert first.returncode == 0, err
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate(timeout=30)
     assert bed.run(1, "test", "-e", HEAD_LOCK).returncode != 0  # released when up ended
 
 

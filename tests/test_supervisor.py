@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrate.agents import bundle
 from orchestrate.agents.supervisor import EXIT_CHILD_ZERO, EXIT_PEER
+from tests.conftest import until
 
 SLEEPER = [sys.executable, "-c", "import time\nprint('child up', flush=True)\ntime.sleep(600)"]
 
@@ -26,16 +27,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _wait(cond: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 class Group:
@@ -86,12 +77,12 @@ def _exit(p: subprocess.Popen[bytes], timeout: float = 30) -> int:
 
 def test_worker_starts_only_once_admitted_and_the_head_restarts_the_group(group: Group) -> None:
     worker = group.start("worker", 1, SLEEPER)
-    _wait(lambda: group.state("worker", 1).get("phase") == "waiting", what="worker waiting")
+    until(lambda: group.state("worker", 1).get("phase") == "waiting", every=0.1, what="worker waiting")
     time.sleep(1.5)  # no head: it must not start its child
     assert group.state("worker", 1)["phase"] == "waiting"
     head = group.start("head", 0, SLEEPER)
-    _wait(lambda: group.state("worker", 1).get("phase") == "running", what="worker admitted")
-    _wait(lambda: "1" in group.state("head", 0).get("members", {}), what="member listed")  # type: ignore[operator]
+    until(lambda: group.state("worker", 1).get("phase") == "running", every=0.1, what="worker admitted")
+    until(lambda: "1" in group.state("head", 0).get("members", {}), every=0.1, what="member listed")  # type: ignore[operator]
     head_epoch = group.state("head", 0)["epoch"]
     assert group.state("worker", 1)["head_epoch"] == head_epoch
     # the worker dies (SIGKILL of its supervisor, as the OOM killer or a host crash would)
@@ -106,7 +97,7 @@ def test_worker_starts_only_once_admitted_and_the_head_restarts_the_group(group:
 def test_a_restarted_worker_breaks_the_group_at_once(group: Group) -> None:
     head = group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
     w1 = group.start("worker", 1, SLEEPER)
-    _wait(lambda: group.state("worker", 1).get("phase") == "running", what="admitted")
+    until(lambda: group.state("worker", 1).get("phase") == "running", every=0.1, what="admitted")
     os.killpg(w1.pid, signal.SIGKILL)
     w1.wait(10)
     (group.tmp / "worker-1.json").unlink()  # as a new container would
@@ -118,7 +109,7 @@ def test_a_restarted_worker_breaks_the_group_at_once(group: Group) -> None:
 def test_workers_follow_a_new_head(group: Group) -> None:
     head = group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
     worker = group.start("worker", 1, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
-    _wait(lambda: group.state("worker", 1).get("phase") == "running", what="admitted")
+    until(lambda: group.state("worker", 1).get("phase") == "running", every=0.1, what="admitted")
     os.killpg(head.pid, signal.SIGKILL)
     head.wait(10)
     group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
@@ -139,7 +130,7 @@ def test_child_exit_records_the_root_cause_and_a_crash_loop_parks(group: Group) 
     assert state["last_failure"]["cause"] == "ValueError: bad flag value"  # type: ignore[index]
     assert [life["exit"] for life in state["lives"]] == [3, 3, 3]  # type: ignore[union-attr]
     parked = group.start("head", 0, crash, **env)
-    _wait(lambda: group.state("head", 0).get("phase") == "parked", what="parked")
+    until(lambda: group.state("head", 0).get("phase") == "parked", every=0.1, what="parked")
     assert "ValueError: bad flag value" in str(group.state("head", 0)["detail"])
     time.sleep(1)
     assert parked.poll() is None  # parked: it stays up, so Docker does not restart it
@@ -160,7 +151,7 @@ def test_backoff_grows_with_failures_in_a_row(group: Group) -> None:
 
 def test_sigterm_stops_the_child_and_is_not_a_failure(group: Group) -> None:
     p = group.start("head", 0, SLEEPER, ORCH_SUP_NODES="1")
-    _wait(lambda: group.state("head", 0).get("phase") == "serving", what="running")
+    until(lambda: group.state("head", 0).get("phase") == "serving", every=0.1, what="running")
     os.kill(p.pid, signal.SIGTERM)
     assert _exit(p) == 143
     assert group.state("head", 0)["failures_in_a_row"] == 0
@@ -185,7 +176,7 @@ def test_a_busy_engine_whose_counters_stop_is_a_hang(group: Group) -> None:
     api = _free_port()
     p = group.start("head", 0, [sys.executable, "-c", STUCK_ENGINE, str(api)], ORCH_SUP_NODES="1",
                     ORCH_SUP_API=str(api), ORCH_SUP_STALL_AFTER="3")  # fmt: skip
-    _wait(lambda: group.state("head", 0).get("phase") == "serving", what="serving")
+    until(lambda: group.state("head", 0).get("phase") == "serving", every=0.1, what="serving")
     assert _exit(p) == 71
     last = group.state("head", 0)["last_failure"]
     assert last["reason"] == "engine hang" and "2 request(s)" in last["cause"]  # type: ignore[index]
@@ -212,6 +203,44 @@ def test_an_api_that_stops_answering_is_a_hang(group: Group) -> None:
     assert _exit(p) == 71
     last = group.state("head", 0)["last_failure"]
     assert last["served"] and "did not answer /metrics" in last["cause"]  # type: ignore[index]
+
+
+UNHEALTHY_ENGINE = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+seen = []
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        if self.path == "/health":
+            seen.append(1)
+        code = 500 if self.path == "/health" and len(seen) > 1 else 200  # healthy once, then 500
+        body = b"" if self.path == "/health" else b'vllm:num_requests_running{engine="0"} 0.0\n'
+        self.send_response(code); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_a_health_that_keeps_failing_is_a_hang_even_while_metrics_answer(group: Group) -> None:
+    """What a /health liveness probe would restart (vLLM 0.6 answers /health from the engine)."""
+    api = _free_port()
+    p = group.start("head", 0, [sys.executable, "-c", UNHEALTHY_ENGINE, str(api)], ORCH_SUP_NODES="1",
+                    ORCH_SUP_API=str(api), ORCH_SUP_HEALTH_GRACE="4", ORCH_SUP_HEALTH_EVERY="0.5")  # fmt: skip
+    assert _exit(p) == 71
+    last = group.state("head", 0)["last_failure"]
+    assert last["served"] and "/health has not answered 200" in last["cause"]  # type: ignore[index]
+
+
+def test_livez_answers_for_kubernetes_and_names_why() -> None:
+    from orchestrate.agents.supervisor import Supervisor
+
+    sup = Supervisor(["true"])
+    assert sup.unlive() == ""
+    sup.phase, sup.detail = "exiting", "worker-1 lost"
+    assert sup.unlive() == "exiting: worker-1 lost"
+    sup.phase, sup.tick_at = "serving", time.monotonic() - 31
+    assert "has not turned for 31 s" in sup.unlive()
 
 
 # ---------------------------------------------------------------- how the plan ships it
@@ -338,13 +367,16 @@ def test_a_worker_the_head_no_longer_hears_is_lost_in_status() -> None:
     starting = rows({}, phase="starting")  # the group is forming: nobody is lost yet
     _mark_lost_members(plan, starting)  # type: ignore[arg-type]
     assert "lost" not in starting[1]
+    frozen = rows({"1": 0.5})  # a frozen head: fresh ages in a file nobody has written for 20 s
+    frozen[0]["supervisor"]["state_age_s"] = 20.0  # type: ignore[index]
+    assert not member_ok(frozen[0]) and member_ok(frozen[1])
 
 
 def test_a_new_head_admits_only_lives_that_did_not_join_an_earlier_head(group: Group) -> None:
     """The old worker life still heartbeats for a moment after a head restarts: admitting it
     would break the new group again as soon as the worker's next life shows up."""
     head = group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
-    _wait(lambda: group.state("head", 0).get("phase") == "serving", what="head up")
+    until(lambda: group.state("head", 0).get("phase") == "serving", every=0.1, what="head up")
     body = json.dumps({"rank": 1, "epoch": "oldlife", "head_epoch": "oldhead", "phase": "running"})
     req = urllib.request.Request(f"http://127.0.0.1:{group.port}/heartbeat", body.encode(),
                                  {"Content-Type": "application/json"})  # fmt: skip
@@ -352,7 +384,7 @@ def test_a_new_head_admits_only_lives_that_did_not_join_an_earlier_head(group: G
         assert json.loads(resp.read())["admitted"] is False
     assert group.state("head", 0).get("members") in ({}, None)
     group.start("worker", 1, SLEEPER)  # its next life joins, and nothing breaks
-    _wait(lambda: group.state("worker", 1).get("phase") == "running", what="admitted")
+    until(lambda: group.state("worker", 1).get("phase") == "running", every=0.1, what="admitted")
     time.sleep(2)
     assert head.poll() is None
 

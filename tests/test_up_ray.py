@@ -10,14 +10,13 @@ tests stop at the Ray cluster, like the post's first two steps.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import bed_inventory, deployed, orch, orch_json, ps
+from tests.conftest import bed_inventory, deployed, orch, orch_json, ps, until
 from tests.testbed import TestBed
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
@@ -98,14 +97,12 @@ def test_a_frozen_worker_is_reported_lost_while_ray_still_lists_it_alive(
 
 
 def _until_status(inv: Path, cond: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    data: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        data = json.loads(orch("--output", "json", "status", str(inv), timeout=120).stdout)
-        if cond(data):
-            return data
-        time.sleep(1)
-    raise AssertionError(f"status did not change within {timeout:g} s: {data}")
+    def probe() -> dict[str, Any] | None:
+        data: dict[str, Any] = json.loads(orch("--output", "json", "status", str(inv), timeout=120).stdout)
+        return data if cond(data) else None
+
+    found: dict[str, Any] = until(probe, timeout, "the status to change")
+    return found
 
 
 def test_changed_inventory_restarts_the_group_in_order(bed: TestBed, ray_inventory: Path,

@@ -9,7 +9,7 @@ exits (restart policy always); this program decides when to exit:
   life (a headless rank cannot rejoin a running group): exit 70, so the whole group re-forms;
 - head: requests are running or waiting and vLLM's progress counters in /metrics have not moved
   for `stall_after` seconds (a hang that /health does not see), or the API has not answered
-  /metrics for as long: exit 71;
+  /metrics for as long, or /health has not answered 200 for HEALTH_GRACE (120 s): exit 71;
 - worker: the head stopped answering for `peer_timeout` seconds, or answers as a new life: exit 70.
 
 Workers heartbeat to the head (POST /heartbeat on the head's watchdog port, every second) and
@@ -85,7 +85,12 @@ class Supervisor:
         self.log: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self.started = time.time()
         self.served_at: float | None = None
-        self.api_ok_at = 0.0  # monotonic: the API's last answer
+        self.api_ok_at = 0.0  # monotonic: the API's last answer to /metrics
+        self.health_ok_at = 0.0  # monotonic: the last /health 200 (a thread asks every 10 s)
+        self.health_timeout = float(_env("HEALTH_TIMEOUT", "30"))  # vLLM 0.6 PP: /health is slow
+        self.health_grace = float(_env("HEALTH_GRACE", "120"))
+        self.health_every = float(_env("HEALTH_EVERY", "10"))
+        self.tick_at = time.monotonic()  # the watch loop's last turn: /livez fails if it stops
         self.history = self._load()
         self.stopping = False
 
@@ -118,7 +123,7 @@ class Supervisor:
             "detail": self.detail, "pid": os.getpid(), "started": self.started,
             "served_at": self.served_at, "restarts": len(self.history),
             "failures_in_a_row": self.failures(), "head_epoch": self.head_epoch,
-            "members": members, "lives": self.history[-20:],
+            "members": members, "lives": self.history[-20:], "saved_at": now,
             "last_failure": next((x for x in reversed(self.history) if not x.get("stopped")), None),
         }  # fmt: skip
 
@@ -176,8 +181,9 @@ class Supervisor:
             def do_GET(self) -> None:
                 if self.path == "/state":
                     self._send(200, sup.snapshot())
-                elif self.path == "/livez":
-                    self._send(200 if sup.phase != "hung" else 503, {"phase": sup.phase})
+                elif self.path == "/livez":  # Kubernetes' liveness probe
+                    why = sup.unlive()
+                    self._send(503 if why else 200, {"phase": sup.phase, "why": why})
                 else:
                     self._send(404, {"error": "not found"})
 
@@ -192,6 +198,14 @@ class Supervisor:
         server = ThreadingHTTPServer(("0.0.0.0", self.port), Handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def unlive(self) -> str:
+        """Why this supervisor should be restarted from outside, or '': it is deciding to exit
+        (a hang, a lost peer), or its own loop stopped turning."""
+        if self.phase in ("hung", "exiting"):
+            return f"{self.phase}: {self.detail}"
+        stuck = time.monotonic() - self.tick_at
+        return f"the supervisor's loop has not turned for {stuck:.0f} s" if stuck > 30 else ""
 
     # ------------------------------------------------------------ worker: heartbeats out
 
@@ -321,6 +335,7 @@ class Supervisor:
         next_probe = next_save = time.monotonic()
         while True:
             time.sleep(0.2)
+            self.tick_at = time.monotonic()
             self.reap()
             if self.stopping:
                 self.kill_child(grace=25.0)
@@ -346,7 +361,7 @@ class Supervisor:
                 self.served_at = time.time()
                 self.set_phase("serving")
             if now >= next_save:
-                next_save = now + 5.0
+                next_save = now + 1.0  # status reads members' ages from it
                 self.save()
 
     def group_broken(self) -> str:
@@ -378,11 +393,16 @@ class Supervisor:
             try:
                 with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
                     if resp.status == 200:
-                        self.served_at, self.api_ok_at = time.time(), time.monotonic()
+                        self.served_at = time.time()
+                        self.api_ok_at = self.health_ok_at = time.monotonic()
                         self.set_phase("serving")
+                        threading.Thread(target=self.health_loop, daemon=True).start()
             except OSError:
                 pass
             return ""
+        failing = time.monotonic() - self.health_ok_at
+        if failing >= self.health_grace:  # what a /health liveness probe would restart
+            return f"vLLM's /health has not answered 200 for {failing:.0f} s"
         try:
             with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
                 text = resp.read().decode("utf-8", "replace")
@@ -395,6 +415,20 @@ class Supervisor:
         self.api_ok_at = time.monotonic()
         verdict = progress.feed(Sample.of(time.monotonic(), text))
         return verdict.detail if verdict.hung else ""
+
+
+    def health_loop(self) -> None:
+        """/health every 10 s once serving, in its own thread: with PP on vLLM 0.6 it is answered
+        by the busy engine and may take long; the watch loop must not wait for it."""
+        url = f"http://127.0.0.1:{self.api}/health"
+        while not self.stopping:
+            try:
+                with urllib.request.urlopen(url, timeout=self.health_timeout) as resp:
+                    if resp.status == 200:
+                        self.health_ok_at = time.monotonic()
+            except OSError:
+                pass
+            time.sleep(self.health_every)
 
 
 def main(argv: list[str]) -> int:

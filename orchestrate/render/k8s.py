@@ -4,8 +4,8 @@ What the post left manual and this adds: GPU requests/limits, the serve step ins
 gated on every Ray node and GPU being alive, a Service port for the API, startup/readiness/liveness
 probes on the head, a worker init container that waits for the head's GCS, VLLM_HOST_IP from the
 downward API, the dashboard port (8265), and secrets by Secret reference only. With the watchdog
-on, every container runs orchestrate's supervisor (from a ConfigMap) as under docker, and the
-head's liveness probe is its /livez, which fails on an engine hang that /health answers 200 to.
+on, every container runs orchestrate's supervisor (from a ConfigMap) as under docker: it exits
+on an engine hang that /health answers 200 to, and the head's liveness probe is its /livez.
 
 Start order: the head is Ready only once every worker has joined, so workers must reach it before
 it is Ready. They do through a headless Service with publishNotReadyAddresses (`<name>-head-peers`,
@@ -282,9 +282,9 @@ def _probes(plan: Plan) -> Obj:
     period = max(10, timeout)
     threshold = max(3, math.ceil(startup_budget(plan) / period))
     sup = plan.head.container.supervisor
-    # liveness: the supervisor's /livez, which fails on a hang /health does not see (requests in
-    # flight and vLLM's progress counters stopped, or the API not answering, for stall_after);
-    # the supervisor exits 71 then as well. Without it, only a dead /health restarts the head.
+    # liveness: the supervisor's /livez. The supervisor itself exits 71 on a hang /health does not
+    # see (requests in flight and no progress for stall_after, a silent API) and on a /health
+    # failing for 120 s; /livez fails while it exits and when its own loop is stuck.
     live = (
         {"httpGet": {"path": "/livez", "port": sup.port}, "periodSeconds": 10,
          "timeoutSeconds": 5, "failureThreshold": 3}
