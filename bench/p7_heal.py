@@ -6,7 +6,8 @@ Each row: a fault injected on a deployment that serves (chat check passes), then
 
   detect    first `orchestrate status` that reports it (unhealthy), polled every second
   serving   first chat completion that succeeds again (the chat check)
-  failed    requests of the load (2 clients, back to back, 30 s timeout) that failed in between
+  failed    requests of an `orchestrate bench` run kept going through the fault (Poisson
+            arrivals, 2 requests/s for 150 s, 30 s per request) that failed
   restarts  Docker's RestartCount of head / worker afterwards (the supervisor's exits)
   left      containers on the two hosts afterwards beyond the two planned ones, and vLLM shm
             segments (psm_*, sem.mp-*) in the hosts' /dev/shm
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -47,9 +49,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.p2_overhead import (
-    CHAT_BODY,
     CPU_IMAGE,
     RAY_IMAGE,
+    ROOT,
     WORK,
     base_inventory,
     bench_bed,
@@ -59,6 +61,7 @@ from bench.p2_overhead import (
     machine_line,
     mp_pp2_data,
     orch,
+    orchestrate_argv,
     put_tiny_model,
     table,
     write_yaml,
@@ -75,42 +78,40 @@ def inventory(bed: TestBed, model: Path, *, watchdog: bool = True, **serve: Any)
     return write_yaml(data, WORK / "p7" / f"heal-{'wd' if watchdog else 'none'}.yaml")
 
 
-class Load:
-    """Two clients sending chat completions back to back; every result timestamped."""
+class BenchLoad:
+    """`orchestrate bench` kept going through the fault: Poisson arrivals at RATE requests/s,
+    each allowed 30 s; its report's failed count is the requests the fault cost users."""
 
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint, self.results = endpoint, list[tuple[float, bool]]()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+    RATE, SECONDS = 2, 150
 
-    def _run(self) -> None:
-        import httpx
+    def __init__(self, inv: Path) -> None:
+        self.inv, self.proc = inv, None  # type: ignore[var-annotated]
 
-        body = CHAT_BODY | {"max_tokens": 24}
-        with httpx.Client(timeout=30) as client:
-            while not self.stop.is_set():
-                try:
-                    r = client.post(f"{self.endpoint}/v1/chat/completions", json=body)
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.results.append((time.monotonic(), ok))
-                if not ok:
-                    self.stop.wait(0.5)
+    def __enter__(self) -> BenchLoad:
+        import subprocess
 
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
+        argv = orchestrate_argv("--output", "json", "bench", str(self.inv), "--request-rate",
+                                str(self.RATE), "--num-prompts", str(self.RATE * self.SECONDS),
+                                "--input-len", "16", "--output-len", "16", "--timeout", "30")  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, env=env)  # fmt: skip
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(40)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=30)
 
-    def failed_between(self, t0: float, t1: float) -> tuple[int, int]:
-        window = [ok for t, ok in self.results if t0 <= t <= t1 + 30]
-        return sum(1 for ok in window if not ok), len(window)
+    def result(self) -> tuple[int, int]:
+        """(failed, requests) once the run ends."""
+        assert self.proc is not None
+        out, _ = self.proc.communicate(timeout=self.SECONDS + 600)
+        try:
+            level = json.loads(out)["levels"][0]
+        except (ValueError, KeyError, IndexError):
+            return -1, -1
+        return int(level["failed"]), int(level["completed"]) + int(level["failed"])
 
 
 def status(inv: Path) -> dict[str, Any]:
@@ -171,13 +172,13 @@ def one(bed: TestBed, inv: Path, endpoint: str, key: str) -> dict[str, Any]:
     what, inject = FAULTS[key]
     if not until(lambda: chat_ok(endpoint), 600, 2):
         raise SystemExit(f"{key}: the deployment does not serve before the fault")
-    with Load(endpoint) as load:
-        time.sleep(5)
+    with BenchLoad(inv) as load:
+        time.sleep(10)  # the bench is under way
         t0 = time.monotonic()
         inject(bed)
         detect = until(lambda: not status(inv)["healthy"], 120)
         served = until(lambda: chat_ok(endpoint, timeout=60), HEAL_DEADLINE_S, 1)
-        failed, total = load.failed_between(t0, served or time.monotonic())
+        failed, total = load.result()
     data = status(inv)
     rows = {h["role"]: h for h in data.get("hosts", [])}
     restarts = "/".join(str(rows.get(r, {}).get("restarts", "?")) for r in ("head", "worker-1"))

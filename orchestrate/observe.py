@@ -234,9 +234,10 @@ def _mark_lost_members(plan: Plan, hosts: list[dict[str, Any]]) -> None:
             continue
         m = members.get(str(node.rank))
         age = None if m is None else m.get("seen_s_ago")
-        if head.get("phase") == "serving" and (m is None or (age or 0) > sup.peer_timeout):
-            row["lost"] = ("never heard by the head's supervisor" if m is None
-                           else f"the head's supervisor has not heard it for {age:g} s")  # fmt: skip
+        if m is not None and (age or 0) > sup.peer_timeout:
+            row["lost"] = f"the head's supervisor has not heard it for {age:g} s"
+        elif m is None and head.get("phase") == "serving":  # a group that formed without it
+            row["lost"] = "never heard by the head's supervisor"
 
 
 def watch(plan: Plan, api_key: str | None, interval: float, events: Events = quiet

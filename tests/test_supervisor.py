@@ -367,6 +367,9 @@ def test_a_worker_the_head_no_longer_hears_is_lost_in_status() -> None:
     starting = rows({}, phase="starting")  # the group is forming: nobody is lost yet
     _mark_lost_members(plan, starting)  # type: ignore[arg-type]
     assert "lost" not in starting[1]
+    gone = rows({"1": 12.0}, phase="starting")  # heard, then silent: lost in any phase
+    _mark_lost_members(plan, gone)  # type: ignore[arg-type]
+    assert "has not heard it for 12 s" in str(gone[1]["lost"])
     frozen = rows({"1": 0.5})  # a frozen head: fresh ages in a file nobody has written for 20 s
     frozen[0]["supervisor"]["state_age_s"] = 20.0  # type: ignore[index]
     assert not member_ok(frozen[0]) and member_ok(frozen[1])
