@@ -226,7 +226,8 @@ def test_a_health_that_keeps_failing_is_a_hang_even_while_metrics_answer(group: 
     """What a /health liveness probe would restart (vLLM 0.6 answers /health from the engine)."""
     api = _free_port()
     p = group.start("head", 0, [sys.executable, "-c", UNHEALTHY_ENGINE, str(api)], ORCH_SUP_NODES="1",
-                    ORCH_SUP_API=str(api), ORCH_SUP_HEALTH_GRACE="4", ORCH_SUP_HEALTH_EVERY="0.5")  # fmt: skip
+                    ORCH_SUP_API=str(api), ORCH_SUP_HEALTH_GRACE="4",
+                    ORCH_SUP_HEALTH_EVERY="0.5")  # fmt: skip
     assert _exit(p) == 71
     last = group.state("head", 0)["last_failure"]
     assert last["served"] and "/health has not answered 200" in last["cause"]  # type: ignore[index]
