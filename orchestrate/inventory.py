@@ -239,6 +239,9 @@ class Watchdog(Strict):
     stall_after: Annotated[float, Field(ge=5, le=86400)] = 45  # busy and no progress: a hang
     max_failures: Annotated[int, Field(ge=1, le=100, strict=True)] = 5  # lives in a row, then park
     backoff: Annotated[float, Field(ge=0, le=300)] = 10  # seconds before the 2nd restart, doubling
+    # while vLLM's gauges say idle, a 1-token request this often (a hung engine's gauges freeze,
+    # often at idle); 0: none, and a hang that starts idle goes unseen
+    canary_every: Annotated[float, Field(ge=0, le=3600)] = 15
 
 
 class Container(Strict):

@@ -49,6 +49,7 @@ class SupervisorSpec:
     stall_after: float
     max_failures: int
     backoff: float
+    canary_every: float
     source: str  # the bundle's hash: a new supervisor re-creates the container
 
     def env(self) -> dict[str, str]:
@@ -61,6 +62,7 @@ class SupervisorSpec:
             "ORCH_SUP_STALL_AFTER": f"{self.stall_after:g}",
             "ORCH_SUP_MAX_FAILURES": str(self.max_failures),
             "ORCH_SUP_BACKOFF": f"{self.backoff:g}",
+            "ORCH_SUP_CANARY_EVERY": f"{self.canary_every:g}",
         }  # fmt: skip
 
 
@@ -510,7 +512,7 @@ def _supervisor(inv: Inventory, rank: int, role: Role) -> SupervisorSpec | None:
         api=inv.serve.port if rank == 0 and inv.serve.start else 0,
         loose=inv.backend == "ray" and not inv.serve.start,
         peer_timeout=w.peer_timeout, stall_after=w.stall_after, max_failures=w.max_failures,
-        backoff=w.backoff, source=bundle_hash("supervisor"),
+        backoff=w.backoff, canary_every=w.canary_every, source=bundle_hash("supervisor"),
     )  # fmt: skip
 
 

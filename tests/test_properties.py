@@ -51,10 +51,12 @@ def test_valid_inventories_plan_to_the_world_size(data: dict[str, Any]) -> None:
     assert plan.head.role == "head" and len(plan.nodes) == len(data["hosts"])
     for node in plan.nodes:
         assert node.container.env_dict()["VLLM_HOST_IP"] == node.address
-    # Namespace, ConfigMap, API Service, head Deployment, one per worker, and with workers the
-    # headless peers Service they reach the not-yet-Ready head through
+    # Namespace, ConfigMap, API Service, head Deployment, one per worker, with workers the
+    # headless peers Service they reach the not-yet-Ready head through, with the watchdog the
+    # supervisor's ConfigMap
     docs = k8s.render(plan)
-    assert len(docs) == 4 + len(plan.workers) + (1 if plan.workers else 0)
+    watchdog = plan.head.container.supervisor is not None
+    assert len(docs) == 4 + len(plan.workers) + (1 if plan.workers else 0) + watchdog
     assert any(d["metadata"]["name"].endswith("-head-peers") for d in docs) == bool(plan.workers)
     assert set(compose.render(plan)) == {h["name"] for h in data["hosts"]}
 

@@ -244,6 +244,50 @@ def test_livez_answers_for_kubernetes_and_names_why() -> None:
     assert "has not turned for 31 s" in sup.unlive()
 
 
+IDLE_ENGINE = r"""
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+STUCK, LOG = sys.argv[2] == "stuck", sys.argv[3]
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def _send(self, body):
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def do_GET(self):  # the gauges a hung engine left behind: idle
+        self._send(json.dumps({"data": [{"id": "tiny"}]}).encode() if self.path == "/v1/models"
+                   else b'vllm:num_requests_running{engine="0"} 0.0\n' if self.path == "/metrics" else b"")
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        open(LOG, "a").write(self.path + "\n")
+        if STUCK:
+            time.sleep(600)
+        self._send(b'{"choices": [{"text": "k"}]}')
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_an_engine_that_looks_idle_but_cannot_answer_a_canary_is_a_hang(group: Group) -> None:
+    """P7 found it under a real `orchestrate bench`: the hung engine's gauges said idle."""
+    api, log = _free_port(), group.tmp / "canaries"
+    p = group.start("head", 0, [sys.executable, "-c", IDLE_ENGINE, str(api), "stuck", str(log)],
+                    ORCH_SUP_NODES="1", ORCH_SUP_API=str(api), ORCH_SUP_STALL_AFTER="3",
+                    ORCH_SUP_CANARY_EVERY="1")  # fmt: skip
+    assert _exit(p) == 71
+    last = group.state("head", 0)["last_failure"]
+    assert "canary request has not finished" in last["cause"]  # type: ignore[index]
+    assert log.read_text().splitlines() == ["/v1/completions"]
+
+
+def test_an_idle_engine_that_answers_its_canaries_is_left_alone(group: Group) -> None:
+    api, log = _free_port(), group.tmp / "canaries"
+    p = group.start("head", 0, [sys.executable, "-c", IDLE_ENGINE, str(api), "ok", str(log)],
+                    ORCH_SUP_NODES="1", ORCH_SUP_API=str(api), ORCH_SUP_STALL_AFTER="3",
+                    ORCH_SUP_CANARY_EVERY="1")  # fmt: skip
+    until(lambda: log.exists() and len(log.read_text().splitlines()) >= 6, 60,
+          "six canaries, twice the stall threshold", every=0.2)  # fmt: skip
+    assert p.poll() is None and group.state("head", 0)["phase"] == "serving"
+
+
 # ---------------------------------------------------------------- how the plan ships it
 
 ROOT = Path(__file__).resolve().parent.parent
