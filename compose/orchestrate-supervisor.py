@@ -243,7 +243,7 @@ exits (restart policy always); this program decides when to exit:
   for `stall_after` seconds (a hang that /health does not see), or the API has not answered
   /metrics for as long, or /health has not answered 200 for HEALTH_GRACE (120 s), or, while
   the gauges say idle (a hung engine stops publishing them), a 1-token canary request sent every
-  CANARY_EVERY (15 s) has not finished within `stall_after`: exit 71;
+  CANARY_EVERY (10 s) has not finished within `stall_after` (at most 30 s): exit 71;
 - worker: the head stopped answering for `peer_timeout` seconds, or answers as a new life: exit 70.
 
 Workers heartbeat to the head (POST /heartbeat on the head's watchdog port, every second) and
@@ -322,7 +322,9 @@ class Supervisor:
         self.health_grace = float(_env("HEALTH_GRACE", "120"))
         self.health_every = float(_env("HEALTH_EVERY", "10"))
         self.tick_at = time.monotonic()  # the watch loop's last turn: /livez fails if it stops
-        self.canary_every = float(_env("CANARY_EVERY", "15"))  # 0: no canary requests
+        self.canary_every = float(_env("CANARY_EVERY", "10"))  # 0: no canary requests
+        # one prefill of a token and one decode step on an idle engine: 30 s is ages
+        self.canary_timeout = min(self.stall_after, 30.0)
         self.canary_started, self.canary_done = 0.0, True
         self.history = self._load()
         self.stopping = False
@@ -655,14 +657,14 @@ class Supervisor:
         """vLLM publishes its request gauges from the engine loop: a hung engine's last word may
         well be "idle", however many requests queue up behind it. So while it looks idle, a
         1-token request every CANARY_EVERY seconds (in a thread); one that has not finished
-        within stall_after is a hang. The hang's text, or ''."""
+        within stall_after (at most 30 s) is a hang. The hang's text, or ''."""
         now = time.monotonic()
         with self.lock:
             started, done = self.canary_started, self.canary_done
         if started and not done:
             late = now - started
             return (f"vLLM looks idle but a 1-token canary request has not finished in {late:.0f} s"
-                    if late >= self.stall_after else "")  # fmt: skip
+                    if late >= self.canary_timeout else "")  # fmt: skip
         if self.canary_every > 0 and now - started >= self.canary_every:
             with self.lock:
                 self.canary_started, self.canary_done = now, False
@@ -680,7 +682,7 @@ class Supervisor:
                 model = json.loads(resp.read())["data"][0]["id"]
             body = json.dumps({"model": model, "prompt": "ok", "max_tokens": 1}).encode()
             req = urllib.request.Request(f"{base}/v1/completions", body, headers)
-            with urllib.request.urlopen(req, timeout=self.stall_after + 30):
+            with urllib.request.urlopen(req, timeout=self.canary_timeout + 30):
                 pass
         except (OSError, ValueError, KeyError, IndexError):
             pass  # an error answer is an answer: the engine is not stuck

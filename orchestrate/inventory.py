@@ -241,7 +241,7 @@ class Watchdog(Strict):
     backoff: Annotated[float, Field(ge=0, le=300)] = 10  # seconds before the 2nd restart, doubling
     # while vLLM's gauges say idle, a 1-token request this often (a hung engine's gauges freeze,
     # often at idle); 0: none, and a hang that starts idle goes unseen
-    canary_every: Annotated[float, Field(ge=0, le=3600)] = 15
+    canary_every: Annotated[float, Field(ge=0, le=3600)] = 10
 
 
 class Container(Strict):
