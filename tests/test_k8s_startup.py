@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrate import inventory
+from orchestrate.agents import bundle
 from orchestrate.cli import rendered
 from orchestrate.plan import build_plan
 from orchestrate.render import k8s
@@ -307,3 +308,19 @@ def test_workers_find_the_head_supervisor_through_the_peer_service() -> None:
             lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]["env"]}
     assert wenv["ORCH_SUP_RANK"] == "$(LWS_WORKER_INDEX)"
     assert wenv["ORCH_SUP_HEAD"] == "$(LWS_LEADER_ADDRESS)"
+
+
+def test_a_new_supervisor_rolls_the_pods_through_their_template() -> None:
+    from orchestrate.agents import bundle_hash
+
+    docs = _docs(ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml", "deployment")
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployments and all(
+        d["spec"]["template"]["metadata"]["annotations"]["orchestrate/supervisor"]
+        == bundle_hash("supervisor") for d in deployments)  # fmt: skip
+    cm = next(d for d in docs if d["metadata"]["name"].endswith("-supervisor"))
+    assert cm["data"]["supervisor.py"] == bundle("supervisor")
+    tpl = _lws_doc(_docs(ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml", "lws"))
+    for part in ("leaderTemplate", "workerTemplate"):
+        meta = tpl["spec"]["leaderWorkerTemplate"][part]["metadata"]
+        assert meta["annotations"]["orchestrate/supervisor"] == bundle_hash("supervisor")

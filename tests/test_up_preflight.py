@@ -46,7 +46,7 @@ def test_up_plans_again_for_the_images_old_vllm_and_forms_ray(
         assert not any("Traceback" in line for line in ours)  # (vLLM's own is in the log tail)
         assert f"has vLLM {OLD_VLLM} with ray: backend mp -> ray" in res.stderr, res.stderr
         assert "has no multi-node mp" in res.stderr  # the reason, from the capability table
-        assert "ray ready: 2 nodes, 2 GPUs" in res.stderr  # the head's gate: Ray formed
+        assert "ray ready: 2 nodes, 2 GPUs" in res.stderr, res.stderr[-4000:]  # the head's gate
         assert "--nnodes" not in res.stderr  # no mp argv reached the 0.10.2 head
         assert res.returncode == 1  # then vLLM 0.10.2 itself cannot start here ...
         assert "No module named 'torch'" in res.stderr  # ... and its root cause is shown

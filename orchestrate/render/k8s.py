@@ -139,6 +139,13 @@ def _supervisor_configmap(plan: Plan) -> Obj:
     }
 
 
+def _template_annotations(plan: Plan) -> Obj:
+    """A new supervisor must reach the pods: a ConfigMap change alone restarts nothing (and a
+    subPath mount never sees it), a changed pod template rolls them, as Helm's checksum/config."""
+    sup = plan.head.container.supervisor
+    return {} if sup is None else {"annotations": {"orchestrate/supervisor": sup.source}}
+
+
 def _peer_host(plan: Plan) -> str:
     return f"{plan.name}-head-peers.{plan.namespace}.svc.cluster.local"
 
@@ -357,7 +364,8 @@ def _deployment(plan: Plan, node: NodePlan, component: str) -> Obj:
             "strategy": {"type": "Recreate"},  # never two Ray heads / two rank-0s at once
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": {**labels, "app.kubernetes.io/managed-by": "orchestrate"}},
+                "metadata": {"labels": {**labels, "app.kubernetes.io/managed-by": "orchestrate"},
+                             **_template_annotations(plan)},
                 "spec": _pod_spec(plan, node, _peer_host(plan)),
             },
         },
@@ -420,11 +428,11 @@ def _lws(plan: Plan) -> Obj:
                 # pulling the image keeps its pull (LWS >= 0.9)
                 "restartPolicy": "RecreateGroupAfterStart",
                 "leaderTemplate": {
-                    "metadata": {"labels": _selector(plan, "head")},
+                    "metadata": {"labels": _selector(plan, "head"), **_template_annotations(plan)},
                     "spec": leader,
                 },
                 "workerTemplate": {
-                    "metadata": {"labels": _selector(plan, "worker")},
+                    "metadata": {"labels": _selector(plan, "worker"), **_template_annotations(plan)},
                     "spec": worker,
                 },
             },
