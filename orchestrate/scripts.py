@@ -57,7 +57,8 @@ want_ips = set(os.environ.get("ORCH_EXPECTED_IPS", "").split(",")) - {""}
 deadline = time.monotonic() + float(os.environ.get("ORCH_JOIN_TIMEOUT", "300"))
 ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
 while True:
-    alive = [n for n in ray.nodes() if n.get("Alive")]
+    # one per IP: a worker that healed itself rejoins before Ray's death timeout ends its old raylet
+    alive = list({n["NodeManagerAddress"]: n for n in ray.nodes() if n.get("Alive")}.values())
     ips = {n["NodeManagerAddress"] for n in alive}
     gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in alive)
     if len(alive) >= want_nodes and gpus >= want_gpus and want_ips <= ips:
