@@ -1,4 +1,4 @@
-"""Benchmark (not a test): `orchestrate.modelcheck.verify` vs the seed's sha256sum, host by host.
+"""Benchmark (not a test): `orchestrate.ops.modelcheck.verify` vs the seed's sha256sum, host by host.
 
 On its own 3-host test bed (10.125.0.0/24, bridge orchmc0, /var/tmp/orchestrate-bed-mc: the bed of
 tests/test_modelcheck.py, so do not run both at once), each host gets its OWN copy of
@@ -35,10 +35,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrate import modelcheck  # noqa: E402
-from orchestrate.inventory import parse  # noqa: E402
-from orchestrate.plan import Plan, build_plan  # noqa: E402
-from orchestrate.session import Session  # noqa: E402
+from orchestrate.core.inventory import parse  # noqa: E402
+from orchestrate.core.plan import Plan, build_plan  # noqa: E402
+from orchestrate.host.session import Session  # noqa: E402
+from orchestrate.ops import modelcheck  # noqa: E402
 from tests.testbed import TestBed, bed_unavailable_reason  # noqa: E402
 
 MODEL = "bench"

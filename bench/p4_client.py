@@ -1,20 +1,28 @@
 """P4: how fast and how exactly `orchestrate bench` measures, next to `vllm bench serve` (the baseline).
 
-Both clients load the same stub server (bench/stub_server.py, in its own process), which streams
+Three clients load the same stub server (bench/stub_server.py, in its own process), which streams
 vLLM's exact SSE format as fast as the socket takes it, so the client is the bottleneck:
 
+  orchestrate  `orchestrate --output json bench ...` (its own HTTP/1.1 transport for httpx)
+  aiohttp      the same command, driver, SSE parser and metrics with aiohttp in place of that
+               transport, read as `vllm bench serve` reads (`resp.content.iter_any()`): does our
+               transport beat a maintained client? (needs `pip install aiohttp`)
+  vllm         `vllm bench serve` (in the vllm-cpu image)
+
   chunk rate   content chunks per second each client sustains (its output tok/s: the stub sends
-               one token a chunk). Same load for both: chat endpoint, random prompts, N requests
+               one token a chunk). Same load for all: chat endpoint, random prompts, N requests
                at concurrency C. Runs alternate between the clients; the median of --repeats
-               counts; ratio = orchestrate / vllm, target >= 1.0. The stub's token counter checks
-               that every token reached the client.
+               counts; ratios orchestrate / vllm and aiohttp / orchestrate, target >= 1.0 for the
+               first (for the second, >= 1.0 would mean aiohttp should replace our transport). The
+               stub's token counter checks that every token reached the client. Client CPU per token
+               for the two Python ones: the process's user + system time in the load level.
   TTFT error   a second stub holds every first token back --ttft-ms (spinning the last 1.5 ms so
                the delay is exact); concurrency 1. Reported against the nominal delay and against
                the stub's own measurement (request read -> first token written), which removes
                the machine's scheduling noise; target < 1 ms.
 
 `vllm bench serve` runs in the vllm-cpu image (`--network host`, the tiny model's tokenizer
-mounted); without Docker or the image, P4 says why and reports orchestrate's numbers alone.
+mounted); without Docker or the image (or without aiohttp), P4 says why and reports the others.
 
     python bench/p4_client.py                     # ~2.5 minutes on 2 cores
     python bench/p4_client.py --repeats 9 --json p4.json
@@ -23,6 +31,8 @@ mounted); without Docker or the image, P4 says why and reports orchestrate's num
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -33,8 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +53,17 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "orchestrate/vllm-cpu:0.32.0"
 TOKENIZER = "/var/tmp/orchestrate-demo/models/tiny"
-# `orchestrate --output json bench ...`, as the CLI runs it (whether or not cli.py registers it yet)
+# `orchestrate --output json bench ...`, through the click command the CLI registers, with the
+# client's CPU time in its load levels on stderr (count_cpu below)
 SHIM = (
-    "import sys, types; from orchestrate.bench import bench_command; "
+    "import sys, types, bench.p4_client; bench.p4_client.count_cpu(); "
+    "from orchestrate.cli.bench import bench_command; "
     "bench_command.main(sys.argv[1:], prog_name='orchestrate bench', "
     "obj=types.SimpleNamespace(inventory=None, output='json', verbose=0))"
 )
+# the same, with aiohttp as the HTTP client (use_aiohttp below)
+AIOHTTP_SHIM = "import bench.p4_client; bench.p4_client.use_aiohttp(); " + SHIM
+CPU_LINE = "p4: load-level CPU seconds "
 Load = dict[str, int]  # concurrency, num_prompts, output_len
 
 
@@ -83,26 +98,93 @@ def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     }
 
 
-def run_orchestrate(url: str, a: argparse.Namespace, load: Load) -> dict[str, Any]:
+def count_cpu() -> None:
+    """Print the process's CPU time (user + system) spent in the load levels, start-up and the model
+    list left out, to stderr when the run ends."""
+    from orchestrate.loadgen import runner
+
+    inner = runner.run_levels
+
+    async def run_levels(*args: Any, **kwargs: Any) -> None:
+        start = time.process_time()
+        try:
+            await inner(*args, **kwargs)
+        finally:
+            print(f"{CPU_LINE}{time.process_time() - start:.6f}", file=sys.stderr)
+
+    runner.run_levels = run_levels
+
+
+def run_orchestrate(url: str, a: argparse.Namespace, load: Load, shim: str = SHIM) -> dict[str, Any]:
     args = (
         f"--url {url} --model tiny --input-len {a.input_len} --output-len {load['output_len']} "
         f"--num-prompts {load['num_prompts']} --concurrency {load['concurrency']} --seed 0"
     ).split()
     before = counters(url)
     res = subprocess.run(
-        [sys.executable, "-c", SHIM, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", shim, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     if res.returncode != 0:
         raise RuntimeError(f"orchestrate bench failed: {res.stderr[-2000:]}")
     level = json.loads(res.stdout)["levels"][0]
+    cpu = float(res.stderr.rpartition(CPU_LINE)[2].split()[0])
     return {
         "chunk_rate": level["output_throughput"],
         "completed": level["completed"],
         "output_tokens": level["output_tokens"],
         "duration_s": level["duration_s"],
+        "cpu_us_per_token": 1e6 * cpu / max(level["output_tokens"], 1),
         "ttft_ms": {k: level["ttft_ms"][k] for k in ("mean", "p50", "p99")},
         **delta(before, counters(url)),
     }
+
+
+def run_aiohttp(url: str, a: argparse.Namespace, load: Load) -> dict[str, Any]:
+    return run_orchestrate(url, a, load, AIOHTTP_SHIM)
+
+
+def use_aiohttp() -> None:
+    """orchestrate bench with aiohttp as its HTTP client: only the client and the send change (the
+    driver, the SSE parser, the metrics and the command are the same). As `vllm bench serve` does,
+    a chunk is timed when aiohttp hands its read over (`iter_any()`), not when it came off the socket."""
+    import asyncio
+
+    import aiohttp
+
+    from orchestrate.loadgen import BenchConfig, RequestResult, read_sse, runner
+
+    @asynccontextmanager
+    async def make_client(cfg: BenchConfig, connections: int) -> AsyncIterator[aiohttp.ClientSession]:
+        connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=60)  # as vllm's
+        timeout = aiohttp.ClientTimeout(total=cfg.timeout, connect=min(cfg.timeout, 10.0))
+        headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+        async with aiohttp.ClientSession(
+            cfg.base_url, connector=connector, timeout=timeout, headers=headers, trust_env=False
+        ) as session:
+            yield session
+
+    async def send_one(
+        session: aiohttp.ClientSession, path: str, body: bytes, chat: bool, timeout: float
+    ) -> RequestResult:
+        rec = RequestResult(start=time.perf_counter())
+        try:
+            async with asyncio.timeout(timeout):
+                headers = {"content-type": "application/json"}
+                async with session.post(path, data=body, headers=headers) as resp:
+                    if resp.status != 200:
+                        rec.error = f"HTTP {resp.status}: {(await resp.text())[:120]}"
+                    else:
+                        await read_sse(resp.content.iter_any(), rec, chat)
+        except TimeoutError:
+            rec.error = f"timed out after {timeout:g} s"
+        except aiohttp.ClientError as exc:
+            rec.error = type(exc).__name__
+        if rec.error:
+            rec.ok = False
+        return rec
+
+    runner.make_client = make_client  # type: ignore[attr-defined,assignment]
+    runner.send_one = send_one  # type: ignore[attr-defined,assignment]
 
 
 def vllm_command(url: str, a: argparse.Namespace, load: Load, out: str) -> list[str]:
@@ -150,6 +232,14 @@ def vllm_unavailable(a: argparse.Namespace) -> str | None:
     return None
 
 
+def aiohttp_unavailable(a: argparse.Namespace) -> str | None:
+    if a.skip_aiohttp:
+        return "skipped (--skip-aiohttp)"
+    if importlib.util.find_spec("aiohttp") is None:
+        return "aiohttp is not installed (pip install aiohttp)"
+    return None
+
+
 def machine() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
@@ -157,13 +247,23 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "cpu": cpu,
         "python": platform.python_version(),
+        "clients": {lib: _version(lib) for lib in ("httpx", "aiohttp")},
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "loadavg_at_start": os.getloadavg()[0],
     }
 
 
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description="P4: orchestrate bench vs vllm bench serve, against the stub")
+    p = argparse.ArgumentParser(
+        description="P4: orchestrate bench vs aiohttp and vllm bench serve, against the stub"
+    )
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--num-prompts", type=int, default=256)
     p.add_argument("--input-len", type=int, default=16)
@@ -173,17 +273,24 @@ def main() -> None:
     p.add_argument("--ttft-prompts", type=int, default=50)
     p.add_argument("--image", default=IMAGE)
     p.add_argument("--tokenizer", default=TOKENIZER)
-    p.add_argument("--skip-vllm", action="store_true", help="orchestrate's numbers only")
+    p.add_argument("--skip-vllm", action="store_true", help="no vllm bench serve")
+    p.add_argument("--skip-aiohttp", action="store_true", help="no aiohttp side")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
     a = p.parse_args()
 
-    why_not = vllm_unavailable(a)
+    unavailable = {"aiohttp": aiohttp_unavailable(a), "vllm": vllm_unavailable(a)}
     tools: dict[str, Callable[[str, argparse.Namespace, Load], dict[str, Any]]] = {
         "orchestrate": run_orchestrate
     }
-    if not why_not:
+    if not unavailable["aiohttp"]:
+        tools["aiohttp"] = run_aiohttp
+    if not unavailable["vllm"]:
         tools["vllm"] = run_vllm
-    result: dict[str, Any] = {"machine": machine(), "vllm_unavailable": why_not, "params": vars(a)}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "unavailable": {k: v for k, v in unavailable.items() if v},
+        "params": vars(a),
+    }
 
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in tools}
     load = {"concurrency": a.concurrency, "num_prompts": a.num_prompts, "output_len": a.output_len}
@@ -201,12 +308,15 @@ def main() -> None:
         name: {"median": statistics.median(r["chunk_rate"] for r in rs), "runs": rs}
         for name, rs in runs.items()
     }
-    if "vllm" in runs:
-        result["ratio"] = (
-            result["chunk_rate"]["orchestrate"]["median"] / result["chunk_rate"]["vllm"]["median"]
-        )
-        pairs = zip(runs["orchestrate"], runs["vllm"], strict=True)  # back to back: similar machine load
-        result["pair_ratios"] = [o["chunk_rate"] / v["chunk_rate"] for o, v in pairs]
+    result["ratios"] = {}
+    for top, bottom in (("orchestrate", "vllm"), ("aiohttp", "orchestrate")):
+        if top in runs and bottom in runs:
+            rates = result["chunk_rate"]
+            pairs = zip(runs[top], runs[bottom], strict=True)  # back to back: similar machine load
+            result["ratios"][f"{top} / {bottom}"] = {
+                "of_medians": rates[top]["median"] / rates[bottom]["median"],
+                "run_by_run": [t["chunk_rate"] / b["chunk_rate"] for t, b in pairs],
+            }
 
     result["ttft"] = {}
     with stub(a.ttft_ms) as url:
@@ -226,8 +336,9 @@ def main() -> None:
 
 def report(result: dict[str, Any], a: argparse.Namespace) -> None:
     m = result["machine"]
+    clients = ", ".join(f"{k} {v}" for k, v in m["clients"].items() if v)
     print(
-        f"P4 on {m['cpus']} x {m['cpu']}, Python {m['python']}, {m['date']}, "
+        f"P4 on {m['cpus']} x {m['cpu']}, Python {m['python']} ({clients}), {m['date']}, "
         f"load avg {m['loadavg_at_start']:.2f}"
     )
     print(
@@ -236,14 +347,20 @@ def report(result: dict[str, Any], a: argparse.Namespace) -> None:
     )
     for name, r in result["chunk_rate"].items():
         each = ", ".join(f"{x['chunk_rate']:,.0f}" for x in r["runs"])
-        print(f"  {name:<12} {r['median']:>10,.0f} chunks/s   (runs: {each})")
-    if "ratio" in result:
-        verdict = "meets" if result["ratio"] >= 1.0 else "MISSES"
-        print(f"  ratio orchestrate / vllm = {result['ratio']:.2f} ({verdict} the target >= 1.0)")
-        pairs = ", ".join(f"{x:.2f}" for x in result["pair_ratios"])
-        print(f"  run by run: {pairs} (median {statistics.median(result['pair_ratios']):.2f})")
-    else:
-        print(f"  vllm bench serve: {result['vllm_unavailable']}")
+        cpu = [x["cpu_us_per_token"] for x in r["runs"] if "cpu_us_per_token" in x]
+        cpu_text = f", client CPU {statistics.median(cpu):.2f} us/token (median)" if cpu else ""
+        print(f"  {name:<12} {r['median']:>10,.0f} chunks/s   (runs: {each}){cpu_text}")
+    for name, why in result["unavailable"].items():
+        print(f"  {name}: {why}")
+    for name, ratio in result["ratios"].items():
+        if name == "orchestrate / vllm":
+            verdict = f" ({'meets' if ratio['of_medians'] >= 1.0 else 'MISSES'} the target >= 1.0)"
+        else:
+            faster = "aiohttp is faster" if ratio["of_medians"] >= 1.0 else "our transport is faster"
+            verdict = f" ({faster}; >= 1.0 would replace our transport)"
+        pairs = ", ".join(f"{x:.2f}" for x in ratio["run_by_run"])
+        print(f"  ratio {name} = {ratio['of_medians']:.2f}{verdict}")
+        print(f"    run by run: {pairs} (median {statistics.median(ratio['run_by_run']):.2f})")
     print(
         f"TTFT (the stub holds each first token {a.ttft_ms:g} ms; "
         f"{a.ttft_prompts} requests at concurrency 1):"

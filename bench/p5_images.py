@@ -79,8 +79,8 @@ def run_hand(bed: TestBed, tag: str) -> dict[str, Any]:
 
 
 def _plan(bed: TestBed, tag: str, n: int, images: dict[str, Any]) -> Any:
-    from orchestrate.inventory import load
-    from orchestrate.plan import build_plan
+    from orchestrate.core.inventory import load
+    from orchestrate.core.plan import build_plan
 
     model = bed.shared_dir / "models" / "none"
     model.mkdir(parents=True, exist_ok=True)
@@ -92,8 +92,8 @@ def _plan(bed: TestBed, tag: str, n: int, images: dict[str, Any]) -> Any:
 
 def _ensure(plan: Any) -> dict[str, float]:
     """images_dist.ensure with a fresh Session; per host, the time of its last image event."""
-    from orchestrate import images_dist
-    from orchestrate.session import Session
+    from orchestrate.host.session import Session
+    from orchestrate.ops import images_dist
 
     t0 = time.monotonic()
     last: dict[str, float] = {}

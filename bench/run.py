@@ -25,7 +25,10 @@ BENCHMARKS: dict[str, tuple[str, list[str] | None]] = {
         "readiness latency: vLLM's first /health 200 -> orchestrate's 'vLLM healthy'",
         ["bench/p3_readiness.py"],
     ),
-    "P4": ("orchestrate bench vs vllm bench serve: SSE chunk rate and TTFT error", ["bench/p4_client.py"]),
+    "P4": (
+        "orchestrate bench vs vllm bench serve and aiohttp: SSE chunk rate and TTFT error",
+        ["bench/p4_client.py"],
+    ),
     "P5": ("a >= 4 GiB image to 3 test-bed hosts: by hand vs images.source local vs head-registry",
            ["bench/p5_images.py"]),
     "P6": ("start-up of each command vs main's code and a bare click/yaml/pydantic import",

@@ -256,7 +256,7 @@ state file, which `orchestrate status` reads. A life that served ends any run of
 minutes apart are each healed at once, never counted as a loop.
 
 Standard library only: it runs in any image with python3, shipped as `python3 -c` source together
-with orchestrate.health and orchestrate.rootcause (orchestrate.agents.bundle).
+with orchestrate.agents.health and orchestrate.agents.rootcause (orchestrate.agents.bundle).
 """
 
 

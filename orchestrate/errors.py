@@ -6,14 +6,18 @@
      +-- HostError                   one host failed: carries the host name and what to do
      |    +-- ConnectError           SSH could not connect / authenticate / verify the host key
      |    +-- EngineError            the Docker Engine on the host failed or is unreachable
+ |    |    +-- LogStreamBroken    a streamed log (logs -f) broke or went quiet past the read timeout
      |    +-- RemoteCommandError     a command on the host exited non-zero or timed out
      +-- PhaseError                  a phase failed on one or more hosts (wraps HostErrors, fan-out)
      +-- GateError                   a readiness gate (Ray nodes, vLLM health) did not pass in time
      |    +-- ChecksError            the chat/stream checks failed (exit 3)
      +-- LockError                   another orchestrate run holds the deployment lock
+     +-- ImageBuildError             an image, wheelhouse or model could not be made on this machine
 
-Boundary modules (remote.py, engine.py, checks.py) map paramiko, docker and httpx errors into
-this tree once; nothing above them catches library exceptions.
+Boundary modules (host/remote.py, host/engine.py, host/tunnel.py, host/files.py for paramiko and
+docker; ops/checks.py, ops/observe.py and loadgen/ for httpx; images/ for the local image builds)
+map library errors into this tree once; nothing above them catches library exceptions
+(tests/test_architecture.py enforces it).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CHECKS = 3
 EXIT_LOCKED = 4
+EXIT_INTERNAL = 70  # a bug: the traceback goes to the debug log
 EXIT_INTERRUPTED = 130
 
 
@@ -67,9 +72,12 @@ class UsageError(OrchestrateError):
 
 
 class HostError(OrchestrateError):
+    """`message` is `host: detail`; `host` and `detail` are kept apart for tables and re-wording."""
+
     def __init__(self, host: str, message: str, *, hint: str | None = None, tail: str = "") -> None:
         super().__init__(f"{host}: {message}", hint=hint, tail=tail)
         self.host = host
+        self.detail = message
 
 
 class ConnectError(HostError):
@@ -77,6 +85,10 @@ class ConnectError(HostError):
 
 
 class EngineError(HostError):
+    pass
+
+
+class LogStreamBroken(EngineError):
     pass
 
 
@@ -112,3 +124,7 @@ class ChecksError(GateError):
 
 class LockError(OrchestrateError):
     exit_code = EXIT_LOCKED
+
+
+class ImageBuildError(OrchestrateError):
+    """An image, wheelhouse or model could not be made; the message says what failed and what to do."""

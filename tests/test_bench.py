@@ -25,9 +25,36 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.stub_server import StubConfig, StubServer, running
-from orchestrate import bench
+from orchestrate.cli import bench as bench_cli
 from orchestrate.errors import OrchestrateError, UsageError
-from orchestrate.observe import parse_metrics
+from orchestrate.loadgen import (
+    DEFAULT_SWEEP,
+    PATHS,
+    BenchConfig,
+    BenchInterrupted,
+    BenchResult,
+    Level,
+    Prompt,
+    RequestResult,
+    Stats,
+    StreamTransport,
+    load_prompts,
+    make_client,
+    make_levels,
+    parse_concurrency,
+    parse_goodput,
+    parse_rate,
+    percentile,
+    random_prompts,
+    request_body,
+    run,
+    send_one,
+    served_models,
+    summarize,
+)
+from orchestrate.loadgen.client import _read_stream
+from orchestrate.loadgen.transport import _Body, _Connection, _TimedReader
+from orchestrate.ops.observe import parse_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,14 +68,14 @@ def stub() -> Iterator[Stub]:
         yield lambda **kw: stack.enter_context(running(StubConfig(**kw)))
 
 
-def config(server: StubServer, **kw: Any) -> bench.BenchConfig:
+def config(server: StubServer, **kw: Any) -> BenchConfig:
     input_len = kw.pop("input_len", 5)
-    prompts = kw.pop("prompts", None) or bench.random_prompts(kw.get("num_prompts", 8), input_len, 0)
-    return bench.BenchConfig(
+    prompts = kw.pop("prompts", None) or random_prompts(kw.get("num_prompts", 8), input_len, 0)
+    return BenchConfig(
         base_url=server.url,
         model="tiny",
         prompts=prompts,
-        levels=kw.pop("levels", (bench.Level(2),)),
+        levels=kw.pop("levels", (Level(2),)),
         **{"output_len": 10, "num_prompts": 8, "timeout": 30.0, **kw},
     )
 
@@ -57,8 +84,8 @@ def counters(server: StubServer) -> dict[str, float]:
     return parse_metrics(httpx.get(f"{server.url}/metrics", timeout=10).text)
 
 
-def run_one(cfg: bench.BenchConfig) -> bench.BenchResult:
-    report = bench.run(cfg, "test")
+def run_one(cfg: BenchConfig) -> BenchResult:
+    report = run(cfg, "test")
     assert not report.interrupted and len(report.levels) == len(cfg.levels)
     return report.levels[0]
 
@@ -89,8 +116,8 @@ def test_ttft_tpot_and_tokens_match_the_stub(stub: Stub) -> None:
 
 def test_completions_endpoint_and_itl_count(stub: Stub) -> None:
     server = stub(ttft=0.005, token_delay=0.001)
-    cfg = config(server, endpoint="completions", output_len=6, num_prompts=3, levels=(bench.Level(1),))
-    report = bench.run(cfg, "test")
+    cfg = config(server, endpoint="completions", output_len=6, num_prompts=3, levels=(Level(1),))
+    report = run(cfg, "test")
     r = report.levels[0]
     assert (r.completed, r.output_tokens) == (3, 18)
     assert r.itl_ms.p50 is not None and r.itl_ms.p50 >= 0
@@ -99,13 +126,13 @@ def test_completions_endpoint_and_itl_count(stub: Stub) -> None:
     assert all(len(x.itl) == 5 and x.chunks == 6 and x.output_tokens == 6 for x in results)
 
 
-def _one_request(server: StubServer, endpoint: str, output_len: int) -> bench.RequestResult:
+def _one_request(server: StubServer, endpoint: str, output_len: int) -> RequestResult:
     cfg = config(server, endpoint=endpoint, output_len=output_len, num_prompts=1)
 
-    async def go() -> bench.RequestResult:
-        async with bench._client(cfg, 1) as client:
-            body = bench.request_body(cfg, cfg.prompts[0])
-            return await bench.send_one(client, bench.PATHS[endpoint], body, endpoint == "chat", 10)
+    async def go() -> RequestResult:
+        async with make_client(cfg, 1) as client:
+            body = request_body(cfg, cfg.prompts[0])
+            return await send_one(client, PATHS[endpoint], body, endpoint == "chat", 10)
 
     return asyncio.run(go())
 
@@ -121,19 +148,19 @@ def test_ttft_is_first_content_not_the_role_chunk(stub: Stub) -> None:
 def test_percentile_is_numpys_linear(values: list[float], p: int) -> None:
     ordered = sorted(values)
     expected = statistics.quantiles(ordered, n=100, method="inclusive")[p - 1]
-    assert bench.percentile(ordered, p) == pytest.approx(expected, rel=1e-9, abs=1e-6)
+    assert percentile(ordered, p) == pytest.approx(expected, rel=1e-9, abs=1e-6)
 
 
 def test_stats_of_nothing_is_none() -> None:
-    assert bench.Stats.of([]) == bench.Stats(None, None, None, None)
-    assert bench.Stats.of([0.001, 0.003]) == bench.Stats(2.0, 2.0, pytest.approx(2.8), pytest.approx(2.98))
+    assert Stats.of([]) == Stats(None, None, None, None)
+    assert Stats.of([0.001, 0.003]) == Stats(2.0, 2.0, pytest.approx(2.8), pytest.approx(2.98))
 
 
 # ---------------------------------------------------------------- goodput
 
 
-def _rec(ttft_ms: float, e2el_ms: float, tokens: int) -> bench.RequestResult:
-    return bench.RequestResult(
+def _rec(ttft_ms: float, e2el_ms: float, tokens: int) -> RequestResult:
+    return RequestResult(
         ok=True, ttft=ttft_ms / 1000, e2el=e2el_ms / 1000, output_tokens=tokens, chunks=tokens
     )
 
@@ -144,13 +171,13 @@ def test_goodput_counts_requests_meeting_every_slo() -> None:
         _rec(50, 550, 11),  # tpot 50 ms
         _rec(100, 200, 11),  # tpot 10 ms, slow first token
         _rec(5, 5, 1),  # one token: tpot counts as 0 for goodput
-        bench.RequestResult(ok=False, error="HTTP 500: boom"),
+        RequestResult(ok=False, error="HTTP 500: boom"),
     ]
-    prompts = bench.random_prompts(1, 3, 0)
-    level = bench.Level(4)
+    prompts = random_prompts(1, 3, 0)
+    level = Level(4)
 
     def good(slo: dict[str, float]) -> tuple[int | None, float | None]:
-        r = bench.summarize(level, results, 2.0, prompts, slo)
+        r = summarize(level, results, 2.0, prompts, slo)
         return r.good_requests, r.goodput
 
     assert good({}) == (None, None)
@@ -159,7 +186,7 @@ def test_goodput_counts_requests_meeting_every_slo() -> None:
     assert good({"ttft": 60, "tpot": 20}) == (2, 1.0)
     assert good({"e2el": 200}) == (3, 1.5)  # <= is good
     assert good({"ttft": 1}) == (0, 0.0)
-    r = bench.summarize(level, results, 2.0, prompts, {})
+    r = summarize(level, results, 2.0, prompts, {})
     assert (r.completed, r.failed, r.failures) == (4, 1, {"HTTP 500: boom": 1})
     assert r.tpot_ms.p50 == pytest.approx(10)  # the 1-token request has no TPOT
     assert r.input_tokens == 4 * 3  # no usage from a server here: the prompts' lengths
@@ -181,27 +208,27 @@ def test_goodput_live(stub: Stub) -> None:
     ],
 )
 def test_parse_goodput(specs: list[str], expected: dict[str, float]) -> None:
-    assert bench.parse_goodput(specs) == expected
+    assert parse_goodput(specs) == expected
 
 
 @pytest.mark.parametrize("bad", ["ttft", "itl:5", "ttft:-1", "ttft:x"])
 def test_parse_goodput_rejects(bad: str) -> None:
     with pytest.raises(UsageError, match="KEY:MS"):
-        bench.parse_goodput([bad])
+        parse_goodput([bad])
 
 
 def test_parse_levels() -> None:
-    assert bench.parse_concurrency("1, 4,16") == (1, 4, 16)
-    assert bench.make_levels(None, None) == tuple(bench.Level(c) for c in bench.DEFAULT_SWEEP)
-    assert bench.make_levels((2,), math.inf) == (bench.Level(2, math.inf),)
-    assert bench.make_levels(None, 5.0)[0].label == "rate=5/s"
-    assert bench.parse_rate("inf") == math.inf
+    assert parse_concurrency("1, 4,16") == (1, 4, 16)
+    assert make_levels(None, None) == tuple(Level(c) for c in DEFAULT_SWEEP)
+    assert make_levels((2,), math.inf) == (Level(2, math.inf),)
+    assert make_levels(None, 5.0)[0].label == "rate=5/s"
+    assert parse_rate("inf") == math.inf
     for bad in ("0", "x", "-3"):
         with pytest.raises(UsageError):
-            bench.parse_rate(bad)
+            parse_rate(bad)
     for bad in ("", "1,x", "0"):
         with pytest.raises(UsageError):
-            bench.parse_concurrency(bad)
+            parse_concurrency(bad)
 
 
 # ---------------------------------------------------------------- prompts
@@ -214,7 +241,7 @@ def test_jsonl_prompts(stub: Stub, tmp_path: Path) -> None:
         {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "four five"}]},
     ]
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n", encoding="utf-8")
-    prompts = bench.load_prompts(path)
+    prompts = load_prompts(path)
     assert [p.approx_tokens for p in prompts] == [3, 4]
     server = stub()
     r = run_one(config(server, prompts=prompts, num_prompts=5, output_len=3))
@@ -226,30 +253,30 @@ def test_jsonl_problems_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "ok"}\n{"nope": 1}\n', encoding="utf-8")
     with pytest.raises(UsageError, match=r"bad.jsonl:2: expected"):
-        bench.load_prompts(path)
+        load_prompts(path)
     path.write_text("{not json\n", encoding="utf-8")
     with pytest.raises(UsageError, match=r"bad.jsonl:1: not JSON"):
-        bench.load_prompts(path)
+        load_prompts(path)
     with pytest.raises(UsageError, match="cannot read"):
-        bench.load_prompts(tmp_path / "missing.jsonl")
-    chat_only = bench.Prompt(messages=({"role": "user", "content": "hi"},))
-    cfg = bench.BenchConfig("http://x", "m", (bench.Level(1),), (chat_only,), endpoint="completions")
+        load_prompts(tmp_path / "missing.jsonl")
+    chat_only = Prompt(messages=({"role": "user", "content": "hi"},))
+    cfg = BenchConfig("http://x", "m", (Level(1),), (chat_only,), endpoint="completions")
     with pytest.raises(UsageError, match="not messages"):
-        bench.request_body(cfg, chat_only)
+        request_body(cfg, chat_only)
 
 
 def test_random_prompts_are_seeded_and_sized() -> None:
-    a, b = bench.random_prompts(3, 12, 7), bench.random_prompts(3, 12, 7)
-    assert a == b and a != bench.random_prompts(3, 12, 8)
+    a, b = random_prompts(3, 12, 7), random_prompts(3, 12, 7)
+    assert a == b and a != random_prompts(3, 12, 8)
     assert all(len((p.prompt or "").split()) == 12 for p in a) and len(set(a)) == 3
-    body = json.loads(bench.request_body(config_for_body(), a[0]))
+    body = json.loads(request_body(config_for_body(), a[0]))
     assert body["max_tokens"] == 9 and body["ignore_eos"] is True and body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [{"role": "user", "content": a[0].prompt}]
 
 
-def config_for_body() -> bench.BenchConfig:
-    return bench.BenchConfig("http://x", "m", (bench.Level(1),), bench.random_prompts(1, 1, 0), output_len=9)
+def config_for_body() -> BenchConfig:
+    return BenchConfig("http://x", "m", (Level(1),), random_prompts(1, 1, 0), output_len=9)
 
 
 # ---------------------------------------------------------------- load shapes
@@ -257,21 +284,21 @@ def config_for_body() -> bench.BenchConfig:
 
 def test_request_rate_respects_the_cap(stub: Stub) -> None:
     server = stub(ttft=0.050)
-    r = run_one(config(server, num_prompts=10, levels=(bench.Level(2, 200.0),)))
+    r = run_one(config(server, num_prompts=10, levels=(Level(2, 200.0),)))
     assert (r.completed, r.label, r.as_dict()["request_rate"]) == (10, "rate=200/s c<=2", 200.0)
     assert server.stats.max_running <= 2
 
 
 def test_request_rate_inf_sends_all_at_once(stub: Stub) -> None:
     server = stub(ttft=0.300)
-    r = run_one(config(server, num_prompts=10, levels=(bench.Level(None, math.inf),)))
+    r = run_one(config(server, num_prompts=10, levels=(Level(None, math.inf),)))
     assert r.completed == 10 and r.as_dict()["request_rate"] == "inf" and r.label == "rate=inf"
     assert server.stats.max_running == 10
 
 
 def test_concurrency_sweep_runs_each_level(stub: Stub) -> None:
     server = stub(ttft=0.040)
-    report = bench.run(config(server, num_prompts=6, levels=(bench.Level(1), bench.Level(3))), "test")
+    report = run(config(server, num_prompts=6, levels=(Level(1), Level(3))), "test")
     assert [(r.label, r.completed) for r in report.levels] == [("c=1", 6), ("c=3", 6)]
     assert server.stats.max_running == 3
 
@@ -281,7 +308,7 @@ def test_concurrency_sweep_runs_each_level(stub: Stub) -> None:
 
 def test_failures_are_counted_with_reasons(stub: Stub, tmp_path: Path) -> None:
     server = stub(fail_every=3)
-    r = run_one(config(server, num_prompts=9, levels=(bench.Level(1),)))
+    r = run_one(config(server, num_prompts=9, levels=(Level(1),)))
     assert (r.completed, r.failed) == (6, 3)
     assert r.failures == {"HTTP 500: injected failure": 3}
     assert r.output_tokens == 6 * 10  # failed requests count no tokens
@@ -289,8 +316,8 @@ def test_failures_are_counted_with_reasons(stub: Stub, tmp_path: Path) -> None:
 
 def test_a_cut_stream_and_a_timeout_are_failures(stub: Stub) -> None:
     server = stub()
-    prompts = (bench.Prompt(prompt="fine"), bench.Prompt(prompt="please [[cut]]"))
-    r = run_one(config(server, prompts=prompts, num_prompts=4, levels=(bench.Level(1),)))
+    prompts = (Prompt(prompt="fine"), Prompt(prompt="please [[cut]]"))
+    r = run_one(config(server, prompts=prompts, num_prompts=4, levels=(Level(1),)))
     assert (r.completed, r.failures) == (2, {"server closed the connection mid-response": 2})
     slow = stub(ttft=5.0)
     r = run_one(config(slow, num_prompts=2, timeout=0.2))
@@ -302,7 +329,7 @@ def test_unreachable_server_is_one_clear_error() -> None:
     with pytest.raises(
         OrchestrateError, match=r"cannot reach http://127\.0\.0\.1:9: cannot connect \(Connection refused\)"
     ):
-        asyncio.run(bench.served_models("http://127.0.0.1:9", None, timeout=5))
+        asyncio.run(served_models("http://127.0.0.1:9", None, timeout=5))
 
 
 # ---------------------------------------------------------------- Ctrl-C
@@ -340,11 +367,11 @@ def sigint_default() -> Iterator[None]:
 @pytest.mark.usefixtures("sigint_default")
 def test_ctrl_c_keeps_finished_levels(stub: Stub) -> None:
     server = stub(ttft=0.2)
-    cfg = config(server, num_prompts=4, levels=(bench.Level(4), bench.Level(4), bench.Level(4)))
-    report = bench.run(cfg, "test", _InterruptAt())
+    cfg = config(server, num_prompts=4, levels=(Level(4), Level(4), Level(4)))
+    report = run(cfg, "test", _InterruptAt())
     assert report.interrupted and [r.completed for r in report.levels] == [4]
-    with pytest.raises(bench.BenchInterrupted, match="1 of 3 load level"):
-        bench._exit_status(report)
+    with pytest.raises(BenchInterrupted, match="1 of 3 load level"):
+        bench_cli._exit_status(report)
 
 
 # ---------------------------------------------------------------- the command
@@ -352,7 +379,7 @@ def test_ctrl_c_keeps_finished_levels(stub: Stub) -> None:
 
 def invoke(*args: str, output: str = "text", env: dict[str, str] | None = None) -> Any:
     obj = types.SimpleNamespace(inventory=None, output=output, verbose=0)
-    return CliRunner().invoke(bench.bench_command, list(args), obj=obj, env=env)
+    return CliRunner().invoke(bench_cli.bench_command, list(args), obj=obj, env=env)
 
 
 def test_cli_json(stub: Stub) -> None:
@@ -398,13 +425,13 @@ def test_cli_text_and_plot(stub: Stub, tmp_path: Path, monkeypatch: pytest.Monke
         "--plot",
         str(png),
     )
-    if bench.matplotlib_available():
+    if bench_cli.matplotlib_available():
         res = invoke(*args)
         assert res.exit_code == 0, res.output
         assert png.read_bytes().startswith(b"\x89PNG") and f"wrote {png}" in res.stderr
         assert "TTFT p50" in res.stdout and "c=2" in res.stdout
         png.unlink()
-    monkeypatch.setattr(bench, "matplotlib_available", lambda: False)
+    monkeypatch.setattr(bench_cli, "matplotlib_available", lambda: False)
     res = invoke(*args)
     assert res.exit_code == 0, res.output
     assert "--plot skipped: matplotlib is not installed" in res.stderr and not png.exists()
@@ -438,7 +465,7 @@ def test_cli_takes_model_and_key_from_the_inventory(stub: Stub) -> None:
 def test_target_from_the_inventory() -> None:
     inventory = str(ROOT / "inventory" / "local-cpu.yaml")
     ctx = types.SimpleNamespace(obj=types.SimpleNamespace(inventory=inventory))
-    assert bench._target(ctx, None, None) == ("http://172.30.99.11:8009", "tiny", None)  # type: ignore[arg-type]
+    assert bench_cli._target(ctx, None, None) == ("http://172.30.99.11:8009", "tiny", None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -478,10 +505,10 @@ class _Pieces(httpx.AsyncByteStream):
             yield piece
 
 
-def _parse(wire: bytes, cuts: list[int], chat: bool = True) -> bench.RequestResult:
+def _parse(wire: bytes, cuts: list[int], chat: bool = True) -> RequestResult:
     pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True) if b > a]
-    rec = bench.RequestResult(start=0.0)
-    asyncio.run(bench._read_stream(httpx.Response(200, stream=_Pieces(pieces)), rec, chat))
+    rec = RequestResult(start=0.0)
+    asyncio.run(_read_stream(httpx.Response(200, stream=_Pieces(pieces)), rec, chat))
     return rec
 
 
@@ -530,11 +557,11 @@ def test_dechunk_any_split(payloads: list[bytes], data: st.DataObject) -> None:
         pieces = pieces[:-1] if len(pieces) > 1 else [wire[:-1]]
 
     async def go() -> bytes:
-        reader = bench._TimedReader()
-        conn = bench._Connection(reader, types.SimpleNamespace(close=lambda: None))  # type: ignore[arg-type]
+        reader = _TimedReader()
+        conn = _Connection(reader, types.SimpleNamespace(close=lambda: None))  # type: ignore[arg-type]
         request = httpx.Request("GET", "http://x/")
         headers = [(b"Transfer-Encoding", b"chunked")]
-        body = bench._Body(bench.StreamTransport(), conn, ("http", "x", 80), headers, request, 5, False)
+        body = _Body(StreamTransport(), conn, ("http", "x", 80), headers, request, 5, False)
 
         async def feed() -> None:
             for piece in pieces:
@@ -559,7 +586,7 @@ def test_transport_reuses_connections_and_skips_closed_ones(stub: Stub) -> None:
     server = stub()
 
     async def go() -> list[int]:
-        transport = bench.StreamTransport()
+        transport = StreamTransport()
         async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
             codes = [(await client.get("/v1/models")).status_code for _ in range(3)]
             assert sum(len(idle) for idle in transport._idle.values()) == 1  # one connection, reused

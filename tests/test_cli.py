@@ -166,12 +166,13 @@ def test_verbose_and_output_merge_from_both_sides() -> None:
     from click.testing import CliRunner
 
     from orchestrate import cli as cli_mod
+    from orchestrate.cli.options import Options
 
     seen: list[tuple[str, str | None, int, str]] = []
 
     @cli_mod.cli.command("probe-options")
     @click.pass_obj
-    def probe(opts: cli_mod.Options) -> None:
+    def probe(opts: Options) -> None:
         seen.append((opts.target, opts.inventory, opts.verbose, opts.output))
 
     try:

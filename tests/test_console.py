@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrate import console as console_mod
-from orchestrate import serve_progress
-from orchestrate.console import Console
+from orchestrate.cli import console as console_mod
+from orchestrate.cli.console import Console
+from orchestrate.core import serve_progress
 from orchestrate.events import Detail, Progress
-from orchestrate.progress import BuildLog
+from orchestrate.ops.progress import BuildLog
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -132,7 +132,7 @@ def test_verbose_puts_the_details_on_screen() -> None:
 
 
 def test_secrets_are_masked_in_the_log_file_too(tmp_path: Path) -> None:
-    from orchestrate import secrets
+    from orchestrate.core import secrets
 
     secrets.resolve({"VLLM_API_KEY": "ORCH_TEST_CONSOLE_KEY"},
                     {"ORCH_TEST_CONSOLE_KEY": "sk-very-secret-value-123"})  # fmt: skip

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchestrate.plan import SSHTarget
-from orchestrate.remote import diagnose
+from orchestrate.core.plan import SSHTarget
+from orchestrate.host.remote import diagnose
 
 
 def _target(port: int) -> SSHTarget:

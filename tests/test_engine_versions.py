@@ -19,12 +19,12 @@ import docker
 import httpx
 import pytest
 
-from orchestrate import engine as engine_mod
-from orchestrate.engine import EngineVersion, local_client, negotiate, version_of
+from orchestrate.core.inventory import load
+from orchestrate.core.plan import build_plan
 from orchestrate.errors import EngineError, PhaseError
-from orchestrate.inventory import load
-from orchestrate.plan import build_plan
-from orchestrate.session import Session
+from orchestrate.host import engine as engine_mod
+from orchestrate.host.engine import EngineVersion, local_client, negotiate, version_of
+from orchestrate.host.session import Session
 from tests.conftest import CPU_BIND, CPU_SERVE, bed_inventory, deployed, need_bed, orch, own_bed
 from tests.testbed import HERE, TestBed
 

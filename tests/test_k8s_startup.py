@@ -14,11 +14,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrate import inventory
 from orchestrate.agents import bundle
-from orchestrate.cli import rendered
-from orchestrate.plan import build_plan
-from orchestrate.render import k8s
+from orchestrate.core import inventory
+from orchestrate.core.plan import build_plan
+from orchestrate.render import k8s, rendered
 from tests.k8s_sim import Node, Scenario, Sim
 from tests.test_properties import valid_inventories
 

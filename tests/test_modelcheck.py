@@ -1,4 +1,4 @@
-"""`model verify` / `model sync` (orchestrate.modelcheck) on a real 3-host bed, plus pure unit tests.
+"""`model verify` / `model sync` (orchestrate.ops.modelcheck) on a real 3-host bed, plus pure unit tests.
 
 The bed is this module's own (10.125.0.0/24, bridge orchmc0, /var/tmp/orchestrate-bed-mc), so it
 neither disturbs nor depends on the session bed. Each host gets its own copy of a small fake model
@@ -18,11 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from orchestrate import modelcheck
-from orchestrate.inventory import parse
-from orchestrate.modelcheck import FileInfo, Listing, ModelMismatch, build_reference, compare, parse_manifest
-from orchestrate.plan import Plan, build_plan
-from orchestrate.session import Session
+from orchestrate.core.inventory import parse
+from orchestrate.core.plan import Plan, build_plan
+from orchestrate.host.session import Session
+from orchestrate.ops import modelcheck
+from orchestrate.ops.modelcheck import (
+    FileInfo,
+    Listing,
+    ModelMismatch,
+    build_reference,
+    compare,
+    parse_manifest,
+)
 from tests.conftest import need_bed, own_bed
 from tests.testbed import TestBed
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrate import inventory, ports, preflight, scripts
-from orchestrate.plan import Plan, build_plan
+from orchestrate.agents import scripts
+from orchestrate.core import inventory, ports
+from orchestrate.core.plan import Plan, build_plan
+from orchestrate.ops import preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 VALID = ROOT / "tests" / "cases" / "valid"

@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrate import inventory
+from orchestrate.core import inventory
+from orchestrate.core.plan import build_plan
 from orchestrate.errors import InventoryError
-from orchestrate.plan import build_plan
 from orchestrate.render import compose, k8s
 
 # `gen.yaml: <field path>: <what is wrong>` on one line; paths are words, [index] or ['odd key']

@@ -15,12 +15,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from orchestrate import inventory
 from orchestrate.agents import bundle
-from orchestrate.cli import plan_data, rendered
+from orchestrate.core import inventory
+from orchestrate.core.plan import build_plan
 from orchestrate.errors import InventoryError
-from orchestrate.plan import build_plan
-from orchestrate.render import compose, k8s
+from orchestrate.render import compose, k8s, plan_data, rendered
 from tests import golden
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,3 +232,25 @@ def test_docker_kwargs_carry_resolved_secrets_by_container_name() -> None:
     kwargs = run_kwargs(plan.head.container, values)
     assert {k: kwargs["environment"][k] for k in values} == values
     assert "k" not in kwargs["command"]
+
+
+def test_plain_docker_kwargs_become_the_sdk_types_docker_run_sent_before() -> None:
+    # render/docker.py makes plain data; host/engine.py alone makes docker-py's types of it, and
+    # they must be what docker-py built before the boundary moved (the JSON on the wire)
+    from docker.types import DeviceRequest, EndpointConfig, Mount
+
+    from orchestrate.host.engine import MIN_API, _sdk_kwargs
+    from orchestrate.render.docker import run_kwargs
+
+    gpu = _plan(ROOT / "inventory" / "l20.yaml").head.container
+    kw = _sdk_kwargs(run_kwargs(gpu, {}))
+    assert kw["mounts"] == [Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
+                            for m in gpu.mounts] and gpu.mounts  # fmt: skip
+    assert all(isinstance(m, Mount) for m in kw["mounts"])
+    assert kw["device_requests"] == [DeviceRequest(count=gpu.gpus, capabilities=[["gpu"]])] and gpu.gpus
+    assert isinstance(kw["device_requests"][0], DeviceRequest)
+    bridged = _plan(ROOT / "inventory" / "local-cpu.yaml").head.container
+    kw = _sdk_kwargs(run_kwargs(bridged, {}))
+    want = EndpointConfig(MIN_API, ipv4_address=bridged.ipv4_address)
+    assert kw["networking_config"] == {bridged.network_mode: want} and bridged.ipv4_address
+    assert "device_requests" not in kw

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrate.rootcause import root_cause
+from orchestrate.agents.rootcause import root_cause
 
 LOGS = Path(__file__).parent / "fixtures" / "logs"
 

@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from orchestrate import secrets
-from orchestrate.console import Console, emit_json
+from orchestrate.cli.console import Console, emit_json
+from orchestrate.core import secrets
 from orchestrate.errors import GateError
 
 

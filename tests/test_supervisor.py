@@ -294,8 +294,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _l20(**watchdog: object):  # type: ignore[no-untyped-def]
-    from orchestrate import inventory
-    from orchestrate.plan import build_plan
+    from orchestrate.core import inventory
+    from orchestrate.core.plan import build_plan
 
     inv = inventory.load(ROOT / "inventory" / "l20.yaml")
     if watchdog:
@@ -329,7 +329,7 @@ def test_watchdog_disabled_is_the_bare_container() -> None:
 
 def test_the_collective_check_is_a_one_shot_container_without_the_watchdog() -> None:
     # CI caught it: behind the supervisor with restart=always the all-reduce never "exited"
-    from orchestrate.collective import _spec
+    from orchestrate.ops.collective import _spec
     from orchestrate.render.docker import run_kwargs
 
     plan = _l20()
@@ -340,8 +340,7 @@ def test_the_collective_check_is_a_one_shot_container_without_the_watchdog() -> 
 
 
 def test_compose_mounts_the_same_supervisor_and_restarts_always() -> None:
-    from orchestrate.cli import rendered
-    from orchestrate.render import compose
+    from orchestrate.render import compose, rendered
 
     plan = _l20()
     svc = compose.render(plan)[plan.head.host]["services"]["head"]
@@ -353,7 +352,7 @@ def test_compose_mounts_the_same_supervisor_and_restarts_always() -> None:
 
 
 def test_the_firewall_opens_the_watchdog_port_from_workers_to_the_head() -> None:
-    from orchestrate import ports
+    from orchestrate.core import ports
 
     plan = _l20(port=8700)
     needs = [n for n in ports.needs(plan) if n.field == "watchdog.port"]
@@ -361,7 +360,7 @@ def test_the_firewall_opens_the_watchdog_port_from_workers_to_the_head() -> None
 
 
 def test_a_parked_member_is_recreated_by_up_and_a_healthy_group_kept() -> None:
-    from orchestrate.reconcile import Observed, reconcile
+    from orchestrate.core.reconcile import Observed, reconcile
 
     plan = _l20()
     want = {n.host: n.container.labels_dict()["orchestrate.spec-hash"] for n in plan.nodes}
@@ -375,7 +374,7 @@ def test_a_parked_member_is_recreated_by_up_and_a_healthy_group_kept() -> None:
 
 
 def test_watch_events_name_restarts_with_their_cause() -> None:
-    from orchestrate.observe import changes, tokens_per_s
+    from orchestrate.ops.observe import changes, tokens_per_s
 
     def snap(t: float, restarts: int, phase: str, healthy: bool, tokens: float) -> dict[str, object]:
         sup = {"phase": phase, "detail": "", "last_failure": {"exit": 70, "reason": "worker-1 lost",
@@ -394,7 +393,7 @@ def test_watch_events_name_restarts_with_their_cause() -> None:
 
 
 def test_a_worker_the_head_no_longer_hears_is_lost_in_status() -> None:
-    from orchestrate.observe import _mark_lost_members, member_ok
+    from orchestrate.ops.observe import _mark_lost_members, member_ok
 
     plan = _l20()  # peer_timeout 10 s
     def rows(seen: dict[str, float], phase: str = "serving") -> list[dict[str, object]]:

@@ -113,7 +113,7 @@ def test_secrets_never_appear_in_our_output(bed: TestBed, mp_inventory: Path, mp
 
 
 def _generated(endpoint: str) -> float:
-    from orchestrate.observe import parse_metrics
+    from orchestrate.ops.observe import parse_metrics
 
     return parse_metrics(httpx.get(f"{endpoint}/metrics", timeout=30).text)["generation_tokens_total"]
 

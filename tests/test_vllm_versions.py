@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrate import apply, inventory, vllm_caps
+from orchestrate.core import inventory, vllm_caps
+from orchestrate.core.plan import Plan, build_plan
 from orchestrate.errors import UsageError
-from orchestrate.plan import Plan, build_plan
+from orchestrate.ops import apply
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = sorted((ROOT / "inventory").glob("*.yaml"))
@@ -35,7 +36,7 @@ def _argvs(plan: Plan) -> list[tuple[str, ...]]:
 
 def _accepted(version: str, argv: tuple[str, ...]) -> list[str]:
     """Parse the argv against the raw JSON table, independently of vllm_caps."""
-    table = json.loads((ROOT / "orchestrate" / "vllm_flags" / f"{version}.json").read_text())
+    table = json.loads((ROOT / "orchestrate" / "core" / "vllm_flags" / f"{version}.json").read_text())
     opts = {f: a for a in table["options"] for f in a["flags"]}
     assert argv[:2] == ("vllm", "serve") and not argv[2].startswith("-")
     bad, rest = [], list(argv[3:])
@@ -150,12 +151,15 @@ def test_tables_agree_with_cached_wheels() -> None:
 
 
 def test_preflight_refuses_mp_argv_on_an_old_image() -> None:
-    from orchestrate import preflight
+    from orchestrate.ops import preflight
 
     plan = build_plan(inventory.parse(_data(ROOT / "inventory" / "local-cpu.yaml", "mp", "0.32.0")))
     plan_unknown = build_plan(inventory.parse({**_data(ROOT / "inventory" / "local-cpu.yaml",
                                                        "mp", "0.32.0"), "vllm_version": None}))
     assert preflight.version_problem(plan, {"VLLM": "0.32.0", "RAY": "no"}) is None
+    # the vllm-cpu image says 0.32.0+cpu (a PEP 440 local build): a 0.32.0 pin means it too
+    assert preflight.version_problem(plan, {"VLLM": "0.32.0+cpu", "RAY": "no"}) is None
+    assert preflight.version_problem(plan, {"VLLM": "0.33.0+cpu", "RAY": "no"}) is not None
     assert "vllm_version" in preflight.version_problem(plan, {"VLLM": "0.8.5"})[1]  # type: ignore[index]
     problem = preflight.version_problem(plan_unknown, {"VLLM": "0.8.5", "RAY": "yes"})
     assert problem is not None and "--nnodes" in problem[0] and "0.8.5" in problem[0]
@@ -169,14 +173,14 @@ def test_0_32_0_table_matches_the_real_parser_dump() -> None:
 
 
 def test_replan_follows_the_image_unless_the_inventory_names_a_version(tmp_path: Path) -> None:
-    """What `up` and `status` do with what preflight read in the image (cli._load_for_hosts)."""
-    from orchestrate import cli
+    """What `up` and `status` do with what preflight read in the image (options.load_for_hosts)."""
+    from orchestrate.cli import options
 
     data = _data(ROOT / "inventory" / "l20.yaml", "auto", "0.33.0")
     del data["vllm_version"]
     path = tmp_path / "auto.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    plan, replan = cli._load_for_hosts(str(path))
+    plan, replan = options.load_for_hosts(str(path))
     assert (plan.backend, plan.vllm_version) == ("mp", None)
     old = replan("0.10.2", True)
     assert (old.backend, old.vllm_version) == ("ray", "0.10.2") and "0.10.2" in old.backend_reason
@@ -186,7 +190,7 @@ def test_replan_follows_the_image_unless_the_inventory_names_a_version(tmp_path:
         replan("0.10.2", False)  # neither mp (too old) nor Ray (not in the image)
     pinned = {**data, "vllm_version": "0.11.0"}
     path.write_text(yaml.safe_dump(pinned), encoding="utf-8")
-    _, replan_pinned = cli._load_for_hosts(str(path))
+    _, replan_pinned = options.load_for_hosts(str(path))
     assert replan_pinned("0.32.0", True).vllm_version == "0.11.0"  # preflight reports the mismatch
 
 
@@ -204,7 +208,7 @@ def test_image_probe_reads_the_version_of_whichever_distribution_installed_vllm(
     import subprocess
     import sys
 
-    from orchestrate import preflight
+    from orchestrate.ops import preflight
 
     site = tmp_path / "site"
     (site / "vllm").mkdir(parents=True)

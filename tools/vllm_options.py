@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = ROOT / "orchestrate" / "vllm_flags"
+TABLES = ROOT / "orchestrate" / "core" / "vllm_flags"
 VERSIONS = ("0.6.4.post1", "0.8.5", "0.11.0", "0.11.1", "0.17.1", "0.18.1", "0.19.1", "0.32.0",
             "0.33.0")  # fmt: skip
 SMALLEST = "0.6.4.post1"  # ~190 MiB: the wheel a test downloads when the cache is empty

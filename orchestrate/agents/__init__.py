@@ -33,7 +33,7 @@ def _strip(text: str) -> str:
 
 @functools.cache
 def bundle(name: str) -> str:
-    parts = [_strip(_text("orchestrate", dep)) for dep in _DEPS.get(name, ())]
+    parts = [_strip(_text("orchestrate.agents", dep)) for dep in _DEPS.get(name, ())]
     parts.append(_strip(_text("orchestrate.agents", name)))
     return "from __future__ import annotations\n" + "\n".join(parts)
 

@@ -24,7 +24,7 @@ state file, which `orchestrate status` reads. A life that served ends any run of
 minutes apart are each healed at once, never counted as a loop.
 
 Standard library only: it runs in any image with python3, shipped as `python3 -c` source together
-with orchestrate.health and orchestrate.rootcause (orchestrate.agents.bundle).
+with orchestrate.agents.health and orchestrate.agents.rootcause (orchestrate.agents.bundle).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from orchestrate.health import ProgressWatch, Sample
-from orchestrate.rootcause import root_cause
+from orchestrate.agents.health import ProgressWatch, Sample
+from orchestrate.agents.rootcause import root_cause
 
 EXIT_PEER = 70  # the group broke: a peer was lost or restarted
 EXIT_HANG = 71  # the engine stopped making progress

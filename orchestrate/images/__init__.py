@@ -43,8 +43,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from orchestrate.errors import ImageBuildError
 from orchestrate.events import Detail
-from orchestrate.images.base import fingerprint, resolve_base
+from orchestrate.images.base import file_lock, fingerprint, resolve_base
 
 if TYPE_CHECKING:
     import docker
@@ -123,8 +124,6 @@ _RECIPES: dict[str, _Recipe] = {
 }
 
 
-class ImageBuildError(Exception):
-    """An image, wheelhouse or model could not be made; the message says what failed and what to do."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,30 +223,6 @@ def _run_streaming(
             proc.wait(timeout=30)
         proc.stdout.close()  # type: ignore[union-attr]
     return (None if timed_out.is_set() else proc.returncode), tail
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
-    """An exclusive flock on path, waited for at most timeout seconds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ImageBuildError(
-                        f"Timed out after {timeout:.0f} s waiting for another process that is "
-                        f"preparing {what} (lock file {path}). What to do: wait for it to finish, "
-                        "or remove the lock file if no such process is running."
-                    ) from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -386,7 +361,7 @@ def wheelhouse(
     dest = cache_dir / f"wheels-{kind}"
     spec = _wheelhouse_spec(recipe)
 
-    with _file_lock(cache_dir / f".wheels-{kind}.lock", timeout=timeout, what=f"the {kind} wheelhouse"):
+    with file_lock(cache_dir / f".wheels-{kind}.lock", timeout=timeout, what=f"the {kind} wheelhouse"):
         if _read_json(dest / ".stamp.json") == spec and (dest / "requirements.lock").is_file():
             emit(f"wheelhouse {dest}: up to date")
             _fetch_debs(recipe, dest, emit)
@@ -569,7 +544,7 @@ def build_image(
     deadline = time.monotonic() + timeout
     cache_dir = _make_dir(Path(cache_dir), "the cache directory")
     # one build per kind at a time: a second caller waits, then finds the image up to date
-    lock = _file_lock(cache_dir / f".build-{kind}.lock", timeout=timeout, what=f"the {kind} image")
+    lock = file_lock(cache_dir / f".build-{kind}.lock", timeout=timeout, what=f"the {kind} image")
     with _client_scope(docker_client) as client, lock:
         return _build_image(recipe, tag or recipe.tag, base, cache_dir, client, emit, deadline, timeout)
 

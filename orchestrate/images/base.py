@@ -17,6 +17,7 @@ The test suite's ``ensure_base_image`` calls :func:`ensure_local_base` too: one 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -27,6 +28,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from orchestrate.errors import ImageBuildError
 
 if TYPE_CHECKING:
     import docker
@@ -52,9 +55,31 @@ Emit = Callable[[str], None]
 
 
 def _error(message: str) -> Exception:
-    from orchestrate.images import ImageBuildError  # the package's one error type
-
     return ImageBuildError(message)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
+    """An exclusive flock on path, waited for at most timeout seconds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ImageBuildError(
+                        f"Timed out after {timeout:.0f} s waiting for another process that is "
+                        f"preparing {what} (lock file {path}). What to do: wait for it to finish, "
+                        "or remove the lock file if no such process is running."
+                    ) from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- which base
@@ -119,13 +144,11 @@ def ensure_local_base(client: docker.DockerClient, cache_dir: Path, emit: Emit, 
                       rebuild_rootfs: bool = False) -> str:  # fmt: skip
     """Import the cached rootfs tarball as ``tag`` (making it with debootstrap first when there is
     none) unless ``tag`` exists; returns the image ID."""
-    from orchestrate.images import _file_lock
-
     existing = _present(client, tag)
     if existing is not None and not (force or rebuild_rootfs):
         return str(existing.id)
     # one debootstrap or import at a time per cache directory; a second caller then finds it
-    with _file_lock(Path(cache_dir) / ".base-image.lock", timeout=_DEBOOTSTRAP_TIMEOUT + 600,
+    with file_lock(Path(cache_dir) / ".base-image.lock", timeout=_DEBOOTSTRAP_TIMEOUT + 600,
                     what=f"the base image {tag}"):  # fmt: skip
         again = _present(client, tag)
         if again is not None and not (force or rebuild_rootfs):

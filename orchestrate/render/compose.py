@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrate.plan import ContainerSpec, NodePlan, Plan
+from orchestrate.core.plan import ContainerSpec, NodePlan, Plan
 from orchestrate.render.docker import RESTART_POLICY, SUPERVISOR_NAME
 
 # written next to the compose files (cli render) and bind-mounted: the same supervisor as `up`'s

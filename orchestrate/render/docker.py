@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrate.plan import ContainerSpec
+from orchestrate.core.plan import ContainerSpec
 
 # always, not unless-stopped: a dockerd that restarts without live-restore stops its running
 # containers first, which marks them stopped by hand, and unless-stopped then leaves them down
@@ -23,9 +23,8 @@ def entrypoint(spec: ContainerSpec, supervisor_source: str) -> list[str]:
 
 
 def run_kwargs(spec: ContainerSpec, secrets: Mapping[str, str]) -> dict[str, Any]:
-    """kwargs for `client.containers.create(**kw)`; `secrets` maps container variable -> value."""
-    from docker.types import DeviceRequest, EndpointConfig, Mount
-
+    """kwargs for `client.containers.create(**kw)` as plain data (host/engine.py makes docker-py's
+    Mount/DeviceRequest/EndpointConfig of them); `secrets` maps container variable -> value."""
     from orchestrate.agents import bundle
 
     env = dict(spec.env) | {k: secrets[k] for k, _ in spec.secret_env}
@@ -43,7 +42,7 @@ def run_kwargs(spec: ContainerSpec, secrets: Mapping[str, str]) -> dict[str, Any
         "privileged": spec.privileged,
         "stop_signal": "SIGTERM",
         "mounts": [
-            Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
+            {"target": m.target, "source": m.source, "type": "bind", "read_only": m.read_only}
             for m in spec.mounts
         ],
         "detach": True,
@@ -54,10 +53,9 @@ def run_kwargs(spec: ContainerSpec, secrets: Mapping[str, str]) -> dict[str, Any
         kwargs["ipc_mode"] = "host"
     if spec.ipv4_address:
         kwargs["network"] = spec.network_mode
-        endpoint = EndpointConfig("1.41", ipv4_address=spec.ipv4_address)
-        kwargs["networking_config"] = {spec.network_mode: endpoint}
+        kwargs["networking_config"] = {spec.network_mode: {"ipv4_address": spec.ipv4_address}}
     if spec.gpus:
-        kwargs["device_requests"] = [DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
+        kwargs["device_requests"] = [{"count": spec.gpus, "capabilities": [["gpu"]]}]
     return kwargs
 
 

@@ -21,10 +21,9 @@ import math
 import re
 from typing import Any, Literal
 
-from orchestrate import scripts
-from orchestrate.agents import bundle
-from orchestrate.plan import ContainerSpec, NodePlan, Plan
-from orchestrate.ports import container_ports
+from orchestrate.agents import bundle, scripts
+from orchestrate.core.plan import ContainerSpec, NodePlan, Plan
+from orchestrate.core.ports import container_ports
 
 Flavor = Literal["deployment", "lws"]
 Obj = dict[str, Any]

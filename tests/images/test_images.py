@@ -294,11 +294,14 @@ def test_exec_in_a_container_that_stopped_since_it_was_read_is_not_an_engine_fai
     """A container read as running and dead by the time of the exec (a rank that dies at once):
     the engine answers 409, which is the container's state, not a broken engine, so the caller
     (preflight's /dev/shm check, the gates) goes on to report the death with its cause."""
-    from orchestrate.engine import Engine
+    from orchestrate.host.engine import Engine
 
     c = client.containers.run(BASE, ["true"], detach=True)
     try:
+        engine = Engine("local", client)
+        info = engine.container(c.name)  # read while it may still run, as the callers do
+        assert info is not None
         c.wait(timeout=60)
-        assert Engine("local", client).exec(c, ["df", "/dev/shm"]) == (126, "container is not running")
+        assert engine.exec(info, ["df", "/dev/shm"]) == (126, "container is not running")
     finally:
         c.remove(force=True)

@@ -1,0 +1,153 @@
+"""Commands that touch no host: validate, schema, plan, render, firewall, completion (they import
+neither paramiko, docker nor httpx)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from orchestrate.cli.console import emit_json, emit_text
+from orchestrate.cli.options import (
+    Options,
+    inventory_arg,
+    load_plan,
+    plan_of,
+    resolve_inventory,
+)
+from orchestrate.errors import OrchestrateError, UsageError
+from orchestrate.render import plan_data, plan_text, rendered
+
+if TYPE_CHECKING:
+    from orchestrate.core.plan import Plan
+
+
+@click.command()
+@inventory_arg
+@click.pass_obj
+def validate(opts: Options, inventory_file: str | None) -> None:
+    """Check an inventory; one line per problem, exit 2 when invalid."""
+    path = resolve_inventory(inventory_file, opts.inventory)
+    plan = load_plan(path)
+    if opts.output == "json":
+        emit_json({"inventory": path, "valid": True, "world_size": plan.world_size})
+    else:
+        emit_text(f"{path}: ok ({len(plan.nodes)} hosts, {plan.total_gpus} GPUs, "
+                  f"TP={plan.tensor_parallel} x PP={plan.pipeline_parallel}, {plan.backend})")
+
+
+@click.command()
+def schema() -> None:
+    """Print the inventory's JSON Schema."""
+    from orchestrate.core.inventory import json_schema
+
+    emit_json(json_schema())
+
+
+@click.command("plan")
+@inventory_arg
+@click.option("--model-config", type=click.Path(exists=True, dir_okay=False),
+              help="The model's config.json here: add fit planning (weights, KV cache, TP/PP).")
+@click.pass_obj
+def plan_cmd(opts: Options, inventory_file: str | None, model_config: str | None) -> None:
+    """Print what would run on each host (secrets are shown as ${VAR} references)."""
+    plan = plan_of(opts, inventory_file)
+    if model_config:
+        _print_fit(opts, plan, model_config)
+        return
+    if opts.output == "json":
+        emit_json(plan_data(plan))
+    elif opts.target == "docker":
+        emit_text(plan_text(plan))
+    else:
+        _render_to(opts, plan, None, "deployment")
+
+
+def _print_fit(opts: Options, plan: Plan, config_path: str) -> None:
+    import json
+
+    from orchestrate.core import fit
+    from orchestrate.ops import preflight
+
+    if not plan.gpu_memory_gib:
+        raise OrchestrateError("fit planning needs gpu_memory_gib in the inventory")
+    try:
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        report = preflight.fit_report(plan, config, plan.gpu_memory_gib)
+        shape = fit.ModelShape.from_config(config, name=plan.served_name)
+        best = fit.suggest(shape, plan.head.gpus, plan.gpu_memory_gib, len(plan.nodes),
+                           plan.max_model_len or 4096)  # fmt: skip
+    except (ValueError, OSError) as exc:
+        raise OrchestrateError(f"{config_path}: {exc}") from None
+    if opts.output == "json":
+        emit_json({"fit": report.as_dict(), "suggested": {"tp": best.tp, "pp": best.pp}})
+        return
+    emit_text("\n".join([*report.lines(), f"suggested: TP {best.tp} x PP {best.pp}"]))
+
+
+def _render_to(opts: Options, plan: Plan, out_dir: str | None, flavor: str) -> None:
+    files = rendered(opts.target, plan, flavor)
+    if opts.target == "k8s":
+        from orchestrate.render import k8s as k8s_r
+
+        for line in k8s_r.node_warnings(plan):
+            click.echo(f"warning: {line}", err=True)
+    if out_dir is None:
+        emit_text("---\n".join(files.values()) if opts.target == "k8s" else
+                  "\n".join(f"# ---- {name}\n{text}" for name, text in files.items()))
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (Path(out_dir) / name).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {Path(out_dir) / name}", err=True)
+
+
+@click.command()
+@inventory_arg
+@click.option("-o", "--out", "out_dir", metavar="DIR", help="Write files here instead of stdout.")
+@click.option("--flavor", type=click.Choice(["deployment", "lws"]), default="deployment",
+              show_default=True, help="k8s only: plain Deployments or a LeaderWorkerSet.")
+@click.pass_obj
+def render(opts: Options, inventory_file: str | None, out_dir: str | None, flavor: str) -> None:
+    """Render the plan for --target (k8s manifests, compose files, docker commands)."""
+    _render_to(opts, plan_of(opts, inventory_file), out_dir, flavor)
+
+
+@click.command()
+@inventory_arg
+@click.option("--format", "formats", multiple=True,
+              type=click.Choice(["firewalld", "iptables", "nftables", "ufw"]),
+              help="Only these rule formats (repeatable; default: all four).")
+@click.option("--host", "host", metavar="HOST", help="Only this host (name or head/worker-N).")
+@click.pass_obj
+def firewall(opts: Options, inventory_file: str | None, formats: tuple[str, ...],
+             host: str | None) -> None:
+    """Print, per host, the firewall rules the cluster needs between its hosts."""
+    from orchestrate.core import ports
+
+    plan = plan_of(opts, inventory_file)
+    if host is not None and not any(host in (n.host, n.alias) for n in plan.nodes):
+        raise UsageError(f"--host {host}: no such host in {plan.name} "
+                         f"({', '.join(n.host for n in plan.nodes)})")
+    if opts.output == "json":
+        emit_json(ports.rules_data(plan))
+        return
+    chosen = tuple(f for f in ports.FORMATS if f in formats) or ports.FORMATS
+    emit_text(ports.rules_text(plan, chosen, host).rstrip("\n"))
+
+
+@click.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(orchestrate completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    script_class = get_completion_class(shell)
+    assert script_class is not None  # click ships all three
+    root = click.get_current_context().find_root().command
+    emit_text(script_class(root, {}, "orchestrate", "_ORCHESTRATE_COMPLETE").source())
+
+
+
+COMMANDS = (validate, schema, plan_cmd, render, firewall, completion)
