@@ -76,25 +76,49 @@ def make_files(bed: TestBed, n_files: int, size: int) -> list[str]:
 
 
 def build(bed: TestBed) -> Plan:
-    hosts = [{"name": h.name, "address": h.address, "role": "head" if h.index == 1 else "worker",
-              "gpus": 1, "nic": h.nic} for h in bed.hosts]  # fmt: skip
-    return build_plan(parse({
-        "name": "mcbench", "image": "orchestrate/ray:2.60.0", "images": {"source": "local"},
-        "backend": "mp", "accelerator": "cpu",
-        "ssh": {"key": str(bed.key_path), "known_hosts": str(bed.known_hosts_path),
-                "connect_timeout": 5, "command_timeout": 600},
-        "model": {"host_dir": "/srv/bed-private", "name": MODEL, "manifest": "sum.txt"},
-        "serve": {"tensor_parallel_size": 1, "pipeline_parallel_size": 3},
-        "hosts": hosts,
-    }))  # fmt: skip
+    hosts = [
+        {
+            "name": h.name,
+            "address": h.address,
+            "role": "head" if h.index == 1 else "worker",
+            "gpus": 1,
+            "nic": h.nic,
+        }
+        for h in bed.hosts
+    ]
+    return build_plan(
+        parse(
+            {
+                "name": "mcbench",
+                "image": "orchestrate/ray:2.60.0",
+                "images": {"source": "local"},
+                "backend": "mp",
+                "accelerator": "cpu",
+                "ssh": {
+                    "key": str(bed.key_path),
+                    "known_hosts": str(bed.known_hosts_path),
+                    "connect_timeout": 5,
+                    "command_timeout": 600,
+                },
+                "model": {"host_dir": "/srv/bed-private", "name": MODEL, "manifest": "sum.txt"},
+                "serve": {"tensor_parallel_size": 1, "pipeline_parallel_size": 3},
+                "hosts": hosts,
+            }
+        )
+    )
 
 
 def seed_sha256sum(bed: TestBed, i: int, names: list[str]) -> float:
     """What the seed did: ssh to the host and run sha256sum over the files."""
     paths = [f"/srv/bed-private/{MODEL}/{n}" for n in names]
     t0 = time.monotonic()
-    res = subprocess.run(bed.ssh_argv(i, shlex.join(["sha256sum", "--", *paths])),
-                         capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
+    res = subprocess.run(
+        bed.ssh_argv(i, shlex.join(["sha256sum", "--", *paths])),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     elapsed = time.monotonic() - t0
     if res.returncode != 0 or len(res.stdout.splitlines()) != len(names):
         raise SystemExit(f"sha256sum on hb{i} failed: {res.stderr[-500:]}")
@@ -134,8 +158,11 @@ def main() -> int:
     try:
         t_make, names = timed(lambda: make_files(bed, args.files, size))
         per_host = args.files * size
-        print(f"bed up; wrote {args.files} x {args.size_mib} MiB per host (3 copies, "
-              f"{3 * per_host / GiB:.1f} GiB) in {t_make:.1f}s", flush=True)  # fmt: skip
+        print(
+            f"bed up; wrote {args.files} x {args.size_mib} MiB per host (3 copies, "
+            f"{3 * per_host / GiB:.1f} GiB) in {t_make:.1f}s",
+            flush=True,
+        )
         plan = build(bed)
         seed_one: list[float] = []
         seed_all: list[float] = []
@@ -171,12 +198,20 @@ def main() -> int:
             print(f"{what:<50} {nbytes / GiB:>7.1f}Gi {sec:>8.3f} {nbytes / GiB / sec:>7.2f}")
         print(f"\nverify (3 hosts) / sha256sum (one host): {par / one:.2f}  (target <= 1.00)")
         print(f"verify (3 hosts) / the seed (3 hosts in turn): {par / seq:.2f}")
-        print(f"cached re-verify: {min(warm):.3f}s in an open session, {min(fresh):.3f}s with SSH "
-              f"connects (target < 0.2 s); bytes read by the cached runs: {max(reads)}")  # fmt: skip
+        print(
+            f"cached re-verify: {min(warm):.3f}s in an open session, {min(fresh):.3f}s with SSH "
+            f"connects (target < 0.2 s); bytes read by the cached runs: {max(reads)}"
+        )
         print(f"best of {args.repeat}; cpus on this machine: {os.cpu_count()} (shared by the 3 hosts)")
         if args.json:
-            print(json.dumps({"cmd": cmd, "rows": [{"what": w, "bytes": b, "seconds": round(t, 4)}
-                                                  for w, b, t in rows]}))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "cmd": cmd,
+                        "rows": [{"what": w, "bytes": b, "seconds": round(t, 4)} for w, b, t in rows],
+                    }
+                )
+            )
         return 0
     finally:
         for i in (1, 2, 3):

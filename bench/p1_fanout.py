@@ -64,11 +64,15 @@ def ray_inventory(bed: TestBed, n: int) -> Path:
     model.mkdir(parents=True, exist_ok=True)
     (model / "config.json").write_text("{}\n")
     data = base_inventory(
-        bed, n, NAME, image=RAY_IMAGE, backend="ray",
+        bed,
+        n,
+        NAME,
+        image=RAY_IMAGE,
+        backend="ray",
         model={"host_dir": str(model.parent), "name": model.name},
         ray={"object_store_memory": "200Mi", "join_timeout": 120},
         serve={"tensor_parallel_size": 1, "pipeline_parallel_size": n, "start": False},
-    )  # fmt: skip
+    )
     return write_yaml(data, WORK / "p1" / f"ray{n}.yaml")
 
 
@@ -83,8 +87,9 @@ def ray_started(bed: TestBed, n: int) -> float | None:
     prints it once its node has joined), from `docker logs -t` on each host; None if missing."""
     last = None
     for i in range(1, n + 1):
-        names = bed.docker(i, "ps", "-a", "--filter", f"label=orchestrate.deployment={NAME}",
-                           "--format", "{{.Names}}").stdout.split()  # fmt: skip
+        names = bed.docker(
+            i, "ps", "-a", "--filter", f"label=orchestrate.deployment={NAME}", "--format", "{{.Names}}"
+        ).stdout.split()
         stamps = []
         for name in names:
             res = bed.docker(i, "logs", "-t", name)
@@ -152,22 +157,45 @@ def main() -> None:
     phase_names = list(runs[0]["phases_s"])
     phases = {n: {k: med([r["phases_s"].get(k, 0.0) for r in by[n]]) for k in phase_names} for n in SIZES}
 
-    print("\nP1: orchestrate up -> Ray ready, 6 hosts vs 2 hosts (Ray image pre-seeded, serve.start "
-          "false, 1 GPU per host)")  # fmt: skip
+    print(
+        "\nP1: orchestrate up -> Ray ready, 6 hosts vs 2 hosts (Ray image pre-seeded, serve.start "
+        "false, 1 GPU per host)"
+    )
     print(f"machine: {machine_line(m)}\n")
-    rows = [[r["rep"], r["hosts"], fmt(r["ray_ready_s"], 2), fmt(r["up_returns_s"], 2),
-             fmt(r["ray_formed_s"], 2), fmt(r["gate_latency_s"], 2),
-             *(fmt(r["phases_s"].get(k), 2) for k in phase_names), f"{r['loadavg']:.1f}"]
-            for r in runs]  # fmt: skip
-    print(table(["rep", "hosts", "Ray ready s", "up returns s", "last node joined s", "gate lag s",
-                 *phase_names, "load"], rows))  # fmt: skip
+    rows = [
+        [
+            r["rep"],
+            r["hosts"],
+            fmt(r["ray_ready_s"], 2),
+            fmt(r["up_returns_s"], 2),
+            fmt(r["ray_formed_s"], 2),
+            fmt(r["gate_latency_s"], 2),
+            *(fmt(r["phases_s"].get(k), 2) for k in phase_names),
+            f"{r['loadavg']:.1f}",
+        ]
+        for r in runs
+    ]
+    print(
+        table(
+            [
+                "rep",
+                "hosts",
+                "Ray ready s",
+                "up returns s",
+                "last node joined s",
+                "gate lag s",
+                *phase_names,
+                "load",
+            ],
+            rows,
+        )
+    )
     print(
         "(last node joined: the latest 'Ray runtime started' in the containers' `docker logs -t`; "
         "gate lag: Ray ready minus that)"
     )
     print("\nmedian phases (s):")
-    print(table(["hosts", *phase_names],
-                [[n, *(fmt(phases[n][k], 2) for k in phase_names)] for n in SIZES]))  # fmt: skip
+    print(table(["hosts", *phase_names], [[n, *(fmt(phases[n][k], 2) for k in phase_names)] for n in SIZES]))
     own = {n: sum(v for k, v in phases[n].items() if k != "ray") for n in SIZES}
     print(
         f"orchestrate's phases before the Ray gate (sum of medians): 2 hosts {own[2]:.2f} s, "
@@ -195,12 +223,27 @@ def main() -> None:
     cmd = f"python bench/p1_fanout.py --reps {a.reps}"
     print(f"command: {cmd}")
     if a.json:
-        Path(a.json).write_text(json.dumps({
-            "id": "P1", "machine": m, "command": cmd, "runs": runs, "median_2_s": base,
-            "median_6_s": cand, "ratio": ratio, "pair_ratios": pair, "target": TARGET,
-            "verdict": verdict, "phases_median_s": phases, "last_node_joined_median_s": formed,
-            "gate_lag_median_s": lag, "orchestrate_own_median_s": mine,
-        }, indent=2))  # fmt: skip
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "id": "P1",
+                    "machine": m,
+                    "command": cmd,
+                    "runs": runs,
+                    "median_2_s": base,
+                    "median_6_s": cand,
+                    "ratio": ratio,
+                    "pair_ratios": pair,
+                    "target": TARGET,
+                    "verdict": verdict,
+                    "phases_median_s": phases,
+                    "last_node_joined_median_s": formed,
+                    "gate_lag_median_s": lag,
+                    "orchestrate_own_median_s": mine,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -105,8 +105,10 @@ def machine() -> dict[str, Any]:
 
 
 def machine_line(m: dict[str, Any]) -> str:
-    return (f"{m['date']}; {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB, Linux {m['kernel']}, "
-            f"Python {m['python']}, Docker Engine {m['docker']}; load avg {m['loadavg']}")  # fmt: skip
+    return (
+        f"{m['date']}; {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}, Docker Engine {m['docker']}; load avg {m['loadavg']}"
+    )
 
 
 @contextlib.contextmanager
@@ -116,11 +118,16 @@ def bench_bed(n: int, images: Sequence[str]) -> Iterator[TestBed]:
     if reason:
         raise SystemExit(f"the test bed cannot run here: {reason}")
     ensure_root_dockerd()
-    missing = [i for i in images if subprocess.run(["docker", "image", "inspect", i],
-                                                   capture_output=True).returncode != 0]  # fmt: skip
+    missing = [
+        i
+        for i in images
+        if subprocess.run(["docker", "image", "inspect", i], capture_output=True).returncode != 0
+    ]
     if missing:
-        raise SystemExit(f"not in this machine's Docker Engine: {', '.join(missing)} "
-                         "(orchestrate image build vllm-cpu|ray)")  # fmt: skip
+        raise SystemExit(
+            f"not in this machine's Docker Engine: {', '.join(missing)} "
+            "(orchestrate image build vllm-cpu|ray)"
+        )
     bed = TestBed(base=BED_BASE, net=BED_NET, bridge=BED_BRIDGE)
     bed.down()  # leftovers of an interrupted run
     try:
@@ -155,12 +162,24 @@ def base_inventory(bed: TestBed, n: int, name: str, **sections: Any) -> dict[str
         "name": name,
         "images": {"source": "local"},
         "accelerator": "cpu",
-        "ssh": {"key": str(bed.key_path), "known_hosts": str(bed.known_hosts_path),
-                "connect_timeout": 5, "command_timeout": 60},
+        "ssh": {
+            "key": str(bed.key_path),
+            "known_hosts": str(bed.known_hosts_path),
+            "connect_timeout": 5,
+            "command_timeout": 60,
+        },
         "container": {"shm_size": "1Gi", "stop_timeout": 20},
-        "hosts": [{"name": h.name, "address": h.address, "role": "head" if h.index == 1 else "worker",
-                   "gpus": 1, "nic": h.nic} for h in bed.hosts[:n]],
-    }  # fmt: skip
+        "hosts": [
+            {
+                "name": h.name,
+                "address": h.address,
+                "role": "head" if h.index == 1 else "worker",
+                "gpus": 1,
+                "nic": h.nic,
+            }
+            for h in bed.hosts[:n]
+        ],
+    }
     data.update(sections)
     return data
 
@@ -181,8 +200,9 @@ def orch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the CLI (untimed: down, plan)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     WORK.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(orchestrate_argv(*args), capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=WORK)  # fmt: skip
+    return subprocess.run(
+        orchestrate_argv(*args), capture_output=True, text=True, timeout=timeout, env=env, cwd=WORK
+    )
 
 
 @dataclass
@@ -223,8 +243,9 @@ def timed_orchestrate(*args: str, timeout: float = 900) -> TimedRun:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     WORK.mkdir(parents=True, exist_ok=True)
     run = TimedRun(t0=time.monotonic(), t0_wall=time.time())
-    proc = subprocess.Popen(orchestrate_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, cwd=WORK)  # fmt: skip
+    proc = subprocess.Popen(
+        orchestrate_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=WORK
+    )
     assert proc.stderr is not None and proc.stdout is not None
 
     def read_stderr() -> None:
@@ -294,33 +315,57 @@ def fmt(x: float | None, nd: int = 1) -> str:
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(c) for c in columns], *[[str(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in
-                               enumerate(zip(r, widths, strict=True))).rstrip() for r in cells)  # fmt: skip
+    return "\n".join(
+        "  ".join(
+            c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in cells
+    )
 
 
 # ---------------------------------------------------------------- the mp deployment (P2, P3)
 
 MP_NAME = "benchmp"
 PORT = 8009
-CHAT_BODY = {"model": "tiny", "messages": [{"role": "user", "content": "Say hello."}],
-             "max_tokens": 16, "temperature": 0}  # fmt: skip
+CHAT_BODY = {
+    "model": "tiny",
+    "messages": [{"role": "user", "content": "Say hello."}],
+    "max_tokens": 16,
+    "temperature": 0,
+}
 
 
-def mp_pp2_data(bed: TestBed, model: Path, name: str, port: int, *, watchdog: bool,
-                max_tokens: int = 16, **serve: Any) -> dict[str, Any]:
+def mp_pp2_data(
+    bed: TestBed, model: Path, name: str, port: int, *, watchdog: bool, max_tokens: int = 16, **serve: Any
+) -> dict[str, Any]:
     """The bench's vLLM group: vllm-cpu on the tiny model, mp backend, PP=2, one stage per host
     (P2 and P7 share it)."""
     data = base_inventory(
-        bed, 2, name, image=CPU_IMAGE, backend="mp",
+        bed,
+        2,
+        name,
+        image=CPU_IMAGE,
+        backend="mp",
         model={"host_dir": str(model.parent), "name": model.name, "served_name": "tiny"},
-        serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "max_model_len": 512,
-               "dtype": "float32", "port": port, "startup_timeout": 600,
-               # no C++ compiler in the image; PP needs the warm-up pass that --enforce-eager skips
-               "extra_args": ["--compilation-config", '{"mode":2,"backend":"eager"}',
-                              "--kv-cache-memory-bytes", "64M"]} | serve,
+        serve={
+            "tensor_parallel_size": 1,
+            "pipeline_parallel_size": 2,
+            "max_model_len": 512,
+            "dtype": "float32",
+            "port": port,
+            "startup_timeout": 600,
+            # no C++ compiler in the image; PP needs the warm-up pass that --enforce-eager skips
+            "extra_args": [
+                "--compilation-config",
+                '{"mode":2,"backend":"eager"}',
+                "--kv-cache-memory-bytes",
+                "64M",
+            ],
+        }
+        | serve,
         checks={"prompt": "Say hello.", "max_tokens": max_tokens, "timeout": 120},
         watchdog={"enabled": watchdog},
-    )  # fmt: skip
+    )
     # vLLM's CPU workers must be bound to cores explicitly when world size > 1
     for i, host in enumerate(data["hosts"]):
         host["env"] = {"VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))}
@@ -361,15 +406,29 @@ def hand_plan(bed: TestBed, inventory: Path) -> HandPlan:
     endpoint = re.search(r"endpoint (\S+)", res.stdout)
     if len(nodes) != 2 or not endpoint:
         raise SystemExit(f"could not read the plan:\n{res.stdout}")
-    ssh = ["ssh", "-i", str(bed.key_path), "-o", f"UserKnownHostsFile={bed.known_hosts_path}",
-           "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]  # fmt: skip
+    ssh = [
+        "ssh",
+        "-i",
+        str(bed.key_path),
+        "-o",
+        f"UserKnownHostsFile={bed.known_hosts_path}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=5",
+    ]
     return HandPlan(ssh, nodes, endpoint.group(1))
 
 
 def hand_clean(hp: HandPlan) -> None:
     for address, name, _ in hp.nodes:
-        subprocess.run([*hp.ssh, f"root@{address}", f"docker rm -f {shlex.quote(name)}"],
-                       capture_output=True, timeout=120)  # fmt: skip
+        subprocess.run(
+            [*hp.ssh, f"root@{address}", f"docker rm -f {shlex.quote(name)}"],
+            capture_output=True,
+            timeout=120,
+        )
 
 
 def clean(inventory: Path, hp: HandPlan) -> None:
@@ -430,8 +489,9 @@ def run_hand(hp: HandPlan, poll_s: float, poll_ms: float) -> dict[str, Any]:
     try:
         t0 = time.monotonic()
         for address, _, line in hp.nodes:
-            res = subprocess.run([*hp.ssh, f"root@{address}", line], capture_output=True, text=True,
-                                 timeout=120)  # fmt: skip
+            res = subprocess.run(
+                [*hp.ssh, f"root@{address}", line], capture_output=True, text=True, timeout=120
+            )
             if res.returncode != 0:
                 raise RuntimeError(f"ssh {address} docker run: rc {res.returncode}: {res.stderr[-1000:]}")
         t_started = time.monotonic()
@@ -493,8 +553,11 @@ def main() -> None:
             for who in order:
                 log(f"rep {rep + 1}/{a.reps}: {who}")
                 try:
-                    r = (run_orchestrate(inventory, head, a.health_poll_ms) if who == "orchestrate"
-                         else run_hand(hp, a.poll, a.health_poll_ms))  # fmt: skip
+                    r = (
+                        run_orchestrate(inventory, head, a.health_poll_ms)
+                        if who == "orchestrate"
+                        else run_hand(hp, a.poll, a.health_poll_ms)
+                    )
                 finally:
                     clean(inventory, hp)
                 r["rep"] = rep + 1
@@ -515,17 +578,43 @@ def main() -> None:
     vllm_pooled = med([split(r)[1] for r in runs])
     ratio_pooled = (o_pre + vllm_pooled + o_post) / (h_pre + vllm_pooled + h_post)
 
-    print("\nP2: orchestrate up vs hand-written ssh + docker run, 2 hosts, mp backend, vllm-cpu, "
-          "tiny model, PP=2")  # fmt: skip
+    print(
+        "\nP2: orchestrate up vs hand-written ssh + docker run, 2 hosts, mp backend, vllm-cpu, "
+        "tiny model, PP=2"
+    )
     print(f"machine: {machine_line(m)}\n")
     rows = []
     for r in runs:
         pre, start, post = split(r)
-        rows.append([r["rep"], r["who"], fmt(r["ready_s"]), fmt(r.get("up_returns_s")), fmt(pre, 2),
-                     fmt(start), fmt(post, 2), fmt(r.get("readiness_latency_s"), 3),
-                     f"{r['loadavg']:.1f}"])  # fmt: skip
-    print(table(["rep", "who", "ready s", "up returns s", "to started s", "vLLM start-up s",
-                 "200->ready s", "P3 latency s", "load"], rows))  # fmt: skip
+        rows.append(
+            [
+                r["rep"],
+                r["who"],
+                fmt(r["ready_s"]),
+                fmt(r.get("up_returns_s")),
+                fmt(pre, 2),
+                fmt(start),
+                fmt(post, 2),
+                fmt(r.get("readiness_latency_s"), 3),
+                f"{r['loadavg']:.1f}",
+            ]
+        )
+    print(
+        table(
+            [
+                "rep",
+                "who",
+                "ready s",
+                "up returns s",
+                "to started s",
+                "vLLM start-up s",
+                "200->ready s",
+                "P3 latency s",
+                "load",
+            ],
+            rows,
+        )
+    )
     print(
         f"\nready: spawn/first ssh -> first successful chat completion; started: every container "
         f"running; vLLM start-up: started -> first /health 200 seen by the independent "
@@ -553,12 +642,24 @@ def main() -> None:
     )
     print(f"command: {cmd}")
     if a.json:
-        Path(a.json).write_text(json.dumps({
-            "id": "P2", "machine": m, "command": cmd, "runs": runs, "ratio": ratio,
-            "ratio_until_up_returns": ratio_return, "ratio_pooled_startup": ratio_pooled,
-            "pair_ratios": pair_ratios, "target": 1.10, "verdict": verdict,
-            "orchestrate_phases_median_s": phases,
-        }, indent=2))  # fmt: skip
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "id": "P2",
+                    "machine": m,
+                    "command": cmd,
+                    "runs": runs,
+                    "ratio": ratio,
+                    "ratio_until_up_returns": ratio_return,
+                    "ratio_pooled_startup": ratio_pooled,
+                    "pair_ratios": pair_ratios,
+                    "target": 1.10,
+                    "verdict": verdict,
+                    "orchestrate_phases_median_s": phases,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

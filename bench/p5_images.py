@@ -48,8 +48,13 @@ MODES = ("hand", "stream", "registry")
 
 
 def image_bytes(tag: str) -> int:
-    out = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", tag],
-                         capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Size}}", tag],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return int(out.stdout.strip())
 
 
@@ -69,9 +74,14 @@ def run_hand(bed: TestBed, tag: str) -> dict[str, Any]:
     t0 = time.monotonic()
     for i in range(1, HOSTS + 1):
         ssh = " ".join(bed.ssh_argv(i, "docker", "load"))
-        res = subprocess.run(f"set -o pipefail; docker save {tag} | {ssh}", shell=True,
-                             executable="/bin/bash", capture_output=True, text=True,
-                             timeout=3600)  # fmt: skip
+        res = subprocess.run(
+            f"set -o pipefail; docker save {tag} | {ssh}",
+            shell=True,
+            executable="/bin/bash",
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         if res.returncode != 0:
             raise SystemExit(f"hand: hb{i}: docker save | ssh docker load failed: {res.stderr[-500:]}")
         per_host[f"hb{i}"] = time.monotonic() - t0  # when this host has it
@@ -84,9 +94,16 @@ def _plan(bed: TestBed, tag: str, n: int, images: dict[str, Any]) -> Any:
 
     model = bed.shared_dir / "models" / "none"
     model.mkdir(parents=True, exist_ok=True)
-    data = base_inventory(bed, n, NAME, image=tag, images=images, backend="mp",
-                          model={"host_dir": str(model.parent), "name": model.name},
-                          serve={"tensor_parallel_size": 1, "pipeline_parallel_size": n})  # fmt: skip
+    data = base_inventory(
+        bed,
+        n,
+        NAME,
+        image=tag,
+        images=images,
+        backend="mp",
+        model={"host_dir": str(model.parent), "name": model.name},
+        serve={"tensor_parallel_size": 1, "pipeline_parallel_size": n},
+    )
     return build_plan(load(write_yaml(data, WORK / "p5" / f"{images['source']}{n}.yaml")))
 
 
@@ -118,12 +135,16 @@ def run_registry(bed: TestBed, tag: str, registry: str) -> dict[str, Any]:
     t0 = time.monotonic()
     head = _ensure(_plan(bed, tag, 1, {"source": "local"}))
     to_head = time.monotonic() - t0
-    workers = _ensure(_plan(bed, tag, HOSTS, {
-        "source": "head-registry",
-        "head_registry": {"image": registry, "port": 5000, "pull": "tunnel"}}))  # fmt: skip
+    workers = _ensure(
+        _plan(
+            bed,
+            tag,
+            HOSTS,
+            {"source": "head-registry", "head_registry": {"image": registry, "port": 5000, "pull": "tunnel"}},
+        )
+    )
     wall = time.monotonic() - t0
-    per_host = {"hb1": head.get("hb1", to_head)} | {
-        h: to_head + t for h, t in workers.items() if h != "hb1"}  # fmt: skip
+    per_host = {"hb1": head.get("hb1", to_head)} | {h: to_head + t for h, t in workers.items() if h != "hb1"}
     return {"wall": wall, "per_host": per_host, "to_head": to_head, "push_pull": wall - to_head}
 
 
@@ -160,8 +181,10 @@ def main() -> None:
                 r = run_registry(bed, tag, registry)
             r |= {"mode": mode, "loadavg": " ".join(f"{x:.1f}" for x in os.getloadavg())}
             runs.append(r)
-            log(f"{mode}: {r['wall']:.1f} s, {HOSTS * size / 2**20 / r['wall']:.0f} MiB/s delivered; "
-                f"per host {', '.join(f'{h} {v:.1f} s' for h, v in sorted(r['per_host'].items()))}")
+            log(
+                f"{mode}: {r['wall']:.1f} s, {HOSTS * size / 2**20 / r['wall']:.0f} MiB/s delivered; "
+                f"per host {', '.join(f'{h} {v:.1f} s' for h, v in sorted(r['per_host'].items()))}"
+            )
     finally:
         bed.down()
     base = med([r["wall"] for r in runs if r["mode"] == "hand"])
@@ -172,18 +195,43 @@ def main() -> None:
         first = [min(r["per_host"].values()) for r in runs if r["mode"] == mode]
         extra = ""
         if mode == "registry":
-            extra = (f"to head {fmt(med([r['to_head'] for r in runs if r['mode'] == mode]))} s, "
-                     f"push + pulls {fmt(med([r['push_pull'] for r in runs if r['mode'] == mode]))} s")
-        rows.append([mode, f"{fmt(med(walls))} s", f"{med(walls) / base:.2f}",
-                     f"{HOSTS * size / 2**20 / med(walls):.0f}", f"{fmt(med(first))} s",
-                     f"{fmt(med(last))} s", " ".join(f"{w:.1f}" for w in walls), extra])  # fmt: skip
+            extra = (
+                f"to head {fmt(med([r['to_head'] for r in runs if r['mode'] == mode]))} s, "
+                f"push + pulls {fmt(med([r['push_pull'] for r in runs if r['mode'] == mode]))} s"
+            )
+        rows.append(
+            [
+                mode,
+                f"{fmt(med(walls))} s",
+                f"{med(walls) / base:.2f}",
+                f"{HOSTS * size / 2**20 / med(walls):.0f}",
+                f"{fmt(med(first))} s",
+                f"{fmt(med(last))} s",
+                " ".join(f"{w:.1f}" for w in walls),
+                extra,
+            ]
+        )
     print(f"P5: {size / 2**30:.2f} GiB image ({tag}) to {HOSTS} test-bed hosts; {machine_line(m)}")
-    print(table(["mode", "wall (median)", "x hand", "MiB/s delivered", "first host has it",
-                 "last host has it", "runs (s)", "registry split"], rows))  # fmt: skip
+    print(
+        table(
+            [
+                "mode",
+                "wall (median)",
+                "x hand",
+                "MiB/s delivered",
+                "first host has it",
+                "last host has it",
+                "runs (s)",
+                "registry split",
+            ],
+            rows,
+        )
+    )
     print("command: python bench/p5_images.py " + " ".join(sys.argv[1:]))
     if args.json:
-        args.json.write_text(json.dumps({"machine": m, "image": tag, "bytes": size, "runs": runs},
-                                        indent=2) + "\n")  # fmt: skip
+        args.json.write_text(
+            json.dumps({"machine": m, "image": tag, "bytes": size, "runs": runs}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

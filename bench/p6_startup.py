@@ -49,8 +49,11 @@ GOAL_2X = ("--help", "validate", "render (k8s)")
 
 def export(ref: str, dest: Path) -> None:
     """The package and inventories at `ref`, without touching the repository's worktrees."""
-    data = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref, "orchestrate",
-                           "inventory"], check=True, capture_output=True).stdout  # fmt: skip
+    data = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "orchestrate", "inventory"],
+        check=True,
+        capture_output=True,
+    ).stdout
     with tarfile.open(fileobj=BytesIO(data)) as tar:
         tar.extractall(dest, filter="data")
 
@@ -60,14 +63,14 @@ def once(argv: list[str], cwd: Path) -> tuple[float, float]:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "0"}
     env.pop("ORCHESTRATE_INVENTORY", None)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *argv], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        err = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True,
-                             text=True).stderr  # fmt: skip
+        err = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True).stderr
         raise SystemExit(f"p6: {' '.join(argv)} in {cwd} exited {proc.returncode}: {err[-500:]}")
     return wall, usage.ru_utime + usage.ru_stime
 
@@ -75,27 +78,36 @@ def once(argv: list[str], cwd: Path) -> tuple[float, float]:
 def measure(reps: int, base_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
     runs: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for name, args in COMMANDS.items():
-        variants = {"bare": (BARE, ROOT), "floor": (FLOOR, ROOT),
-                    "base": (["-m", "orchestrate", *args], base_dir),
-                    "candidate": (["-m", "orchestrate", *args], ROOT)}  # fmt: skip
+        variants = {
+            "bare": (BARE, ROOT),
+            "floor": (FLOOR, ROOT),
+            "base": (["-m", "orchestrate", *args], base_dir),
+            "candidate": (["-m", "orchestrate", *args], ROOT),
+        }
         for argv, cwd in variants.values():
             once(argv, cwd)  # warm: .pyc files and the page cache
         runs[name] = {k: [] for k in variants}
         for rep in range(reps):
             order = list(variants)
-            order = order[rep % len(order):] + order[:rep % len(order)]  # rotate who goes first
+            order = order[rep % len(order) :] + order[: rep % len(order)]  # rotate who goes first
             for side in order:
                 runs[name][side].append(once(*variants[side]))
-    return {name: {side: {"wall": statistics.median(w for w, _ in xs),
-                          "cpu": statistics.median(c for _, c in xs)}
-                   for side, xs in by_side.items()}
-            for name, by_side in runs.items()}  # fmt: skip
+    return {
+        name: {
+            side: {"wall": statistics.median(w for w, _ in xs), "cpu": statistics.median(c for _, c in xs)}
+            for side, xs in by_side.items()
+        }
+        for name, by_side in runs.items()
+    }
 
 
 def table(result: dict[str, dict[str, dict[str, float]]]) -> list[str]:
-    lines = ["| command | bare wall / cpu | one pydantic model (floor) | base wall / cpu "
-             "| candidate wall / cpu | candidate / bare (wall, cpu) | candidate / base (wall, cpu) "
-             "| floor / bare |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| command | bare wall / cpu | one pydantic model (floor) | base wall / cpu "
+        "| candidate wall / cpu | candidate / bare (wall, cpu) | candidate / base (wall, cpu) "
+        "| floor / bare |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in result.items():
         b, f, o, c = r["bare"], r["floor"], r["base"], r["candidate"]
         lines.append(
@@ -105,7 +117,8 @@ def table(result: dict[str, dict[str, dict[str, float]]]) -> list[str]:
             f"| {c['wall'] * 1000:.0f} / {c['cpu'] * 1000:.0f} ms "
             f"| **{c['wall'] / b['wall']:.2f}**, {c['cpu'] / b['cpu']:.2f} "
             f"| **{c['wall'] / o['wall']:.2f}**, {c['cpu'] / o['cpu']:.2f} "
-            f"| {f['wall'] / b['wall']:.2f} |")
+            f"| {f['wall'] / b['wall']:.2f} |"
+        )
     return lines
 
 
@@ -131,16 +144,23 @@ def main() -> None:
         export(a.base, Path(tmp))
         result = measure(a.reps, Path(tmp))
     load1 = os.getloadavg()[0]
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.base],
-                         capture_output=True, text=True).stdout.strip()  # fmt: skip
-    print(f"P6 start-up, {a.reps} alternating repetitions, medians; base {a.base} ({rev}); "
-          f"{time.strftime('%H:%M', time.gmtime())} UTC, load {load0:.1f}-{load1:.1f}, "
-          f"Python {sys.version.split()[0]}")
+    rev = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", a.base], capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"P6 start-up, {a.reps} alternating repetitions, medians; base {a.base} ({rev}); "
+        f"{time.strftime('%H:%M', time.gmtime())} UTC, load {load0:.1f}-{load1:.1f}, "
+        f"Python {sys.version.split()[0]}"
+    )
     print("\n".join(table(result)))
     print("\n".join(verdict(result)))
     if a.json:
-        Path(a.json).write_text(json.dumps({"reps": a.reps, "base": a.base, "base_rev": rev,
-                                            "load": [load0, load1], "result": result}, indent=2))
+        Path(a.json).write_text(
+            json.dumps(
+                {"reps": a.reps, "base": a.base, "base_rev": rev, "load": [load0, load1], "result": result},
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -90,12 +90,26 @@ class BenchLoad:
     def __enter__(self) -> BenchLoad:
         import subprocess
 
-        argv = orchestrate_argv("--output", "json", "bench", str(self.inv), "--request-rate",
-                                str(self.RATE), "--num-prompts", str(self.RATE * self.SECONDS),
-                                "--input-len", "16", "--output-len", "16", "--timeout", "30")  # fmt: skip
+        argv = orchestrate_argv(
+            "--output",
+            "json",
+            "bench",
+            str(self.inv),
+            "--request-rate",
+            str(self.RATE),
+            "--num-prompts",
+            str(self.RATE * self.SECONDS),
+            "--input-len",
+            "16",
+            "--output-len",
+            "16",
+            "--timeout",
+            "30",
+        )
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, env=env)  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,18 +168,28 @@ def stop_vllm(bed: TestBed) -> None:
 
 
 FAULTS: dict[str, tuple[str, Callable[[TestBed], Any]]] = {
-    "worker-kill": ("worker container killed (SIGKILL of PID 1)",
-                    lambda b: b.run(2, "kill", "-9", pid1(b, 2, f"{NAME}-worker-1"))),
-    "headless-kill": ("headless vllm serve SIGKILLed in its container",
-                      lambda b: b.docker(2, "exec", f"{NAME}-worker-1", "pkill", "-9", "-f", "vllm serve")),
-    "head-kill": ("head container killed (SIGKILL of PID 1)",
-                  lambda b: b.run(1, "kill", "-9", pid1(b, 1, f"{NAME}-head"))),
+    "worker-kill": (
+        "worker container killed (SIGKILL of PID 1)",
+        lambda b: b.run(2, "kill", "-9", pid1(b, 2, f"{NAME}-worker-1")),
+    ),
+    "headless-kill": (
+        "headless vllm serve SIGKILLed in its container",
+        lambda b: b.docker(2, "exec", f"{NAME}-worker-1", "pkill", "-9", "-f", "vllm serve"),
+    ),
+    "head-kill": (
+        "head container killed (SIGKILL of PID 1)",
+        lambda b: b.run(1, "kill", "-9", pid1(b, 1, f"{NAME}-head")),
+    ),
     "hang": ("worker's vLLM processes SIGSTOPped (hang)", stop_vllm),
-    "dockerd": ("dockerd killed and started again on the worker",
-                lambda b: (b.fault("kill-dockerd", 2), b.fault("start-dockerd", 2))),
-    "crash": ("worker host crashed and booted",
-              lambda b: (b.fault("crash", 2), time.sleep(5), b.fault("boot", 2))),
-}  # fmt: skip
+    "dockerd": (
+        "dockerd killed and started again on the worker",
+        lambda b: (b.fault("kill-dockerd", 2), b.fault("start-dockerd", 2)),
+    ),
+    "crash": (
+        "worker host crashed and booted",
+        lambda b: (b.fault("crash", 2), time.sleep(5), b.fault("boot", 2)),
+    ),
+}
 
 
 def one(bed: TestBed, inv: Path, endpoint: str, key: str) -> dict[str, Any]:
@@ -182,8 +206,15 @@ def one(bed: TestBed, inv: Path, endpoint: str, key: str) -> dict[str, Any]:
     data = status(inv)
     rows = {h["role"]: h for h in data.get("hosts", [])}
     restarts = "/".join(str(rows.get(r, {}).get("restarts", "?")) for r in ("head", "worker-1"))
-    row = {"fault": what, "detect_s": detect and detect - t0, "serving_s": served and served - t0,
-           "failed": failed, "requests": total, "restarts": restarts, "left": leftovers(bed)}  # fmt: skip
+    row = {
+        "fault": what,
+        "detect_s": detect and detect - t0,
+        "serving_s": served and served - t0,
+        "failed": failed,
+        "requests": total,
+        "restarts": restarts,
+        "left": leftovers(bed),
+    }
     log(f"{key}: {row}")
     return row
 
@@ -200,25 +231,38 @@ def baseline(bed: TestBed, model: Path, endpoint: str) -> dict[str, Any]:
     up = orch("up", str(inv), timeout=1200)
     served = until(lambda: chat_ok(endpoint, 60), HEAL_DEADLINE_S) if up.returncode == 0 else None
     orch("down", str(inv), timeout=300)
-    return {"detect_s": detect and detect - t0, "healed_without_up": healed_alone is not None,
-            "serving_s": served and served - t0}  # fmt: skip
+    return {
+        "detect_s": detect and detect - t0,
+        "healed_without_up": healed_alone is not None,
+        "serving_s": served and served - t0,
+    }
 
 
 def crash_loop(bed: TestBed, model: Path) -> dict[str, Any]:
     inv = inventory(bed, model, max_model_len=100000)
     t0 = time.monotonic()
     up = orch("up", str(inv), timeout=1200)
-    parked = until(lambda: all((h.get("supervisor") or {}).get("phase") == "parked"
-                               for h in status(inv).get("hosts", [])[:1]), 900, 3)  # fmt: skip
+    parked = until(
+        lambda: all(
+            (h.get("supervisor") or {}).get("phase") == "parked" for h in status(inv).get("hosts", [])[:1]
+        ),
+        900,
+        3,
+    )
     data = status(inv)
     head = next((h for h in data.get("hosts", []) if h["role"] == "head"), {})
-    last = ((head.get("supervisor") or {}).get("last_failure") or {})
+    last = (head.get("supervisor") or {}).get("last_failure") or {}
     time.sleep(30)  # parked means no more restarts
     later = next((h for h in status(inv).get("hosts", []) if h["role"] == "head"), {})
     orch("down", str(inv), timeout=300)
-    return {"up_rc": up.returncode, "parked_s": parked and parked - t0,
-            "restarts": head.get("restarts"), "restarts_30s_later": later.get("restarts"),
-            "cause": last.get("cause"), "left": leftovers(bed)}  # fmt: skip
+    return {
+        "up_rc": up.returncode,
+        "parked_s": parked and parked - t0,
+        "restarts": head.get("restarts"),
+        "restarts_30s_later": later.get("restarts"),
+        "cause": last.get("cause"),
+        "left": leftovers(bed),
+    }
 
 
 RAY_NAME = "healray"
@@ -233,11 +277,15 @@ def ray_row(bed: TestBed, model: Path) -> dict[str, Any]:
     PID 1 frozen, as a host that hangs), against Ray's own view: when does `ray.nodes()` mark it
     dead? orchestrate's: the first `status` that says the deployment is unhealthy."""
     data = base_inventory(
-        bed, 2, RAY_NAME, image=RAY_IMAGE, backend="ray",
+        bed,
+        2,
+        RAY_NAME,
+        image=RAY_IMAGE,
+        backend="ray",
         model={"host_dir": str(model.parent), "name": model.name},
         ray={"object_store_memory": "200Mi", "join_timeout": 120},
         serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": False},
-    )  # fmt: skip
+    )
     inv = write_yaml(data, WORK / "p7" / "heal-ray.yaml")
     if orch("up", str(inv), timeout=900).returncode != 0:
         raise SystemExit("ray: up failed")
@@ -263,9 +311,10 @@ def ray_row(bed: TestBed, model: Path) -> dict[str, Any]:
             at = until(cond, 300, 0.5)
             seen[key] = None if at is None else at - t0
 
-        threads = [threading.Thread(target=poll, args=("orchestrate",
-                                                       lambda: not status(inv).get("healthy"))),
-                   threading.Thread(target=poll, args=("ray", ray_says_dead))]  # fmt: skip
+        threads = [
+            threading.Thread(target=poll, args=("orchestrate", lambda: not status(inv).get("healthy"))),
+            threading.Thread(target=poll, args=("ray", ray_says_dead)),
+        ]
         try:
             for t in threads:
                 t.start()
@@ -304,11 +353,20 @@ def main() -> None:
         if "ray" in keys:
             out["ray"] = ray_row(bed, model)
     print(machine_line(out["machine"]))
-    rows = [(r["fault"], f"{r['detect_s']:.1f} s" if r["detect_s"] else "not seen",
-             f"{r['serving_s']:.1f} s" if r["serving_s"] else "NOT healed", f"{r['failed']}/{r['requests']}",
-             r["restarts"], r["left"]) for r in out["rows"].values()]  # fmt: skip
-    print(table(["fault", "detected", "serving again", "failed/requests", "restarts h/w", "left behind"],
-                rows))  # fmt: skip
+    rows = [
+        (
+            r["fault"],
+            f"{r['detect_s']:.1f} s" if r["detect_s"] else "not seen",
+            f"{r['serving_s']:.1f} s" if r["serving_s"] else "NOT healed",
+            f"{r['failed']}/{r['requests']}",
+            r["restarts"],
+            r["left"],
+        )
+        for r in out["rows"].values()
+    ]
+    print(
+        table(["fault", "detected", "serving again", "failed/requests", "restarts h/w", "left behind"], rows)
+    )
     if "crash_loop" in out:
         print(f"crash loop: {out['crash_loop']}")
     if "baseline" in out:
@@ -319,11 +377,14 @@ def main() -> None:
             print(f"ratio worker-kill time to serving, baseline / watchdog: {b['serving_s'] / wd:.2f}")
     if "ray" in out:
         r = out["ray"]
-        print(f"ray cluster only, worker frozen: orchestrate status unhealthy after "
-              f"{r['orchestrate_detect_s']}, Ray marks it dead after {r['ray_dead_s']} s")
+        print(
+            f"ray cluster only, worker frozen: orchestrate status unhealthy after "
+            f"{r['orchestrate_detect_s']}, Ray marks it dead after {r['ray_dead_s']} s"
+        )
         if r["orchestrate_detect_s"] and r["ray_dead_s"]:
-            print(f"ratio time to report, Ray / orchestrate: "
-                  f"{r['ray_dead_s'] / r['orchestrate_detect_s']:.2f}")
+            print(
+                f"ratio time to report, Ray / orchestrate: {r['ray_dead_s'] / r['orchestrate_detect_s']:.2f}"
+            )
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2, default=str))
 

@@ -29,12 +29,18 @@ BENCHMARKS: dict[str, tuple[str, list[str] | None]] = {
         "orchestrate bench vs vllm bench serve and aiohttp: SSE chunk rate and TTFT error",
         ["bench/p4_client.py"],
     ),
-    "P5": ("a >= 4 GiB image to 3 test-bed hosts: by hand vs images.source local vs head-registry",
-           ["bench/p5_images.py"]),
-    "P6": ("start-up of each command vs main's code and a bare click/yaml/pydantic import",
-           ["bench/p6_startup.py"]),
-    "P7": ("self-healing: faults on a serving 2-host group, time to detect and to serve again",
-           ["bench/p7_heal.py"]),
+    "P5": (
+        "a >= 4 GiB image to 3 test-bed hosts: by hand vs images.source local vs head-registry",
+        ["bench/p5_images.py"],
+    ),
+    "P6": (
+        "start-up of each command vs main's code and a bare click/yaml/pydantic import",
+        ["bench/p6_startup.py"],
+    ),
+    "P7": (
+        "self-healing: faults on a serving 2-host group, time to detect and to serve again",
+        ["bench/p7_heal.py"],
+    ),
 }
 
 

@@ -60,8 +60,7 @@ class Sample:
     @classmethod
     def of(cls, t: float, text: str) -> Sample:
         sums = metric_sums(text)
-        return cls(t, sum(sums.get(n, 0.0) for n in BUSY),
-                   {n: sums[n] for n in PROGRESS if n in sums})  # fmt: skip
+        return cls(t, sum(sums.get(n, 0.0) for n in BUSY), {n: sums[n] for n in PROGRESS if n in sums})
 
 
 State = Literal["unknown", "idle", "progressing", "stalled"]
@@ -99,8 +98,12 @@ class ProgressWatch:
         stalled = s.t - self._moved_at
         busy = f"{s.busy:g} request(s) running or waiting"
         if stalled >= self.stall_after_s:
-            return Verdict("stalled", stalled, f"{busy} and no token, request or engine step "
-                           f"for {stalled:.0f} s (threshold {self.stall_after_s:g} s)")  # fmt: skip
+            return Verdict(
+                "stalled",
+                stalled,
+                f"{busy} and no token, request or engine step "
+                f"for {stalled:.0f} s (threshold {self.stall_after_s:g} s)",
+            )
         return Verdict("progressing", stalled, f"{busy}, nothing advanced for {stalled:.0f} s")
 
     @staticmethod
@@ -140,8 +143,10 @@ _PREFIX = re.compile(
     r"(?:(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+"
     r"\[?[\w./-]+:\d+\]\s?)?"
 )
-_EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure)\w*)"
-                        r"(?::\s*(?P<msg>.*))?$")  # fmt: skip
+_EXCEPTION = re.compile(
+    r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure)\w*)"
+    r"(?::\s*(?P<msg>.*))?$"
+)
 # wrappers that point elsewhere for the cause; never the cause themselves
 _WRAPPERS = (
     "see root cause above",
@@ -223,9 +228,15 @@ def root_cause(text: str) -> Cause | None:
     real = [c for c in finals if not _is_wrapper(c.line) and not c.line.startswith(_NOT_CAUSES)]
     if real:
         return real[0]
-    errors = [Cause(t[:400], p) for p, level, t in lines
-              if level in ("ERROR", "CRITICAL") and t and not t.startswith(" ") and not _is_wrapper(t)
-              and not t.startswith("Traceback")]  # fmt: skip
+    errors = [
+        Cause(t[:400], p)
+        for p, level, t in lines
+        if level in ("ERROR", "CRITICAL")
+        and t
+        and not t.startswith(" ")
+        and not _is_wrapper(t)
+        and not t.startswith("Traceback")
+    ]
     if errors:
         return errors[0]
     return finals[0] if finals else None
@@ -350,17 +361,32 @@ class Supervisor:
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
         with self.lock:
-            members = {str(r): {"epoch": m["epoch"], "address": m["address"],
-                                "phase": m.get("phase", ""), "seen_s_ago": round(now - m["seen"], 1)}
-                       for r, m in sorted(self.members.items())}  # fmt: skip
+            members = {
+                str(r): {
+                    "epoch": m["epoch"],
+                    "address": m["address"],
+                    "phase": m.get("phase", ""),
+                    "seen_s_ago": round(now - m["seen"], 1),
+                }
+                for r, m in sorted(self.members.items())
+            }
         return {
-            "epoch": self.epoch, "role": self.role, "rank": self.rank, "phase": self.phase,
-            "detail": self.detail, "pid": os.getpid(), "started": self.started,
-            "served_at": self.served_at, "restarts": len(self.history),
-            "failures_in_a_row": self.failures(), "head_epoch": self.head_epoch,
-            "members": members, "lives": self.history[-20:], "saved_at": now,
+            "epoch": self.epoch,
+            "role": self.role,
+            "rank": self.rank,
+            "phase": self.phase,
+            "detail": self.detail,
+            "pid": os.getpid(),
+            "started": self.started,
+            "served_at": self.served_at,
+            "restarts": len(self.history),
+            "failures_in_a_row": self.failures(),
+            "head_epoch": self.head_epoch,
+            "members": members,
+            "lives": self.history[-20:],
+            "saved_at": now,
             "last_failure": next((x for x in reversed(self.history) if not x.get("stopped")), None),
-        }  # fmt: skip
+        }
 
     def save(self) -> None:
         data = json.dumps(self.snapshot(), indent=1)
@@ -386,8 +412,7 @@ class Supervisor:
         rank, epoch = int(msg["rank"]), str(msg["epoch"])
         with self.lock:
             m = self.members.get(rank)
-            if str(msg.get("head_epoch") or self.epoch) != self.epoch and (
-                    m is None or m["epoch"] != epoch):  # fmt: skip
+            if str(msg.get("head_epoch") or self.epoch) != self.epoch and (m is None or m["epoch"] != epoch):
                 # a life of that rank that joined an earlier head: it is about to exit
                 return {"epoch": self.epoch, "phase": self.phase, "admitted": False}
             if m is None or (self.loose and m["epoch"] != epoch):
@@ -447,9 +472,15 @@ class Supervisor:
     def heartbeats(self) -> None:
         url = f"http://{self._hostport(self.head)}/heartbeat"
         while True:
-            body = json.dumps({"rank": self.rank, "epoch": self.epoch, "phase": self.phase,
-                               "head_epoch": self.head_epoch,
-                               "address": os.environ.get("VLLM_HOST_IP", "")}).encode()
+            body = json.dumps(
+                {
+                    "rank": self.rank,
+                    "epoch": self.epoch,
+                    "phase": self.phase,
+                    "head_epoch": self.head_epoch,
+                    "address": os.environ.get("VLLM_HOST_IP", ""),
+                }
+            ).encode()
             try:
                 req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
                 with urllib.request.urlopen(req, timeout=3) as resp:
@@ -466,8 +497,9 @@ class Supervisor:
     # ------------------------------------------------------------ the child
 
     def start_child(self) -> None:
-        self.child = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      start_new_session=True)  # fmt: skip
+        self.child = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
         threading.Thread(target=self._copy, args=(self.child.stdout,), daemon=True).start()
 
     def _copy(self, stream: Any) -> None:
@@ -505,10 +537,18 @@ class Supervisor:
     # ------------------------------------------------------------ ending a life
 
     def end(self, code: int, reason: str, cause: str = "") -> int:
-        self.history.append({"epoch": self.epoch, "started": self.started, "ended": time.time(),
-                             "exit": code, "reason": reason, "cause": cause,
-                             "served": self.served_at is not None,
-                             "stopped": self.stopping})  # fmt: skip
+        self.history.append(
+            {
+                "epoch": self.epoch,
+                "started": self.started,
+                "ended": time.time(),
+                "exit": code,
+                "reason": reason,
+                "cause": cause,
+                "served": self.served_at is not None,
+                "stopped": self.stopping,
+            }
+        )
         self.say(f"exit {code}: {reason}" + (f" -- cause: {cause}" if cause else ""))
         self.set_phase("exiting", reason)
         self.kill_child()
@@ -531,8 +571,9 @@ class Supervisor:
         if n >= self.max_failures:
             last = self.history[-1] if self.history else {}
             why = last.get("cause") or last.get("reason") or "?"
-            self.set_phase("parked", f"{n} lives in a row ended before serving; last: {why}; "
-                           "fix it, then orchestrate up")  # fmt: skip
+            self.set_phase(
+                "parked", f"{n} lives in a row ended before serving; last: {why}; fix it, then orchestrate up"
+            )
             while not self.stopping:
                 time.sleep(0.5)
             return 143
@@ -578,8 +619,11 @@ class Supervisor:
             if self.child_code is not None:
                 code = self.child_code
                 found = root_cause("".join(self.log))
-                return self.end(code or EXIT_CHILD_ZERO, f"{self.argv[0]} exited with code {code}",
-                                str(found) if found else "")  # fmt: skip
+                return self.end(
+                    code or EXIT_CHILD_ZERO,
+                    f"{self.argv[0]} exited with code {code}",
+                    str(found) if found else "",
+                )
             broken = self.group_broken()
             if broken:
                 return self.end(EXIT_PEER, broken)
@@ -590,8 +634,12 @@ class Supervisor:
                 if hung:
                     self.set_phase("hung", hung)
                     return self.end(EXIT_HANG, "engine hang", hung)
-            elif (self.role == "head" and not self.api and self.phase == "starting"
-                  and time.time() - self.started >= self.served_after):  # fmt: skip
+            elif (
+                self.role == "head"
+                and not self.api
+                and self.phase == "starting"
+                and time.time() - self.started >= self.served_after
+            ):
                 # nothing to ask (a Ray cluster without vLLM): serving once the child lasted
                 self.served_at = time.time()
                 self.set_phase("serving")
@@ -603,8 +651,11 @@ class Supervisor:
         now = time.time()
         with self.lock:
             if self.role == "worker":
-                if self.served_at is None and self.head_seen.get("phase") == "serving" and (
-                        self.head_seen.get("epoch") == self.head_epoch):  # fmt: skip
+                if (
+                    self.served_at is None
+                    and self.head_seen.get("phase") == "serving"
+                    and (self.head_seen.get("epoch") == self.head_epoch)
+                ):
                     self.served_at = now
                 age = time.monotonic() - self.head_ok_at
                 if self.head_seen.get("epoch") not in (None, self.head_epoch):
@@ -663,8 +714,11 @@ class Supervisor:
             started, done = self.canary_started, self.canary_done
         if started and not done:
             late = now - started
-            return (f"vLLM looks idle but a 1-token canary request has not finished in {late:.0f} s"
-                    if late >= self.canary_timeout else "")  # fmt: skip
+            return (
+                f"vLLM looks idle but a 1-token canary request has not finished in {late:.0f} s"
+                if late >= self.canary_timeout
+                else ""
+            )
         if self.canary_every > 0 and now - started >= self.canary_every:
             with self.lock:
                 self.canary_started, self.canary_done = now, False
@@ -674,8 +728,7 @@ class Supervisor:
     def _canary(self) -> None:
         base = f"http://127.0.0.1:{self.api}"
         key = os.environ.get("VLLM_API_KEY", "")
-        headers = {"Content-Type": "application/json"} | (
-            {"Authorization": f"Bearer {key}"} if key else {})
+        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
         try:
             req = urllib.request.Request(f"{base}/v1/models", headers=headers)
             with urllib.request.urlopen(req, timeout=10) as resp:
@@ -688,7 +741,6 @@ class Supervisor:
             pass  # an error answer is an answer: the engine is not stuck
         with self.lock:
             self.canary_done = True
-
 
     def health_loop(self) -> None:
         """/health every 10 s once serving, in its own thread: with PP on vLLM 0.6 it is answered

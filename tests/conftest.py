@@ -182,8 +182,10 @@ def clean_bed(bed: TestBed, when: str) -> list[str]:
     for host in bed.hosts:
         busy = _wait_ports_free(bed, host.index, deadline=time.monotonic() + 60)
         if busy:
-            raise RuntimeError(f"bed host {host.name} still has listeners {busy} {when}; "
-                               "a process outside any container holds them")  # fmt: skip
+            raise RuntimeError(
+                f"bed host {host.name} still has listeners {busy} {when}; "
+                "a process outside any container holds them"
+            )
     return removed
 
 
@@ -191,8 +193,10 @@ def _wait_ports_free(bed: TestBed, i: int, deadline: float) -> list[str]:
     """Listening TCP ports on host i other than its sshd, once none are left or at the deadline."""
     while True:
         out = bed.run(i, "ss", "-Htln", timeout=30).stdout
-        busy = sorted({line.split()[3] for line in out.splitlines() if line.split()[3:4]}
-                      - {"0.0.0.0:22", "[::]:22", "*:22"})  # fmt: skip
+        busy = sorted(
+            {line.split()[3] for line in out.splitlines() if line.split()[3:4]}
+            - {"0.0.0.0:22", "[::]:22", "*:22"}
+        )
         if not busy or time.monotonic() > deadline:
             return busy
         time.sleep(0.5)
@@ -202,8 +206,9 @@ def _wait_ports_free(bed: TestBed, i: int, deadline: float) -> list[str]:
 def bed_clean_around_module(request: pytest.FixtureRequest) -> Iterator[None]:
     """A module that uses the bed starts on a clean bed and leaves one, whatever its tests did:
     one failing module never fails the next."""
-    uses_bed = any("bed" in item.fixturenames for item in request.session.items
-                   if item.module is request.module)  # fmt: skip
+    uses_bed = any(
+        "bed" in item.fixturenames for item in request.session.items if item.module is request.module
+    )
     if not uses_bed:
         yield
         return
@@ -237,8 +242,13 @@ def _build(kind: str, base: str) -> str:
     from orchestrate import images
 
     tag = images.RAY_IMAGE if kind == "ray" else images.CPU_IMAGE
-    images.build_image(kind, tag=tag, base=base, cache_dir=CACHE,  # type: ignore[arg-type]
-                       on_event=lambda line: print(f"[image {kind}] {line}", file=sys.stderr))
+    images.build_image(
+        kind,
+        tag=tag,
+        base=base,
+        cache_dir=CACHE,  # type: ignore[arg-type]
+        on_event=lambda line: print(f"[image {kind}] {line}", file=sys.stderr),
+    )
     return tag
 
 
@@ -264,12 +274,15 @@ def tiny_model(bed: TestBed, cpu_image: str) -> Path:
 
 # vLLM on CPU, PP=2 across two bed hosts (the reference notes' working settings)
 CPU_SERVE: dict[str, Any] = {
-    "tensor_parallel_size": 1, "pipeline_parallel_size": 2, "max_model_len": 512,
-    "dtype": "float32", "port": 8009, "startup_timeout": 600,
+    "tensor_parallel_size": 1,
+    "pipeline_parallel_size": 2,
+    "max_model_len": 512,
+    "dtype": "float32",
+    "port": 8009,
+    "startup_timeout": 600,
     # no C++ compiler in the image, and PP needs the warm-up pass that --enforce-eager skips
-    "extra_args": ["--compilation-config", '{"mode":2,"backend":"eager"}',
-                   "--kv-cache-memory-bytes", "64M"],
-}  # fmt: skip
+    "extra_args": ["--compilation-config", '{"mode":2,"backend":"eager"}', "--kv-cache-memory-bytes", "64M"],
+}
 # vLLM's CPU workers must be bound to cores explicitly when world size > 1
 CPU_BIND = [{"VLLM_CPU_OMP_THREADS_BIND": "0"}, {"VLLM_CPU_OMP_THREADS_BIND": "1"}]
 
@@ -283,8 +296,9 @@ def ray_model(bed: TestBed) -> dict[str, str]:
     return {"host_dir": str(model.parent), "name": "ray-only"}
 
 
-def until(cond: Callable[[], Any], timeout: float = 30.0, what: str = "the condition",
-          every: float = 1.0) -> Any:
+def until(
+    cond: Callable[[], Any], timeout: float = 30.0, what: str = "the condition", every: float = 1.0
+) -> Any:
     """cond()'s first truthy value, polled every `every` seconds; fails after `timeout` naming
     `what` (a condition with a deadline, never a fixed sleep)."""
     deadline = time.monotonic() + timeout
@@ -300,21 +314,30 @@ def until(cond: Callable[[], Any], timeout: float = 30.0, what: str = "the condi
 def bed_inventory(bed: TestBed, path: Path, n: int, **sections: Any) -> Path:
     """Write an inventory for the bed's first n hosts; `sections` override top-level keys."""
     hosts = [
-        {"name": h.name, "address": h.address, "role": "head" if h.index == 1 else "worker",
-         "gpus": 1, "nic": h.nic}
+        {
+            "name": h.name,
+            "address": h.address,
+            "role": "head" if h.index == 1 else "worker",
+            "gpus": 1,
+            "nic": h.nic,
+        }
         for h in bed.hosts[:n]
-    ]  # fmt: skip
+    ]
     data: dict[str, Any] = {
         "name": "bedtest",
         "image": "orchestrate/ray:2.60.0",
         "images": {"source": "local"},
         "accelerator": "cpu",
-        "ssh": {"key": str(bed.key_path), "known_hosts": str(bed.known_hosts_path),
-                "connect_timeout": 5, "command_timeout": 60},
+        "ssh": {
+            "key": str(bed.key_path),
+            "known_hosts": str(bed.known_hosts_path),
+            "connect_timeout": 5,
+            "command_timeout": 60,
+        },
         "container": {"shm_size": "1Gi", "stop_timeout": 20},
         "model": {"host_dir": str(bed.shared_dir / "models"), "name": "tiny"},
         "hosts": hosts,
-    }  # fmt: skip
+    }
     for key, value in sections.items():
         if key == "gpus":
             for host in data["hosts"]:
@@ -335,11 +358,18 @@ def orch(
     full_env = {**os.environ, **CHILD_ENV, **(env or {})}
     t0 = time.monotonic()
     # not the checkout: `up` remembers its inventory in ./.orchestrate/
-    res = subprocess.run([sys.executable, "-m", "orchestrate", *args], capture_output=True,
-                         text=True, timeout=timeout, env=full_env, cwd=WORKDIR)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "orchestrate", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=WORKDIR,
+    )
     res.elapsed = time.monotonic() - t0  # type: ignore[attr-defined]
-    sys.stderr.write(f"$ orchestrate {' '.join(args)}  -> {res.returncode} "
-                     f"({res.elapsed:.1f}s)\n{res.stderr[-6000:]}\n")  # type: ignore[attr-defined]
+    sys.stderr.write(
+        f"$ orchestrate {' '.join(args)}  -> {res.returncode} ({res.elapsed:.1f}s)\n{res.stderr[-6000:]}\n"
+    )  # type: ignore[attr-defined]
     return res
 
 
@@ -352,10 +382,15 @@ def _default_sigint() -> None:
 
 def orch_popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """The real CLI in the background (stdout/stderr piped, text), ready to receive SIGINT."""
-    return subprocess.Popen([sys.executable, "-m", "orchestrate", *args], cwd=WORKDIR,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **CHILD_ENV, **(env or {})},
-                            preexec_fn=_default_sigint)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrate", *args],
+        cwd=WORKDIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **CHILD_ENV, **(env or {})},
+        preexec_fn=_default_sigint,
+    )
 
 
 @contextlib.contextmanager
@@ -401,17 +436,20 @@ class Watched:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no line matching {pattern!r} within {timeout:g}s:\n"
-                                     + self.stderr[-4000:])  # fmt: skip
+                raise AssertionError(
+                    f"no line matching {pattern!r} within {timeout:g}s:\n" + self.stderr[-4000:]
+                )
             try:
                 line = self._queue.get(timeout=remaining)
             except queue.Empty:
                 continue
             if line is None:
                 self._queue.put(None)
-                raise AssertionError(f"orchestrate {' '.join(self.args)} exited "
-                                     f"({self.proc.wait()}) before a line matching {pattern!r}:"
-                                     f"\n{self.stderr[-4000:]}")  # fmt: skip
+                raise AssertionError(
+                    f"orchestrate {' '.join(self.args)} exited "
+                    f"({self.proc.wait()}) before a line matching {pattern!r}:"
+                    f"\n{self.stderr[-4000:]}"
+                )
             self.lines.append(line)
             if rx.search(line):
                 return line
@@ -427,8 +465,9 @@ class Watched:
             code = self.proc.wait(timeout)
             self.exited_at = time.monotonic()
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"orchestrate {' '.join(self.args)} still running after "
-                                 f"{timeout:g}s:\n{self.stderr[-4000:]}") from None  # fmt: skip
+            raise AssertionError(
+                f"orchestrate {' '.join(self.args)} still running after {timeout:g}s:\n{self.stderr[-4000:]}"
+            ) from None
         self._drain()
         return code
 
@@ -450,8 +489,9 @@ class Watched:
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()
-        sys.stderr.write(f"$ orchestrate {' '.join(self.args)}  -> {self.proc.returncode}\n"
-                         f"{self.stderr[-6000:]}\n")  # fmt: skip
+        sys.stderr.write(
+            f"$ orchestrate {' '.join(self.args)}  -> {self.proc.returncode}\n{self.stderr[-6000:]}\n"
+        )
 
     def __enter__(self) -> Watched:
         return self

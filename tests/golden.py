@@ -15,6 +15,9 @@ def check(path: Path, actual: str) -> None:
     assert path.exists(), f"{path} is missing; run the tests once with UPDATE_GOLDEN=1"
     expected = path.read_text(encoding="utf-8")
     if expected != actual:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
-                                            str(path), "rendered", n=2))
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(True), actual.splitlines(True), str(path), "rendered", n=2
+            )
+        )
         raise AssertionError(f"{path} differs from what the code renders:\n{diff[:4000]}")

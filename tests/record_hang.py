@@ -30,10 +30,16 @@ OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "metrics"
 @pytest.mark.bed
 def test_record(bed: TestBed, cpu_image: str, tiny_model: Path, tmp_path: Path) -> None:
     path = bed_inventory(
-        bed, tmp_path / "hang.yaml", 2, name="hangrec", image=cpu_image, backend="mp",
+        bed,
+        tmp_path / "hang.yaml",
+        2,
+        name="hangrec",
+        image=cpu_image,
+        backend="mp",
         model={"host_dir": str(tiny_model.parent), "name": "tiny", "served_name": "tiny"},
-        serve={**CPU_SERVE, "max_model_len": 2048}, host_env=CPU_BIND,
-    )  # fmt: skip
+        serve={**CPU_SERVE, "max_model_len": 2048},
+        host_env=CPU_BIND,
+    )
     with deployed(path, timeout=1200) as report:
         url = report["endpoint"]
         samples: list[dict[str, Any]] = []
@@ -45,12 +51,18 @@ def test_record(bed: TestBed, cpu_image: str, tiny_model: Path, tmp_path: Path) 
             except httpx.HTTPError as exc:
                 health = type(exc).__name__
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
-            samples.append({"t": round(time.monotonic() - t0, 2), "phase": phase,
-                            "health": health, "metrics": metrics})  # fmt: skip
+            samples.append(
+                {"t": round(time.monotonic() - t0, 2), "phase": phase, "health": health, "metrics": metrics}
+            )
 
         sample("idle")
-        body = {"model": "tiny", "messages": [{"role": "user", "content": "Count to a thousand."}],
-                "max_tokens": 1500, "ignore_eos": True, "stream": True}  # fmt: skip
+        body = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "Count to a thousand."}],
+            "max_tokens": 1500,
+            "ignore_eos": True,
+            "stream": True,
+        }
         done = threading.Event()
 
         def chat() -> None:
@@ -79,8 +91,13 @@ def test_record(bed: TestBed, cpu_image: str, tiny_model: Path, tmp_path: Path) 
         assert done.wait(600)
         sample("after")
     for s in samples:  # only vLLM's own series
-        s["metrics"] = "\n".join(line for line in s["metrics"].splitlines()
-                                 if line.startswith(("vllm:", "# HELP vllm:", "# TYPE vllm:"))
-                                 and "_bucket{" not in line) + "\n"
+        s["metrics"] = (
+            "\n".join(
+                line
+                for line in s["metrics"].splitlines()
+                if line.startswith(("vllm:", "# HELP vllm:", "# TYPE vllm:")) and "_bucket{" not in line
+            )
+            + "\n"
+        )
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "vllm-0.32.0-cpu-pp2-worker-sigstop.json").write_text(json.dumps(samples, indent=1) + "\n")

@@ -18,8 +18,14 @@ CASES = Path(__file__).parent / "cases"
 def run(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("ORCHESTRATE_INVENTORY", None) if env is None else None
-    return subprocess.run([sys.executable, "-m", "orchestrate", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrate", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_fresh_checkout_renders_the_reference_inventory(tmp_path: Path) -> None:
@@ -32,8 +38,11 @@ def test_fresh_checkout_renders_the_reference_inventory(tmp_path: Path) -> None:
 def test_render_writes_files(tmp_path: Path) -> None:
     res = run("--target", "compose", "render", "-o", str(tmp_path))
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["l20-head.yaml", "l20-worker.yaml",
-                                                          "orchestrate-supervisor.py"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "l20-head.yaml",
+        "l20-worker.yaml",
+        "orchestrate-supervisor.py",
+    ]
 
 
 @pytest.mark.parametrize("case", sorted((CASES / "invalid").glob("*.yaml")), ids=lambda p: p.stem)
@@ -77,8 +86,9 @@ def test_logs_unknown_node_is_a_usage_error() -> None:
 
 
 def test_plan_with_model_config_warns_that_the_model_fits_one_gpu() -> None:
-    res = run("plan", "--model-config", str(CASES.parent / "fit_configs" /
-                                             "Qwen2.5-32B-Instruct-GPTQ-Int4.json"))
+    res = run(
+        "plan", "--model-config", str(CASES.parent / "fit_configs" / "Qwen2.5-32B-Instruct-GPTQ-Int4.json")
+    )
     assert res.returncode == 0, res.stderr
     assert "would fit on 1 GPU" in res.stdout and "suggested: TP 1 x PP 1" in res.stdout
 
@@ -131,14 +141,30 @@ print(json.dumps(libs), file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["validate"], ["--target", "k8s", "render"],
-                                  ["schema"], ["plan"], ["up", "--dry-run"], ["firewall"]],
-                         ids=lambda a: " ".join(a))  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["validate"],
+        ["--target", "k8s", "render"],
+        ["schema"],
+        ["plan"],
+        ["up", "--dry-run"],
+        ["firewall"],
+    ],
+    ids=lambda a: " ".join(a),
+)
 def test_pure_commands_import_no_host_library(args: list[str]) -> None:
     """--help, validate, render, ... must not pay for docker, fabric, paramiko, httpx or rich
     (not a terminal here): they are what made every command start in ~0.7 s."""
-    res = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60, input=json.dumps(HOST_LIBRARIES))  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=json.dumps(HOST_LIBRARIES),
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stderr.splitlines()[-1]) == []
 
@@ -158,8 +184,11 @@ def test_global_options_after_the_subcommand_mean_the_same(tmp_path: Path) -> No
     # render's own -o DIR is still render's: --output is the global one
     res = run("render", "-o", str(tmp_path), "--target", "compose", "--output", "text")
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["l20-head.yaml", "l20-worker.yaml",
-                                                          "orchestrate-supervisor.py"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "l20-head.yaml",
+        "l20-worker.yaml",
+        "orchestrate-supervisor.py",
+    ]
 
 
 def test_verbose_and_output_merge_from_both_sides() -> None:
@@ -177,8 +206,13 @@ def test_verbose_and_output_merge_from_both_sides() -> None:
 
     try:
         runner = CliRunner()
-        assert runner.invoke(cli_mod.cli, ["-v", "probe-options", "-v", "--output", "json",
-                                           "-i", "x.yaml", "--target", "k8s"]).exit_code == 0
+        assert (
+            runner.invoke(
+                cli_mod.cli,
+                ["-v", "probe-options", "-v", "--output", "json", "-i", "x.yaml", "--target", "k8s"],
+            ).exit_code
+            == 0
+        )
         assert runner.invoke(cli_mod.cli, ["probe-options"]).exit_code == 0
     finally:
         del cli_mod.cli.commands["probe-options"]
@@ -201,11 +235,16 @@ def test_status_takes_output_json_after_the_inventory(tmp_path: Path) -> None:
 
 
 def _complete(words: str, cwd: Path) -> list[str]:
-    env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(len(words.split(" ")) - 1),
-           "_ORCHESTRATE_COMPLETE": "bash_complete"}  # fmt: skip
+    env = {
+        **os.environ,
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split(" ")) - 1),
+        "_ORCHESTRATE_COMPLETE": "bash_complete",
+    }
     env.pop("ORCHESTRATE_INVENTORY", None)
-    res = subprocess.run([sys.executable, "-m", "orchestrate"], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "orchestrate"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     return [line.split(",", 1)[1] for line in res.stdout.splitlines()]
 

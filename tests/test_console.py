@@ -29,34 +29,61 @@ class _Tty(io.StringIO):
 # Real lines from vLLM logs people posted (the issue each comes from), and what `up` shows.
 REAL_LINES = [
     # vllm-project/vllm#38820 (v0.2x, TP worker prefix)
-    ("Loading safetensors checkpoint shards:  56% Completed | 5/9 [00:13<00:11,  2.87s/it]",
-     "loading weights: shard 5/9"),
-    ("(Worker_TP0 pid=34322) INFO 05-06 20:59:59 [gpu_model_runner.py:4879] Model loading took "
-     "12.66 GiB memory and 31.657031 seconds", "model loaded (12.66 GiB)"),
+    (
+        "Loading safetensors checkpoint shards:  56% Completed | 5/9 [00:13<00:11,  2.87s/it]",
+        "loading weights: shard 5/9",
+    ),
+    (
+        "(Worker_TP0 pid=34322) INFO 05-06 20:59:59 [gpu_model_runner.py:4879] Model loading took "
+        "12.66 GiB memory and 31.657031 seconds",
+        "model loaded (12.66 GiB)",
+    ),
     # genlm/genlm-backend#10 (vLLM 0.6/0.7, V0 worker processes)
-    ("(VllmWorkerProcess pid=1152873) INFO 01-31 10:27:32 model_runner.py:1110] Starting to load "
-     "model meta-llama/Meta-Llama-3-8B...", "loading model meta-llama/Meta-Llama-3-8B..."),
-    ("INFO 01-31 10:27:34 model_runner.py:1115] Loading model weights took 3.7418 GB",
-     "weights loaded (3.7418 GB)"),
+    (
+        "(VllmWorkerProcess pid=1152873) INFO 01-31 10:27:32 model_runner.py:1110] Starting to load "
+        "model meta-llama/Meta-Llama-3-8B...",
+        "loading model meta-llama/Meta-Llama-3-8B...",
+    ),
+    (
+        "INFO 01-31 10:27:34 model_runner.py:1115] Loading model weights took 3.7418 GB",
+        "weights loaded (3.7418 GB)",
+    ),
     # vllm-project/vllm#12569 (V1 log of max concurrency)
     ("INFO 01-30 03:19:14 kv_cache_utils.py:395] # GPU blocks: 1381", "KV cache: 1381 GPU blocks"),
-    ("INFO 01-30 03:19:14 kv_cache_utils.py:398] Maximum concurrency for 2048 tokens per request: "
-     "10.79x", "KV cache fits 10.79x requests of 2048 tokens"),
-    ("INFO 01-30 03:18:25 backends.py:585] Dynamo bytecode transform time: 12.88 s",
-     "compiling the model (torch.compile)"),
-    ("INFO 01-30 03:19:13 monitor.py:31] torch.compile takes 54.73 s in total",
-     "torch.compile done in 54.73 s"),
+    (
+        "INFO 01-30 03:19:14 kv_cache_utils.py:398] Maximum concurrency for 2048 tokens per request: 10.79x",
+        "KV cache fits 10.79x requests of 2048 tokens",
+    ),
+    (
+        "INFO 01-30 03:18:25 backends.py:585] Dynamo bytecode transform time: 12.88 s",
+        "compiling the model (torch.compile)",
+    ),
+    (
+        "INFO 01-30 03:19:13 monitor.py:31] torch.compile takes 54.73 s in total",
+        "torch.compile done in 54.73 s",
+    ),
     # vllm-project/vllm#30515 (DP engine core prefix, thousands separators)
-    ("(EngineCore_DP0 pid=387) INFO 03-08 16:44:29 [kv_cache_utils.py:1314] GPU KV cache size: "
-     "188,640 tokens", "KV cache: 188640 tokens"),
-    ("(EngineCore_DP0 pid=387) INFO 03-08 16:44:29 [gpu_worker.py:456] Available KV cache memory: "
-     "17.36 GiB", "KV cache memory 17.36 GiB"),
+    (
+        "(EngineCore_DP0 pid=387) INFO 03-08 16:44:29 [kv_cache_utils.py:1314] GPU KV cache size: "
+        "188,640 tokens",
+        "KV cache: 188640 tokens",
+    ),
+    (
+        "(EngineCore_DP0 pid=387) INFO 03-08 16:44:29 [gpu_worker.py:456] Available KV cache memory: "
+        "17.36 GiB",
+        "KV cache memory 17.36 GiB",
+    ),
     # aivrar/vllm-windows-build#17 (tqdm bar of CUDA graph capture)
-    ("Capturing CUDA graphs (PIECEWISE): 100%|█████████████| 3/3 [00:03<00:00,  1.04s/it]",
-     "capturing CUDA graphs 3/3"),
-    ("(EngineCore pid=5744) INFO 09-22 12:15:35 [model_runner.py:960] Graph capturing finished in "
-     "4 secs, took 0.11 GiB", "CUDA graphs captured in 4 s"),
-]  # fmt: skip
+    (
+        "Capturing CUDA graphs (PIECEWISE): 100%|█████████████| 3/3 [00:03<00:00,  1.04s/it]",
+        "capturing CUDA graphs 3/3",
+    ),
+    (
+        "(EngineCore pid=5744) INFO 09-22 12:15:35 [model_runner.py:960] Graph capturing finished in "
+        "4 secs, took 0.11 GiB",
+        "CUDA graphs captured in 4 s",
+    ),
+]
 
 
 @pytest.mark.parametrize("line,shown", REAL_LINES, ids=[s for _, s in REAL_LINES])
@@ -65,15 +92,18 @@ def test_a_real_vllm_line_becomes_its_progress_phrase(line: str, shown: str) -> 
 
 
 def test_lines_without_progress_give_none() -> None:
-    for line in ("(Worker_TP0 pid=1) WARNING 05-06 21:00:09 [op.py:241] Priority not set for op",
-                 "INFO 12-20 00:49:35 config.py:887] Defaulting to use mp for distributed inference",
-                 ""):  # fmt: skip
+    for line in (
+        "(Worker_TP0 pid=1) WARNING 05-06 21:00:09 [op.py:241] Priority not set for op",
+        "INFO 12-20 00:49:35 config.py:887] Defaulting to use mp for distributed inference",
+        "",
+    ):
         assert serve_progress.phrase(line) is None
 
 
 def test_latest_takes_the_last_update_of_a_tqdm_bar_and_of_the_log() -> None:
-    bar = "".join(f"\rLoading safetensors checkpoint shards: {k * 25}% Completed | {k}/4 [00:0{k}<]"
-                  for k in range(4))  # fmt: skip
+    bar = "".join(
+        f"\rLoading safetensors checkpoint shards: {k * 25}% Completed | {k}/4 [00:0{k}<]" for k in range(4)
+    )
     assert serve_progress.latest("INFO Starting to load model m\n" + bar) == "loading weights: shard 3/4"
     assert serve_progress.latest("nothing here\nat all") is None
 
@@ -87,18 +117,25 @@ def test_the_recorded_vllm_cpu_log_shows_each_step_of_the_start() -> None:
         now = serve_progress.phrase(line)
         if now is not None and (not steps or steps[-1] != now):
             steps.append(now)
-    assert steps == ["vLLM 0.32.0 starting", "model architecture Qwen2ForCausalLM",
-                     "initializing the engine (v0.32.0)", "joined the group as rank 0 of 1",
-                     "loading model /models/tiny...", "loading weights: shard 0/1",
-                     "loading weights: shard 1/1", "weights loaded in 0.01 s"]  # fmt: skip
+    assert steps == [
+        "vLLM 0.32.0 starting",
+        "model architecture Qwen2ForCausalLM",
+        "initializing the engine (v0.32.0)",
+        "joined the group as rank 0 of 1",
+        "loading model /models/tiny...",
+        "loading weights: shard 0/1",
+        "loading weights: shard 1/1",
+        "weights loaded in 0.01 s",
+    ]
     assert serve_progress.latest(before_the_error) == "weights loaded in 0.01 s"
 
 
 # ---------------------------------------------------------------- a pipe: calm lines + log file
 
 
-def test_a_pipe_gets_no_detail_lines_paced_progress_and_the_log_has_everything(tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_pipe_gets_no_detail_lines_paced_progress_and_the_log_has_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out, log = io.StringIO(), tmp_path / "run.log"
     con = Console(stream=out, log_path=log)
     try:
@@ -114,8 +151,10 @@ def test_a_pipe_gets_no_detail_lines_paced_progress_and_the_log_has_everything(t
     screen = out.getvalue().splitlines()
     assert not any("pip: Collecting" in line for line in screen), screen
     progress = [line for line in screen if "MiB/s" in line]
-    assert [p.split("hb2: ")[1] for p in progress] == ["loading 100/500 MiB, 100 MiB/s",
-                                                       "loading 500/500 MiB, 100 MiB/s"]  # fmt: skip
+    assert [p.split("hb2: ")[1] for p in progress] == [
+        "loading 100/500 MiB, 100 MiB/s",
+        "loading 500/500 MiB, 100 MiB/s",
+    ]
     assert any(f"full output in {log}" in line for line in screen)
     assert screen[-3:] == ["error: hb2: it broke", "what to do: fix it", f"full output: {log}"]
     logged = log.read_text(encoding="utf-8")
@@ -134,8 +173,9 @@ def test_verbose_puts_the_details_on_screen() -> None:
 def test_secrets_are_masked_in_the_log_file_too(tmp_path: Path) -> None:
     from orchestrate.core import secrets
 
-    secrets.resolve({"VLLM_API_KEY": "ORCH_TEST_CONSOLE_KEY"},
-                    {"ORCH_TEST_CONSOLE_KEY": "sk-very-secret-value-123"})  # fmt: skip
+    secrets.resolve(
+        {"VLLM_API_KEY": "ORCH_TEST_CONSOLE_KEY"}, {"ORCH_TEST_CONSOLE_KEY": "sk-very-secret-value-123"}
+    )
     log = tmp_path / "run.log"
     con = Console(stream=io.StringIO(), log_path=log)
     con("serve", None, Detail("Authorization: Bearer sk-very-secret-value-123"))
@@ -241,8 +281,12 @@ def test_the_recorded_demo_head_log_ends_with_the_api_server_up() -> None:
     own log shows its rank joining the group of 2, the KV cache size, then the API server."""
     log = (FIXTURES / "logs" / "vllm-0.32.0-cpu-mp-pp2-head-start.log").read_text(encoding="utf-8")
     steps = [p for p in map(serve_progress.phrase, log.splitlines()) if p is not None]
-    for expected in ("vLLM 0.32.0 starting", "joined the group as rank 0 of 2",
-                     "KV cache: 65536 tokens", "API server up"):  # fmt: skip
+    for expected in (
+        "vLLM 0.32.0 starting",
+        "joined the group as rank 0 of 2",
+        "KV cache: 65536 tokens",
+        "API server up",
+    ):
         assert expected in steps, steps
     assert steps.index("joined the group as rank 0 of 2") < steps.index("KV cache: 65536 tokens")
     assert serve_progress.latest(log) == "API server up"

@@ -82,11 +82,16 @@ def test_readme_demo_command_serves_and_passes_the_checks(cpu_image: str) -> Non
     remove_base_images()
     # as a user with this environment activated: its pip and orchestrate come first on PATH
     # the suite's cache: the rootfs tarball the image fixtures made is re-imported, not rebuilt
-    env = {**os.environ, **CHILD_ENV, "ORCH_CACHE": str(CACHE),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    env = {
+        **os.environ,
+        **CHILD_ENV,
+        "ORCH_CACHE": str(CACHE),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     try:
-        res = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=1200)  # fmt: skip
+        res = subprocess.run(
+            ["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
+        )
         sys.stderr.write(res.stderr[-5000:])
         assert res.returncode == 0, res.stderr[-3000:]
         assert "ready: http://172.30.99.11:8009 serves 'tiny'" in res.stdout

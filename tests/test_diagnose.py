@@ -15,9 +15,17 @@ from orchestrate.host.remote import diagnose
 
 
 def _target(port: int) -> SSHTarget:
-    return SSHTarget(local=False, host="127.0.0.1", port=port, user="root", key=None,
-                     known_hosts="/dev/null", host_key_policy="strict", connect_timeout=2,
-                     command_timeout=5)  # fmt: skip
+    return SSHTarget(
+        local=False,
+        host="127.0.0.1",
+        port=port,
+        user="root",
+        key=None,
+        known_hosts="/dev/null",
+        host_key_policy="strict",
+        connect_timeout=2,
+        command_timeout=5,
+    )
 
 
 @pytest.fixture

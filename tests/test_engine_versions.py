@@ -61,8 +61,12 @@ def test_negotiate_picks_the_highest_version_both_sides_speak() -> None:
 
 def test_negotiate_compares_versions_as_numbers() -> None:
     # "1.9" < "1.41" as numbers, not as strings
-    assert negotiate("hb", {"Version": "x", "ApiVersion": "1.45", "MinAPIVersion": "1.9"},
-                     client_max="1.100").api == "1.45"  # fmt: skip
+    assert (
+        negotiate(
+            "hb", {"Version": "x", "ApiVersion": "1.45", "MinAPIVersion": "1.9"}, client_max="1.100"
+        ).api
+        == "1.45"
+    )
 
 
 def test_negotiate_names_the_host_when_the_client_is_too_old() -> None:
@@ -114,8 +118,9 @@ class EngineBed(TestBed):
 def engine_rootfs() -> Path:
     need_bed()
     # cold: debootstrap of trixie, ~2 min; cached: instant
-    cp = subprocess.run(["/bin/bash", str(HERE / "engine_rootfs.sh")], capture_output=True,
-                        text=True, timeout=1800)  # fmt: skip
+    cp = subprocess.run(
+        ["/bin/bash", str(HERE / "engine_rootfs.sh")], capture_output=True, text=True, timeout=1800
+    )
     assert cp.returncode == 0, cp.stderr[-3000:]
     return Path(cp.stdout.split()[-1])
 
@@ -127,8 +132,12 @@ def vbed(engine_rootfs: Path) -> Iterator[EngineBed]:
 
 
 def _inventory(bed: TestBed, path: Path, **sections: Any) -> Path:
-    sections = {"name": "engines", "image": "orchestrate/debian-py:bookworm", "backend": "mp",
-                "serve": {"tensor_parallel_size": 1, "pipeline_parallel_size": 2}} | sections  # fmt: skip
+    sections = {
+        "name": "engines",
+        "image": "orchestrate/debian-py:bookworm",
+        "backend": "mp",
+        "serve": {"tensor_parallel_size": 1, "pipeline_parallel_size": 2},
+    } | sections
     return bed_inventory(bed, path, 2, **sections)
 
 
@@ -211,16 +220,24 @@ def test_up_mp_across_both_engines_then_down_leaves_nothing(
     tiny = images.make_tiny_model(vbed.shared_dir / "models" / "tiny", image=cpu_image)
     vbed.seed(cpu_image)  # both engines at once (what images.source: local would send)
     path = bed_inventory(
-        vbed, tmp_path / "mp2.yaml", 2, name="engpp", image=cpu_image, backend="mp",
+        vbed,
+        tmp_path / "mp2.yaml",
+        2,
+        name="engpp",
+        image=cpu_image,
+        backend="mp",
         model={"host_dir": str(tiny.parent), "name": "tiny", "served_name": "tiny"},
-        serve=CPU_SERVE, host_env=CPU_BIND,
+        serve=CPU_SERVE,
+        host_env=CPU_BIND,
         checks={"prompt": "Say hello.", "max_tokens": 8, "timeout": 120},
-    )  # fmt: skip
+    )
     with deployed(path, timeout=1200) as report:
         checks = {c["name"]: c for c in report["checks"]}
         assert all(c["ok"] for c in checks.values()), checks
-        running = {i: vbed.docker(i, "ps", "-q", "--filter", "label=orchestrate.deployment=engpp")
-                   for i in (OLD, NEW)}  # fmt: skip
+        running = {
+            i: vbed.docker(i, "ps", "-q", "--filter", "label=orchestrate.deployment=engpp")
+            for i in (OLD, NEW)
+        }
         assert all(r.returncode == 0 and len(r.stdout.split()) == 1 for r in running.values()), running
     for i in (OLD, NEW):
         left = vbed.docker(i, "ps", "-aq", "--filter", "label=orchestrate.deployment=engpp").stdout

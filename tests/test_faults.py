@@ -47,14 +47,20 @@ FAULTS = {
 
 
 @pytest.fixture(scope="module")
-def ray2(bed: TestBed, ray_image: str, ray_model: dict[str, str],
-         tmp_path_factory: pytest.TempPathFactory) -> Any:  # fmt: skip
+def ray2(
+    bed: TestBed, ray_image: str, ray_model: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     path = bed_inventory(
-        bed, tmp_path_factory.mktemp("faults") / "faults.yaml", 2, name="faulty",
-        image=ray_image, backend="ray",
-        model=ray_model, ray={"object_store_memory": "200Mi", "join_timeout": 90},
+        bed,
+        tmp_path_factory.mktemp("faults") / "faults.yaml",
+        2,
+        name="faulty",
+        image=ray_image,
+        backend="ray",
+        model=ray_model,
+        ray={"object_store_memory": "200Mi", "join_timeout": 90},
         serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": False},
-    )  # fmt: skip
+    )
     yield path
     orch("down", str(path), timeout=300)
 
@@ -72,8 +78,7 @@ def _one_error_line(stderr: str, host: str) -> str:
 
 @pytest.mark.parametrize("host", [2, 1], ids=["worker", "head"])
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_fault_before_up_fails_fast_naming_the_host(bed: TestBed, ray2: Path, fault: str,
-                                                     host: int) -> None:  # fmt: skip
+def test_fault_before_up_fails_fast_naming_the_host(bed: TestBed, ray2: Path, fault: str, host: int) -> None:
     name = bed.hosts[host - 1].name
     bed.fault(fault, host)
     try:
@@ -82,8 +87,10 @@ def test_fault_before_up_fails_fast_naming_the_host(bed: TestBed, ray2: Path, fa
         bed.fault(FAULTS[fault], host)
     line = _one_error_line(res.stderr, name)
     assert res.returncode == 1
-    _record(f"| {fault} | {name} ({'head' if host == 1 else 'worker'}) | before up | "
-            f"{res.elapsed:.1f} s | {line[7:160]} |")  # type: ignore[attr-defined]
+    _record(
+        f"| {fault} | {name} ({'head' if host == 1 else 'worker'}) | before up | "
+        f"{res.elapsed:.1f} s | {line[7:160]} |"
+    )  # type: ignore[attr-defined]
     assert res.elapsed < BOUND_S  # type: ignore[attr-defined]
 
 
@@ -91,8 +98,9 @@ AFTER = [(f, 2) for f in FAULTS] + [("crash", 1), ("kill-dockerd", 1), ("partiti
 
 
 @pytest.mark.parametrize("fault,host", AFTER, ids=[f"{f}-hb{h}" for f, h in AFTER])
-def test_fault_after_up_status_is_truthful_and_up_converges(bed: TestBed, ray2: Path, fault: str,
-                                                            host: int) -> None:  # fmt: skip
+def test_fault_after_up_status_is_truthful_and_up_converges(
+    bed: TestBed, ray2: Path, fault: str, host: int
+) -> None:
     name = bed.hosts[host - 1].name
     orch_json("up", str(ray2), timeout=400)  # a no-op when the previous case converged
     bed.fault(fault, host)
@@ -108,10 +116,12 @@ def test_fault_after_up_status_is_truthful_and_up_converges(bed: TestBed, ray2: 
     report = orch_json("up", str(ray2), timeout=400)  # converges after recovery
     alive = [n for n in report["ray_nodes"] if n["alive"]]
     assert sorted(n["ip"] for n in alive) == sorted(h.address for h in bed.hosts[:2])
-    _record(f"| {fault} | {name} ({'head' if host == 1 else 'worker'}) | after up | status "
-            f"{res.elapsed:.1f} s: {name} {state[name]} | up after recovery: "  # type: ignore[attr-defined]
-            f"{', '.join(f'{h} {a}' for h, a in report['changes'].items())}, "
-            f"{sum(n['gpus'] for n in alive):g} GPUs |")
+    _record(
+        f"| {fault} | {name} ({'head' if host == 1 else 'worker'}) | after up | status "
+        f"{res.elapsed:.1f} s: {name} {state[name]} | up after recovery: "  # type: ignore[attr-defined]
+        f"{', '.join(f'{h} {a}' for h, a in report['changes'].items())}, "
+        f"{sum(n['gpus'] for n in alive):g} GPUs |"
+    )
 
 
 def test_down_after_the_fault_matrix_leaves_nothing(bed: TestBed, ray2: Path) -> None:
@@ -125,14 +135,24 @@ def test_vllm_crashing_at_start_is_reported_with_its_cause(
     """A flag the image's vLLM does not have: refused before any container starts (the flag
     table of the version read from the image), or, where the image's version cannot be read,
     vLLM's own "unrecognized arguments" reported with the same advice."""
+
     def inventory(name: str, extra: list[str]) -> Path:
         return bed_inventory(
-            bed, tmp_path / f"{name}.yaml", 2, name=name, image=cpu_image, backend="mp",
+            bed,
+            tmp_path / f"{name}.yaml",
+            2,
+            name=name,
+            image=cpu_image,
+            backend="mp",
             model={"host_dir": str(tiny_model.parent), "name": "tiny"},
-            serve={**CPU_SERVE, "port": 8011, "startup_timeout": 300,
-                   "extra_args": [*CPU_SERVE["extra_args"], *extra]},
+            serve={
+                **CPU_SERVE,
+                "port": 8011,
+                "startup_timeout": 300,
+                "extra_args": [*CPU_SERVE["extra_args"], *extra],
+            },
             host_env=CPU_BIND,
-        )  # fmt: skip
+        )
 
     path = inventory("badflag", ["--no-such-flag"])
     try:
@@ -141,8 +161,10 @@ def test_vllm_crashing_at_start_is_reported_with_its_cause(
         assert res.returncode != 0 and "--no-such-flag" in res.stderr, res.stderr[-2000:]
         assert "serve.extra_args" in res.stderr  # what to fix
         early = ps(bed, 1) == [] and ps(bed, 2) == []  # refused by the image's flag table
-        _record(f"| vLLM unknown flag | {line[7:10]} | {'before start' if early else 'at start'} | "
-                f"{res.elapsed:.1f} s | {line[7:160]} |")  # type: ignore[attr-defined]
+        _record(
+            f"| vLLM unknown flag | {line[7:10]} | {'before start' if early else 'at start'} | "
+            f"{res.elapsed:.1f} s | {line[7:160]} |"
+        )  # type: ignore[attr-defined]
     finally:
         assert orch("down", str(path), timeout=300).returncode == 0
     assert ps(bed, 1) == [] and ps(bed, 2) == []
@@ -162,14 +184,19 @@ MID_CASES = [(p, f, t) for p in MID for f in CAUSE for t in ("error", "ctrl-c")]
 
 
 @pytest.fixture(scope="module")
-def mp2(bed: TestBed, cpu_image: str, tiny_model: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> Any:  # fmt: skip
+def mp2(bed: TestBed, cpu_image: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     bed.seed(cpu_image, hosts=[1, 2])  # 2.8 GB through SSH takes minutes on a busy machine
     path = bed_inventory(
-        bed, tmp_path_factory.mktemp("faults") / "mpfaults.yaml", 2, name="mpfaulty",
-        image=cpu_image, backend="mp", model={"host_dir": str(tiny_model.parent), "name": "tiny"},
-        serve={**CPU_SERVE, "port": 8014}, host_env=CPU_BIND,
-    )  # fmt: skip
+        bed,
+        tmp_path_factory.mktemp("faults") / "mpfaults.yaml",
+        2,
+        name="mpfaulty",
+        image=cpu_image,
+        backend="mp",
+        model={"host_dir": str(tiny_model.parent), "name": "tiny"},
+        serve={**CPU_SERVE, "port": 8014},
+        host_env=CPU_BIND,
+    )
     yield path
     orch("down", str(path), timeout=300)
 
@@ -198,16 +225,20 @@ def test_fault_mid_up_fails_fast_naming_the_host_and_ctrl_c_ends_it(
         to_exit = up.exited_at - injected
         if interrupted_at is not None:
             after_c = up.exited_at - interrupted_at
-            _record(f"| {fault} | {name} (worker) | mid {phase}, Ctrl-C 2 s after | "
-                    f"exit {after_c:.2f} s after Ctrl-C (code {code}) | "
-                    f"{(up.lines[-1] if up.lines else '').strip()[:150]} |")
+            _record(
+                f"| {fault} | {name} (worker) | mid {phase}, Ctrl-C 2 s after | "
+                f"exit {after_c:.2f} s after Ctrl-C (code {code}) | "
+                f"{(up.lines[-1] if up.lines else '').strip()[:150]} |"
+            )
             assert code in (130, 1), up.stderr[-3000:]  # 1: the error came first
             assert "Traceback" not in up.stderr
             assert after_c < CTRL_C_BOUND_S, up.stderr[-3000:]
         else:
             line = _one_error_line(up.stderr, name)
-            _record(f"| {fault} | {name} (worker) | mid {phase}{' (before Ctrl-C)' * (then == 'ctrl-c')}"
-                    f" | {to_exit:.1f} s | {line[7:200]} |")
+            _record(
+                f"| {fault} | {name} (worker) | mid {phase}{' (before Ctrl-C)' * (then == 'ctrl-c')}"
+                f" | {to_exit:.1f} s | {line[7:200]} |"
+            )
             assert code == 1, up.stderr[-3000:]
             assert CAUSE[fault] in line and "dockerd" not in line, line
             assert to_exit < BOUND_S, up.stderr[-3000:]

@@ -144,8 +144,16 @@ def test_32b_gptq_on_one_l20() -> None:
 
 def test_lines_for_people() -> None:
     text = "\n".join(l20().lines())
-    for part in ("TP 4 x PP 2 = 8 GPUs on 2 hosts", "layers per stage 32, 32", "2.25 GiB", "37.15 GiB",
-                 "32 KiB per token", "1,217,296 tokens", "297.19", "would fit on 1 GPU"):  # fmt: skip
+    for part in (
+        "TP 4 x PP 2 = 8 GPUs on 2 hosts",
+        "layers per stage 32, 32",
+        "2.25 GiB",
+        "37.15 GiB",
+        "32 KiB per token",
+        "1,217,296 tokens",
+        "297.19",
+        "would fit on 1 GPU",
+    ):
         assert part in text, part
     assert text.endswith("fits")
     data = json.loads(json.dumps(l20().as_dict()))
@@ -211,8 +219,10 @@ def test_max_model_len_beyond_the_model() -> None:
     assert not l20(Q7, tp=1, pp=1, max_model_len=32768).problems
     r = l20(Q7, tp=1, pp=1, max_model_len=65536)
     assert any("longer than the 32,768 positions" in p for p in r.problems)
-    yarn = {**config(Q7), "rope_scaling": {"type": "yarn", "factor": 4.0,
-                                             "original_max_position_embeddings": 32768}}  # fmt: skip
+    yarn = {
+        **config(Q7),
+        "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+    }
     assert ModelShape.from_config(yarn).max_context == 131_072  # Qwen's documented YaRN setting
 
 
@@ -290,19 +300,34 @@ def valid_shapes(draw: st.DrawFn) -> ModelShape:
     intermediate and per-GPU attention widths whole groups at TP 8."""
     heads = 8 * draw(st.integers(1, 8))
     head_dim = draw(st.sampled_from([64, 128]))
-    quant = draw(st.sampled_from([
-        Quantization(), Quantization("fp8", 8), Quantization("gptq", 4, 64), Quantization("awq", 4, 32),
-        Quantization("gptq", 8, None), Quantization("gptq", 3, 64),
-    ]))  # fmt: skip
+    quant = draw(
+        st.sampled_from(
+            [
+                Quantization(),
+                Quantization("fp8", 8),
+                Quantization("gptq", 4, 64),
+                Quantization("awq", 4, 32),
+                Quantization("gptq", 8, None),
+                Quantization("gptq", 3, 64),
+            ]
+        )
+    )
     return ModelShape(
-        name="gen", model_type="llama", layers=draw(st.integers(1, 96)),
-        hidden_size=heads * head_dim, heads=heads,
+        name="gen",
+        model_type="llama",
+        layers=draw(st.integers(1, 96)),
+        hidden_size=heads * head_dim,
+        heads=heads,
         kv_heads=draw(st.sampled_from([k for k in (1, 2, 4, 8) if heads % k == 0])),
-        head_dim=head_dim, intermediate_size=512 * draw(st.integers(1, 64)),
-        vocab_size=draw(st.integers(1000, 260_000)), tie_word_embeddings=draw(st.booleans()),
-        max_position_embeddings=None, torch_dtype="bfloat16", quantization=quant,
+        head_dim=head_dim,
+        intermediate_size=512 * draw(st.integers(1, 64)),
+        vocab_size=draw(st.integers(1000, 260_000)),
+        tie_word_embeddings=draw(st.booleans()),
+        max_position_embeddings=None,
+        torch_dtype="bfloat16",
+        quantization=quant,
         qkv_bias=draw(st.booleans()),
-    )  # fmt: skip
+    )
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

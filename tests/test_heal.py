@@ -17,20 +17,30 @@ from tests.testbed import TestBed
 
 pytestmark = [pytest.mark.bed, pytest.mark.slow, pytest.mark.vllm]
 NAME = "healpp"
-TABLE_HEADER = ("| fault | detected (first unhealthy status) | chat check passes again | "
-                "restarts head/worker |\n|---|---|---|---|")  # fmt: skip
+TABLE_HEADER = (
+    "| fault | detected (first unhealthy status) | chat check passes again | "
+    "restarts head/worker |\n|---|---|---|---|"
+)
 HEAL_DEADLINE_S = 600  # a vLLM start on a loaded 2-core CI machine, with margin
 
 
 @pytest.fixture(scope="module")
-def heal_inventory(bed: TestBed, cpu_image: str, tiny_model: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
+def heal_inventory(
+    bed: TestBed, cpu_image: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     return bed_inventory(
-        bed, tmp_path_factory.mktemp("heal") / "heal.yaml", 2, name=NAME, image=cpu_image,
-        backend="mp", model={"host_dir": str(tiny_model.parent), "name": "tiny", "served_name": "tiny"},
-        serve=CPU_SERVE, host_env=CPU_BIND, watchdog={"peer_timeout": 10, "backoff": 2},
+        bed,
+        tmp_path_factory.mktemp("heal") / "heal.yaml",
+        2,
+        name=NAME,
+        image=cpu_image,
+        backend="mp",
+        model={"host_dir": str(tiny_model.parent), "name": "tiny", "served_name": "tiny"},
+        serve=CPU_SERVE,
+        host_env=CPU_BIND,
+        watchdog={"peer_timeout": 10, "backoff": 2},
         checks={"prompt": "Say hello.", "max_tokens": 8, "timeout": 120},
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,24 +63,29 @@ def _pid(bed: TestBed, host: int, container: str) -> str:
 
 
 def _heals(bed: TestBed, inv: Path, fault: str, t0: float) -> dict[str, Any]:
-    unhealthy = until(lambda: not _status(inv)["healthy"] and time.monotonic(), 60,
-                       "reported by status")  # fmt: skip
-    until(lambda: orch("check", str(inv), timeout=180).returncode == 0, HEAL_DEADLINE_S,
-           "serving again")  # fmt: skip
+    unhealthy = until(lambda: not _status(inv)["healthy"] and time.monotonic(), 60, "reported by status")
+    until(lambda: orch("check", str(inv), timeout=180).returncode == 0, HEAL_DEADLINE_S, "serving again")
     healed = time.monotonic()
     data = until(lambda: (d := _status(inv))["healthy"] and d, 120, "healthy in status")
     rows = {h["role"]: h for h in data["hosts"]}
-    record_row("heal-table", TABLE_HEADER,
-               f"| {fault} | {unhealthy - t0:.1f} s | {healed - t0:.1f} s | "
-               f"{rows['head']['restarts']}/{rows['worker-1']['restarts']} |")
+    record_row(
+        "heal-table",
+        TABLE_HEADER,
+        f"| {fault} | {unhealthy - t0:.1f} s | {healed - t0:.1f} s | "
+        f"{rows['head']['restarts']}/{rows['worker-1']['restarts']} |",
+    )
     return rows
 
 
 def test_a_killed_worker_container_heals_the_group_without_orchestrate(
-        bed: TestBed, heal_inventory: Path, heal_up: Any) -> None:  # fmt: skip
+    bed: TestBed, heal_inventory: Path, heal_up: Any
+) -> None:
     # the head's supervisor sees /health 200 within its 2 s probe, maybe after `up` returned
-    until(lambda: _status(heal_inventory)["hosts"][0]["supervisor"]["phase"] == "serving", 60,
-          "the head's supervisor to say serving")  # fmt: skip
+    until(
+        lambda: _status(heal_inventory)["hosts"][0]["supervisor"]["phase"] == "serving",
+        60,
+        "the head's supervisor to say serving",
+    )
     before = {h["role"]: h for h in _status(heal_inventory)["hosts"]}
     assert before["worker-1"]["supervisor"]["phase"] == "running"
     t0 = time.monotonic()
@@ -84,8 +99,7 @@ def test_a_killed_worker_container_heals_the_group_without_orchestrate(
     assert len(ps(bed, 1)) == 1 and len(ps(bed, 2)) == 1  # the same containers, restarted
 
 
-def test_a_sigkilled_headless_vllm_heals_the_group(
-        bed: TestBed, heal_inventory: Path, heal_up: Any) -> None:  # fmt: skip
+def test_a_sigkilled_headless_vllm_heals_the_group(bed: TestBed, heal_inventory: Path, heal_up: Any) -> None:
     t0 = time.monotonic()
     # the supervisor's child, inside the container: vllm serve --headless
     res = bed.docker(2, "exec", f"{NAME}-worker-1", "pkill", "-9", "-f", "vllm serve")

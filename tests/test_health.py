@@ -56,7 +56,7 @@ def test_a_threshold_longer_than_the_stall_never_fires(recorded: list[dict[str, 
 
 
 def test_stall_time_counts_from_the_last_progress() -> None:
-    busy = "vllm:num_requests_running 1\nvllm:generation_tokens_total{a=\"x\"} 10\n"
+    busy = 'vllm:num_requests_running 1\nvllm:generation_tokens_total{a="x"} 10\n'
     watch = health.ProgressWatch(stall_after_s=30)
     watch.feed(health.Sample.of(0, busy))
     assert watch.feed(health.Sample.of(29, busy)).state == "progressing"
@@ -72,8 +72,9 @@ def test_counters_going_back_are_a_restart_not_a_hang() -> None:
 
 
 def test_metric_sums_add_series_and_skip_nan_and_comments() -> None:
-    text = ("# HELP vllm:num_requests_running x\n# TYPE vllm:num_requests_running gauge\n"
-            'vllm:num_requests_running{engine="0"} 2.0\nvllm:num_requests_running{engine="1"} 3.0\n'
-            "vllm:num_requests_waiting NaN\nvllm:generation_tokens_total 7 1700000000000\n")  # fmt: skip
-    assert health.metric_sums(text) == {"vllm:num_requests_running": 5.0,
-                                        "vllm:generation_tokens_total": 7.0}  # fmt: skip
+    text = (
+        "# HELP vllm:num_requests_running x\n# TYPE vllm:num_requests_running gauge\n"
+        'vllm:num_requests_running{engine="0"} 2.0\nvllm:num_requests_running{engine="1"} 3.0\n'
+        "vllm:num_requests_waiting NaN\nvllm:generation_tokens_total 7 1700000000000\n"
+    )
+    assert health.metric_sums(text) == {"vllm:num_requests_running": 5.0, "vllm:generation_tokens_total": 7.0}

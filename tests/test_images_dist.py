@@ -40,8 +40,9 @@ def fast_progress(monkeypatch: pytest.MonkeyPatch) -> None:
 def _root_id(tag: str) -> str:
     import subprocess
 
-    out = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True, check=True
+    )
     return out.stdout.strip()
 
 
@@ -56,8 +57,7 @@ def _forget(bed: TestBed, tag: str, hosts: list[int]) -> None:
 
 def _plan(bed: TestBed, tmp_path: Path, n: int, image: str, images: dict[str, object]) -> Plan:
     serve = {"tensor_parallel_size": 1, "pipeline_parallel_size": n, "max_model_len": 512}
-    path = bed_inventory(bed, tmp_path / "inv.yaml", n, image=image, images=images, backend="mp",
-                         serve=serve)  # fmt: skip
+    path = bed_inventory(bed, tmp_path / "inv.yaml", n, image=image, images=images, backend="mp", serve=serve)
     return build_plan(load(path))
 
 
@@ -104,8 +104,7 @@ def test_stream_shows_progress_while_loading(bed: TestBed, clean_blob: str, tmp_
         assert any(m.startswith("sent ") and "MiB/s" in m for m in rec.of(host)), rec.lines
 
 
-def test_host_failing_mid_load_is_named_at_once(bed: TestBed, clean_blob: str,
-                                               tmp_path: Path) -> None:  # fmt: skip
+def test_host_failing_mid_load_is_named_at_once(bed: TestBed, clean_blob: str, tmp_path: Path) -> None:
     plan = _plan(bed, tmp_path, 2, clean_blob, {"source": "local"})
     rec = Recorder()
     killed = threading.Event()
@@ -127,19 +126,23 @@ def test_host_failing_mid_load_is_named_at_once(bed: TestBed, clean_blob: str,
     # at once: hb2's failure was said while hb1 was still loading, and hb1 finished
     order = [(h, m) for h, m in rec.lines if h in ("hb1", "hb2")]
     failed_at = next(i for i, (h, m) in enumerate(order) if h == "hb2" and "FAILED" in m)
-    hb1_done = next(i for i, (h, m) in enumerate(order) if h == "hb1" and m.endswith(
-        _root_id(clean_blob)[7:19]))  # fmt: skip
+    hb1_done = next(
+        i for i, (h, m) in enumerate(order) if h == "hb1" and m.endswith(_root_id(clean_blob)[7:19])
+    )
     assert failed_at < hb1_done, order
     assert _has(bed, 1, clean_blob)
 
 
 @pytest.mark.parametrize(("pull", "n"), [("tunnel", 3), ("direct", 2)])
-def test_head_registry_end_to_end(bed: TestBed, clean_blob: str, tmp_path: Path, pull: str,
-                                  n: int) -> None:  # fmt: skip
+def test_head_registry_end_to_end(bed: TestBed, clean_blob: str, tmp_path: Path, pull: str, n: int) -> None:
     bed.seed(clean_blob, registry_image(), hosts=[1])
-    plan = _plan(bed, tmp_path, n, clean_blob, {
-        "source": "head-registry",
-        "head_registry": {"image": registry_image(), "port": 5000, "pull": pull}})  # fmt: skip
+    plan = _plan(
+        bed,
+        tmp_path,
+        n,
+        clean_blob,
+        {"source": "head-registry", "head_registry": {"image": registry_image(), "port": 5000, "pull": pull}},
+    )
     rec = Recorder()
     with Session(plan, rec) as s:
         ids = images_dist.ensure(s)

@@ -48,29 +48,34 @@ MOMENTS = [
 
 
 @pytest.fixture(scope="module")
-def deployment(bed: TestBed, cpu_image: str, tiny_model: Path,
-               tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
+def deployment(
+    bed: TestBed, cpu_image: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     bed.seed(cpu_image, hosts=[1, 2])
     return bed_inventory(
-        bed, tmp_path_factory.mktemp("interrupt") / "ctrlc.yaml", 2, name="ctrlc",
-        image=cpu_image, backend="ray",
+        bed,
+        tmp_path_factory.mktemp("interrupt") / "ctrlc.yaml",
+        2,
+        name="ctrlc",
+        image=cpu_image,
+        backend="ray",
         model={"host_dir": str(tiny_model.parent), "name": "tiny"},
         ray={"object_store_memory": "200Mi", "join_timeout": 120},
-        serve={**CPU_SERVE, "port": 8012, "startup_timeout": 300}, host_env=CPU_BIND,
-    )  # fmt: skip
+        serve={**CPU_SERVE, "port": 8012, "startup_timeout": 300},
+        host_env=CPU_BIND,
+    )
 
 
 def _ours(bed: TestBed, i: int) -> list[str]:
-    res = bed.docker(i, "ps", "-a", "--filter", f"label={LABEL}=ctrlc",
-                     "--format", "{{.Names}} {{.Status}}")
+    res = bed.docker(i, "ps", "-a", "--filter", f"label={LABEL}=ctrlc", "--format", "{{.Names}} {{.Status}}")
     assert res.returncode == 0, res.stderr
     return res.stdout.split("\n")[:-1]
 
 
 @pytest.mark.parametrize("moment,line", MOMENTS, ids=[m for m, _ in MOMENTS])
-def test_ctrl_c_exits_130_at_once_and_down_cleans_up(bed: TestBed, deployment: Path,
-                                                      cpu_image: str, moment: str,
-                                                      line: str) -> None:  # fmt: skip
+def test_ctrl_c_exits_130_at_once_and_down_cleans_up(
+    bed: TestBed, deployment: Path, cpu_image: str, moment: str, line: str
+) -> None:
     if moment == "image-during":  # hb2 lacks the image by name: `up` sends it
         assert bed.docker(2, "tag", cpu_image, KEEP).returncode == 0
         assert bed.docker(2, "rmi", cpu_image).returncode == 0
@@ -80,12 +85,12 @@ def test_ctrl_c_exits_130_at_once_and_down_cleans_up(bed: TestBed, deployment: P
             sent = up.interrupt()
             code = up.finish(60)
             took = up.exited_at - sent
-        record_row("interrupt-table", HEADER,
-                   f"| {moment} | `{seen.strip()[:90]}` | {took:.2f} s |")
+        record_row("interrupt-table", HEADER, f"| {moment} | `{seen.strip()[:90]}` | {took:.2f} s |")
         assert code == 130, up.stderr[-3000:]
         errors = [x for x in up.lines if x.startswith("error: ")]
-        assert errors == ["error: interrupted: `orchestrate up` finishes the job, "
-                          "`orchestrate down` cleans up\n"], up.stderr[-3000:]
+        assert errors == [
+            "error: interrupted: `orchestrate up` finishes the job, `orchestrate down` cleans up\n"
+        ], up.stderr[-3000:]
         assert "Traceback" not in up.stderr
         assert took < EXIT_BOUND_S, up.stderr[-3000:]
     finally:

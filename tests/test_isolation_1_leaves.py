@@ -18,13 +18,22 @@ RAY_ONLY = {"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": Fal
 
 
 def ray_pair(bed: TestBed, path: Path, name: str, model: dict[str, str], image: str) -> Path:
-    return bed_inventory(bed, path, 2, name=name, image=image, backend="ray", model=model,
-                         ray={"object_store_memory": "200Mi", "join_timeout": 120},
-                         serve=RAY_ONLY)  # fmt: skip
+    return bed_inventory(
+        bed,
+        path,
+        2,
+        name=name,
+        image=image,
+        backend="ray",
+        model=model,
+        ray={"object_store_memory": "200Mi", "join_timeout": 120},
+        serve=RAY_ONLY,
+    )
 
 
-def test_a_deployment_left_up_on_purpose(bed: TestBed, ray_image: str, ray_model: dict[str, str],
-                                         tmp_path: Path) -> None:  # fmt: skip
+def test_a_deployment_left_up_on_purpose(
+    bed: TestBed, ray_image: str, ray_model: dict[str, str], tmp_path: Path
+) -> None:
     path = ray_pair(bed, tmp_path / "left.yaml", "leftover", ray_model, ray_image)
     report = orch_json("up", str(path), timeout=600)
     assert set(report["changes"].values()) == {"create"}

@@ -14,9 +14,9 @@ from tests.testbed import TestBed
 pytestmark = [pytest.mark.bed, pytest.mark.slow]
 
 
-def test_the_same_ports_are_free_for_the_next_module(bed: TestBed, ray_image: str,
-                                                     ray_model: dict[str, str],
-                                                     tmp_path: Path) -> None:  # fmt: skip
+def test_the_same_ports_are_free_for_the_next_module(
+    bed: TestBed, ray_image: str, ray_model: dict[str, str], tmp_path: Path
+) -> None:
     assert not any("leftover" in line for i in (1, 2) for line in ps(bed, i))
     path = ray_pair(bed, tmp_path / "next.yaml", "nextone", ray_model, ray_image)
     with deployed(path, timeout=600) as report:  # preflight's port check would refuse 6379/8625

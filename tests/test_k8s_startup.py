@@ -22,8 +22,9 @@ from tests.k8s_sim import Node, Scenario, Sim
 from tests.test_properties import valid_inventories
 
 ROOT = Path(__file__).resolve().parent.parent
-INVENTORIES = sorted([*(ROOT / "inventory").glob("*.yaml"),
-                      *(ROOT / "tests" / "cases" / "valid").glob("*.yaml")])
+INVENTORIES = sorted(
+    [*(ROOT / "inventory").glob("*.yaml"), *(ROOT / "tests" / "cases" / "valid").glob("*.yaml")]
+)
 COLD_PULL_S = 900  # a 15 GB image at ~17 MB/s on every node but the head's: longer than join_timeout
 PLACEHOLDER = "REPLACE-ME"
 
@@ -56,12 +57,18 @@ def _cluster(path: Path, reverse: bool = False, by_ip: bool = True) -> list[Node
     return nodes[::-1] if reverse else nodes
 
 
-CASES = [(p, f, r) for p in INVENTORIES for f in ("deployment", "lws") for r in (False, True)
-         if not (f == "deployment" and r)]
+CASES = [
+    (p, f, r)
+    for p in INVENTORIES
+    for f in ("deployment", "lws")
+    for r in (False, True)
+    if not (f == "deployment" and r)
+]
 
 
-@pytest.mark.parametrize("path,flavor,reverse", CASES,
-                         ids=[f"{p.stem}-{f}{'-reversed' if r else ''}" for p, f, r in CASES])
+@pytest.mark.parametrize(
+    "path,flavor,reverse", CASES, ids=[f"{p.stem}-{f}{'-reversed' if r else ''}" for p, f, r in CASES]
+)
 def test_every_render_reaches_all_ready(path: Path, flavor: str, reverse: bool) -> None:
     # reversed: the scheduler meets the worker's node first, so the LWS leader lands there
     res = Sim(_docs(path, flavor), _cluster(path, reverse)).run()
@@ -123,8 +130,7 @@ def test_mp_lws_leader_binds_its_own_pod_ip_workers_the_leaders_address() -> Non
 
 def test_ip_node_selector_stays_pending_on_a_hostname_labelled_cluster() -> None:
     path = ROOT / "inventory" / "l20.yaml"
-    res = Sim(_docs(path, "deployment"), _cluster(path, by_ip=False),
-              Scenario(horizon_s=600)).run()
+    res = Sim(_docs(path, "deployment"), _cluster(path, by_ip=False), Scenario(horizon_s=600)).run()
     assert not res.all_ready
     assert all(p.node is None for p in res.pods), res.why()
     assert len(k8s.node_warnings(build_plan(inventory.load(path)))) == 2
@@ -132,8 +138,9 @@ def test_ip_node_selector_stays_pending_on_a_hostname_labelled_cluster() -> None
 
 def test_k8s_node_and_ssh_hostname_select_the_node(tmp_path: Path) -> None:
     text = (ROOT / "inventory" / "l20.yaml").read_text()
-    text = text.replace("    gpus: 4\n  - name: l20-worker", "    gpus: 4\n    k8s_node: gpu-a\n"
-                        "  - name: l20-worker")
+    text = text.replace(
+        "    gpus: 4\n  - name: l20-worker", "    gpus: 4\n    k8s_node: gpu-a\n  - name: l20-worker"
+    )
     text = text.replace("address: 192.168.30.5", "address: 192.168.30.5\n    ssh: {host: GPU-B}")
     path = tmp_path / "inv.yaml"
     path.write_text(text)
@@ -146,9 +153,23 @@ def test_k8s_node_and_ssh_hostname_select_the_node(tmp_path: Path) -> None:
 
 
 def test_render_warns_on_ip_fallback(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "orchestrate", "--target", "k8s", "render",
-                          "-i", str(ROOT / "inventory" / "l20.yaml"), "-o", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrate",
+            "--target",
+            "k8s",
+            "render",
+            "-i",
+            str(ROOT / "inventory" / "l20.yaml"),
+            "-o",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "host l20-head: no k8s_node" in res.stderr and "k8s_node" in res.stderr
 
@@ -225,8 +246,9 @@ def test_compose_fails_on_an_unset_api_key(tmp_path: Path) -> None:
     path = tmp_path / "n1.yaml"
     path.write_text(text)
     env = {k: v for k, v in os.environ.items() if k not in ("VLLM_API_KEY", "HF_TOKEN", "WANDB_KEY")}
-    res = subprocess.run([exe, "-f", str(path), "config", "-q"], capture_output=True, text=True,
-                         timeout=60, env=env)
+    res = subprocess.run(
+        [exe, "-f", str(path), "config", "-q"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert res.returncode != 0 and "VLLM_API_KEY" in res.stderr, res.stderr
 
 
@@ -235,17 +257,14 @@ def test_compose_fails_on_an_unset_api_key(tmp_path: Path) -> None:
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_inventories(), st.sampled_from(["deployment", "lws"]), st.booleans())
-def test_generated_inventories_reach_all_ready(data: dict[str, Any], flavor: str,
-                                               reverse: bool) -> None:
+def test_generated_inventories_reach_all_ready(data: dict[str, Any], flavor: str, reverse: bool) -> None:
     """Any valid inventory (1-6 hosts, either backend, head anywhere), on a cluster whose nodes
     carry the k8s_node names and where every node but the head's pulls the image cold."""
     for host in data["hosts"]:
         host["k8s_node"] = f"node-{host['name']}"
     plan = build_plan(inventory.parse(data, "gen.yaml"))
-    docs = [d for text in rendered("k8s", plan, flavor).values() for d in yaml.safe_load_all(text)
-            if d]
-    nodes = [Node(n.k8s_node, n.address, n.gpus, 0 if n.role == "head" else COLD_PULL_S)
-             for n in plan.nodes]
+    docs = [d for text in rendered("k8s", plan, flavor).values() for d in yaml.safe_load_all(text) if d]
+    nodes = [Node(n.k8s_node, n.address, n.gpus, 0 if n.role == "head" else COLD_PULL_S) for n in plan.nodes]
     res = Sim(docs, nodes[::-1] if reverse else nodes).run()
     assert res.all_ready, res.why()
 
@@ -253,8 +272,7 @@ def test_generated_inventories_reach_all_ready(data: dict[str, Any], flavor: str
 # ---------------------------------------------------------------- a hang /health does not see
 
 HANG_CASES = [(ROOT / "inventory" / "l20.yaml", f) for f in ("deployment", "lws")] + [
-    (ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml", f)
-    for f in ("deployment", "lws")
+    (ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml", f) for f in ("deployment", "lws")
 ]
 HANG_AT = 5000  # well after the group first served (cold pull + load)
 
@@ -282,11 +300,11 @@ def test_an_engine_hang_restarts_the_group_and_it_serves_again(path: Path, flavo
 
 
 @pytest.mark.parametrize("path,flavor", HANG_CASES[:2], ids=["deployment", "lws"])
-def test_without_the_watchdog_a_hang_behind_a_healthy_health_never_heals(path: Path, flavor: str,
-                                                                       tmp_path: Path) -> None:  # fmt: skip
+def test_without_the_watchdog_a_hang_behind_a_healthy_health_never_heals(
+    path: Path, flavor: str, tmp_path: Path
+) -> None:
     docs = _docs(_without_watchdog(path, tmp_path), flavor)
-    assert not any(d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-supervisor")
-                   for d in docs)  # fmt: skip
+    assert not any(d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-supervisor") for d in docs)
     res = Sim(docs, _cluster(path), Scenario(hang_at=HANG_AT, horizon_s=4 * 3600)).run()
     assert not res.all_ready
     assert not any("restarts" in line and int(line.split(":")[0]) >= HANG_AT for line in res.log)
@@ -303,8 +321,10 @@ def test_workers_find_the_head_supervisor_through_the_peer_service() -> None:
     cmd = worker["spec"]["template"]["spec"]["containers"][0]["command"]
     assert cmd[:2] == ["python3", k8s.SUPERVISOR_PATH]
     lws = _lws_doc(_docs(ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml", "lws"))
-    wenv = {e["name"]: e.get("value") for e in
-            lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]["env"]}
+    wenv = {
+        e["name"]: e.get("value")
+        for e in lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]["env"]
+    }
     assert wenv["ORCH_SUP_RANK"] == "$(LWS_WORKER_INDEX)"
     assert wenv["ORCH_SUP_HEAD"] == "$(LWS_LEADER_ADDRESS)"
 
@@ -316,7 +336,9 @@ def test_a_new_supervisor_rolls_the_pods_through_their_template() -> None:
     deployments = [d for d in docs if d["kind"] == "Deployment"]
     assert deployments and all(
         d["spec"]["template"]["metadata"]["annotations"]["orchestrate/supervisor"]
-        == bundle_hash("supervisor") for d in deployments)  # fmt: skip
+        == bundle_hash("supervisor")
+        for d in deployments
+    )
     cm = next(d for d in docs if d["metadata"]["name"].endswith("-supervisor"))
     assert cm["data"]["supervisor.py"] == bundle("supervisor")
     tpl = _lws_doc(_docs(ROOT / "tests" / "cases" / "valid" / "two-host-mp-secrets.yaml", "lws"))

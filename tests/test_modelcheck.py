@@ -54,17 +54,32 @@ def mcbed() -> Iterator[TestBed]:
 
 @pytest.fixture(scope="module")
 def plan(mcbed: TestBed) -> Plan:
-    hosts = [{"name": h.name, "address": h.address, "role": "head" if h.index == 1 else "worker",
-              "gpus": 1, "nic": h.nic} for h in mcbed.hosts]  # fmt: skip
+    hosts = [
+        {
+            "name": h.name,
+            "address": h.address,
+            "role": "head" if h.index == 1 else "worker",
+            "gpus": 1,
+            "nic": h.nic,
+        }
+        for h in mcbed.hosts
+    ]
     data = {
-        "name": "mctest", "image": "orchestrate/ray:2.60.0", "images": {"source": "local"},
-        "backend": "mp", "accelerator": "cpu",
-        "ssh": {"key": str(mcbed.key_path), "known_hosts": str(mcbed.known_hosts_path),
-                "connect_timeout": 5, "command_timeout": 60},
+        "name": "mctest",
+        "image": "orchestrate/ray:2.60.0",
+        "images": {"source": "local"},
+        "backend": "mp",
+        "accelerator": "cpu",
+        "ssh": {
+            "key": str(mcbed.key_path),
+            "known_hosts": str(mcbed.known_hosts_path),
+            "connect_timeout": 5,
+            "command_timeout": 60,
+        },
         "model": {"host_dir": "/srv/bed-private", "name": MODEL, "manifest": "sum.txt"},
         "serve": {"tensor_parallel_size": 1, "pipeline_parallel_size": 3},
         "hosts": hosts,
-    }  # fmt: skip
+    }
     return build_plan(parse(data))
 
 
@@ -76,8 +91,9 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "config.json").write_text('{"architectures": ["FakeForCausalLM"]}\n', encoding="utf-8")
     for name in SHARDS:
         (d / name).write_bytes(os.urandom(SHARD_BYTES))
-    sums = subprocess.run(["sha256sum", *SHARDS], cwd=d, capture_output=True, text=True,
-                          check=True, timeout=60)  # fmt: skip
+    sums = subprocess.run(
+        ["sha256sum", *SHARDS], cwd=d, capture_output=True, text=True, check=True, timeout=60
+    )
     (d / "sum.txt").write_text(sums.stdout, encoding="utf-8")
     for f in d.iterdir():
         os.utime(f, (OLD, OLD))
@@ -143,8 +159,9 @@ def test_identical_hosts_verify_ok(session: tuple[Session, Recorder], model: lis
     assert [h["host"] for h in data["hosts"]] == ["hb1", "hb2", "hb3"]
     for h in data["hosts"]:
         assert h["ok"] and h["config_json"] and h["files"] == 5 and h["method"] == "python3"
-        assert h["bytes"] == 3 * SHARD_BYTES + sum(f.stat().st_size for f in model[0].iterdir()
-                                                   if not f.name.endswith(".safetensors"))  # fmt: skip
+        assert h["bytes"] == 3 * SHARD_BYTES + sum(
+            f.stat().st_size for f in model[0].iterdir() if not f.name.endswith(".safetensors")
+        )
     assert data["hosts"][0]["sha256"] == data["hosts"][2]["sha256"]
     assert any(h == "hb2" and "files" in m for _, h, m in rec.events), rec.text()
 
@@ -321,8 +338,12 @@ def test_parse_manifest_formats() -> None:
     a, b, c = "a" * 64, "B" * 64, "c" * 64
     text = f"{a}  model-1.safetensors\n{b} *./model-2.safetensors\n\n\\{c}  odd\\\\name\\n.bin\n"
     text += f"SHA256 (sub/x.json) = {a}\n"
-    assert parse_manifest(text) == {"model-1.safetensors": a, "model-2.safetensors": "b" * 64,
-                                    "odd\\name\n.bin": c, "sub/x.json": a}  # fmt: skip
+    assert parse_manifest(text) == {
+        "model-1.safetensors": a,
+        "model-2.safetensors": "b" * 64,
+        "odd\\name\n.bin": c,
+        "sub/x.json": a,
+    }
     with pytest.raises(ValueError, match="line 1"):
         parse_manifest("nothing here\n")
     with pytest.raises(ValueError, match="outside"):

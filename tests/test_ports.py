@@ -37,23 +37,27 @@ def test_ray_start_gets_every_pinned_port(tmp_path: Path) -> None:
     gcs = socket.socket()
     gcs.bind(("127.0.0.1", 0))
     gcs.listen()
-    env = dict(worker.env) | {"PATH": f"{tmp_path}:{os.environ['PATH']}", "ORCH_HEAD_ADDR": "127.0.0.1",
-                              "ORCH_RAY_PORT": str(gcs.getsockname()[1]),
-                              "ORCH_ARGV_OUT": str(tmp_path / "argv")}  # fmt: skip
+    env = dict(worker.env) | {
+        "PATH": f"{tmp_path}:{os.environ['PATH']}",
+        "ORCH_HEAD_ADDR": "127.0.0.1",
+        "ORCH_RAY_PORT": str(gcs.getsockname()[1]),
+        "ORCH_ARGV_OUT": str(tmp_path / "argv"),
+    }
     assert worker.command[0] == scripts.RAY_WORKER
-    res = subprocess.run(["bash", "-c", *worker.command], env=env, capture_output=True, text=True,
-                         timeout=30)  # fmt: skip
+    res = subprocess.run(["bash", "-c", *worker.command], env=env, capture_output=True, text=True, timeout=30)
     gcs.close()
     assert res.returncode == 0, res.stderr
     argv = (tmp_path / "argv").read_text().split()
-    for flag, value in [("--node-manager-port", plan.node_manager_port),
-                        ("--object-manager-port", plan.object_manager_port),
-                        ("--runtime-env-agent-port", plan.runtime_env_agent_port),
-                        ("--dashboard-agent-grpc-port", plan.dashboard_agent_grpc_port),
-                        ("--dashboard-agent-listen-port", plan.dashboard_agent_listen_port),
-                        ("--metrics-export-port", plan.metrics_export_port),
-                        ("--min-worker-port", plan.worker_ports[0]),
-                        ("--max-worker-port", plan.worker_ports[1])]:  # fmt: skip
+    for flag, value in [
+        ("--node-manager-port", plan.node_manager_port),
+        ("--object-manager-port", plan.object_manager_port),
+        ("--runtime-env-agent-port", plan.runtime_env_agent_port),
+        ("--dashboard-agent-grpc-port", plan.dashboard_agent_grpc_port),
+        ("--dashboard-agent-listen-port", plan.dashboard_agent_listen_port),
+        ("--metrics-export-port", plan.metrics_export_port),
+        ("--min-worker-port", plan.worker_ports[0]),
+        ("--max-worker-port", plan.worker_ports[1]),
+    ]:
         assert f"{flag}={value}" in argv
     assert dict(worker.env)["VLLM_PORT"] == str(plan.vllm_ports[0])
 
@@ -70,8 +74,12 @@ def test_needs_follow_who_listens_and_who_calls() -> None:
     got = {(n.src, n.dst, n.field) for n in ports.needs(plan)}
     assert (w1, head, "ray.port") in got and (w2, head, "ray.port") in got
     assert not any(f == "ray.port" and d != head for _, d, f in got)  # the GCS is on the head only
-    assert {(head, w2, "ray.node_manager_port"), (w1, w2, "ray.node_manager_port"),
-            (w2, w1, "ray.min_worker_port"), (head, w1, "(ephemeral)")} <= got  # fmt: skip
+    assert {
+        (head, w2, "ray.node_manager_port"),
+        (w1, w2, "ray.node_manager_port"),
+        (w2, w1, "ray.min_worker_port"),
+        (head, w1, "(ephemeral)"),
+    } <= got
     agent = {(s, d) for s, d, f in got if f == "ray.dashboard_agent_grpc_port"}
     assert agent == {(head, w1), (head, w2)}  # the dashboard on the head calls the agents
     assert not any(f == "ray.runtime_env_agent_port" for _, _, f in got)  # local to the node
@@ -104,15 +112,24 @@ def test_iptables_rules_pass_iptables_restore() -> None:
             assert argv[0] == "iptables"
             # the shell's quoting undone; iptables-restore quotes with "" only
             lines.append(" ".join(f'"{a}"' if " " in a else a for a in argv[1:]))
-    probe = subprocess.run(["iptables-restore", "--test"], input="*filter\nCOMMIT\n", text=True,
-                           capture_output=True)  # fmt: skip
+    probe = subprocess.run(
+        ["iptables-restore", "--test"], input="*filter\nCOMMIT\n", text=True, capture_output=True
+    )
     if probe.returncode:
         pytest.skip(f"iptables-restore cannot run here: {probe.stderr.strip()}")
-    good = subprocess.run(["iptables-restore", "--test"], text=True, capture_output=True,
-                          input="*filter\n" + "\n".join(lines) + "\nCOMMIT\n")  # fmt: skip
+    good = subprocess.run(
+        ["iptables-restore", "--test"],
+        text=True,
+        capture_output=True,
+        input="*filter\n" + "\n".join(lines) + "\nCOMMIT\n",
+    )
     assert good.returncode == 0, good.stderr
-    bad = subprocess.run(["iptables-restore", "--test"], text=True, capture_output=True,
-                         input="*filter\n-I INPUT -p tcp --dport 19999:10002x -j ACCEPT\nCOMMIT\n")
+    bad = subprocess.run(
+        ["iptables-restore", "--test"],
+        text=True,
+        capture_output=True,
+        input="*filter\n-I INPUT -p tcp --dport 19999:10002x -j ACCEPT\nCOMMIT\n",
+    )
     assert bad.returncode != 0  # the check can fail
 
 
@@ -121,8 +138,10 @@ def test_firewalld_rules_are_rich_rules_per_source() -> None:
     head, worker = plan.nodes
     rules = ports.rules_data(plan)["rules"]
     into_head = rules[head.host]["firewalld"]  # type: ignore[index]
-    want = ('firewall-cmd --permanent --add-rich-rule=\'rule family="ipv4" source address='
-            f'"{worker.address}" port port="{plan.ray_port}" protocol="tcp" accept\'')
+    want = (
+        'firewall-cmd --permanent --add-rich-rule=\'rule family="ipv4" source address='
+        f'"{worker.address}" port port="{plan.ray_port}" protocol="tcp" accept\''
+    )
     assert want in into_head
     lo, hi = plan.worker_ports
     assert any(f'port="{lo}-{hi}"' in r for r in rules[worker.host]["firewalld"])  # type: ignore[index]
@@ -132,8 +151,9 @@ def test_firewalld_rules_are_rich_rules_per_source() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrate", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrate", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_firewall_command_prints_rules_per_host() -> None:
@@ -176,8 +196,9 @@ def test_probe_script_really_probes(tmp_path: Path) -> None:
     closed.bind(("127.0.0.1", 0))
     free = closed.getsockname()[1]
     closed.close()
-    res = subprocess.run(preflight.probe_argv("127.0.0.1", [port, free]), capture_output=True,
-                         text=True, timeout=30)  # fmt: skip
+    res = subprocess.run(
+        preflight.probe_argv("127.0.0.1", [port, free]), capture_output=True, text=True, timeout=30
+    )
     listener.close()
     assert preflight.parse_probe(res.stdout) == {port: "open", free: "refused"}
 
@@ -195,8 +216,9 @@ def test_judge_names_the_pair_the_port_its_user_and_the_rule() -> None:
     assert f"{plan.ray_port} (ray.port) Ray GCS: dropped" in row.message
     assert f'source address="{worker.address}" port port="{plan.ray_port}"' in row.fix
     assert row.fix.startswith(f"on {head.host}: firewall-cmd")
-    ok = preflight.judge_reach(worker, "reach-head", plan.name,
-                               {head.host: (targets, {p: "refused" for p in targets})})  # fmt: skip
+    ok = preflight.judge_reach(
+        worker, "reach-head", plan.name, {head.host: (targets, {p: "refused" for p in targets})}
+    )
     assert ok.status == "ok"
     missing = preflight.judge_reach(worker, "reach-head", plan.name, {head.host: (targets, {})})
     assert missing.status == "fail" and "no answer" in missing.message
@@ -205,6 +227,11 @@ def test_judge_names_the_pair_the_port_its_user_and_the_rule() -> None:
 def test_ports_check_looks_for_every_pinned_port_a_node_listens_on() -> None:
     plan = _plan("seed-l20")
     on_worker = preflight.node_ports(plan, plan.workers[0])
-    assert {plan.node_manager_port, plan.dashboard_agent_grpc_port, plan.metrics_export_port,
-            plan.runtime_env_agent_port, plan.object_manager_port} <= set(on_worker)  # fmt: skip
+    assert {
+        plan.node_manager_port,
+        plan.dashboard_agent_grpc_port,
+        plan.metrics_export_port,
+        plan.runtime_env_agent_port,
+        plan.object_manager_port,
+    } <= set(on_worker)
     assert plan.ray_port not in on_worker and plan.ray_port in preflight.node_ports(plan, plan.head)

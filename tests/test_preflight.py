@@ -38,10 +38,11 @@ def models(hosts_ready: TestBed) -> Iterator[TestBed]:
 
 def inventory(bed: TestBed, tmp: Path, **over: Any) -> Path:
     sections: dict[str, Any] = {
-        "image": "orchestrate/ray:2.60.0", "backend": "ray",
+        "image": "orchestrate/ray:2.60.0",
+        "backend": "ray",
         "model": {"host_dir": MODEL, "name": "m"},
         "serve": {"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": False},
-    }  # fmt: skip
+    }
     sections.update(over)
     return bed_inventory(bed, tmp / "pf.yaml", 2, **sections)
 
@@ -82,9 +83,15 @@ def test_different_image_on_one_host(models: TestBed, tmp_path: Path, base_image
     assert tag.returncode == 0
     models.docker(1, "tag", "orchestrate/ray:2.60.0", "orchestrate/other:1")
     try:
-        code, rows = preflight(inventory(models, tmp_path, image="orchestrate/other:1",
-                                         backend="mp", serve={"tensor_parallel_size": 1,
-                                                              "pipeline_parallel_size": 2}))
+        code, rows = preflight(
+            inventory(
+                models,
+                tmp_path,
+                image="orchestrate/other:1",
+                backend="mp",
+                serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2},
+            )
+        )
         assert code == 1 and ("hb2", "same-image") in failed(rows)
     finally:
         for i in (1, 2):
@@ -102,14 +109,27 @@ def test_ray_missing_from_the_image(models: TestBed, tmp_path: Path, base_image:
 
 def test_port_taken_on_a_worker(models: TestBed, tmp_path: Path, base_image: str) -> None:
     models.seed(base_image, hosts=[2])
-    squat = models.docker(2, "run", "-d", "--name", "squatter", "--network", "host", base_image,
-                          "python3", "-m", "http.server", "8625")
+    squat = models.docker(
+        2,
+        "run",
+        "-d",
+        "--name",
+        "squatter",
+        "--network",
+        "host",
+        base_image,
+        "python3",
+        "-m",
+        "http.server",
+        "8625",
+    )
     assert squat.returncode == 0, squat.stderr
     try:
         code, rows = preflight(inventory(models, tmp_path))
         assert code == 1 and failed(rows) == [("hb2", "ports")]
         assert "8625 (ray.object_manager_port)" in next(
-            r["message"] for r in rows if r["check"] == "ports" and r["host"] == "hb2")
+            r["message"] for r in rows if r["check"] == "ports" and r["host"] == "hb2"
+        )
     finally:
         models.docker(2, "rm", "-f", "squatter")
 
@@ -135,7 +155,8 @@ def test_head_port_unreachable_from_a_worker(models: TestBed, tmp_path: Path) ->
         models.run(1, "iptables", "-D", *rule)
     assert code == 1 and failed(rows) == [("hb2", "reach-head")]
     assert "6379 (ray.port)" in next(
-        r["message"] for r in rows if r["check"] == "reach-head" and r["host"] == "hb2")
+        r["message"] for r in rows if r["check"] == "reach-head" and r["host"] == "hb2"
+    )
 
 
 def test_shm_too_small(models: TestBed, tmp_path: Path) -> None:
@@ -147,8 +168,7 @@ def test_shm_too_small(models: TestBed, tmp_path: Path) -> None:
 
 
 def test_skipping_a_check(models: TestBed, tmp_path: Path) -> None:
-    code, rows = preflight(inventory(models, tmp_path, container={"shm_size": "64Mi"}),
-                           "--skip", "shm")
+    code, rows = preflight(inventory(models, tmp_path, container={"shm_size": "64Mi"}), "--skip", "shm")
     assert code == 0 and "shm" not in {r["check"] for r in rows}
 
 
@@ -178,8 +198,9 @@ def test_one_corrupted_shard_is_caught_by_its_hash(models: TestBed, tmp_path: Pa
     path = inventory(models, tmp_path, model={"host_dir": MODEL, "name": "m", "manifest": "sum.txt"})
     code, rows = preflight(path)
     assert code == 1 and failed(rows) == [("hb2", "model-hash")]
-    assert "model-00002-of-00002.safetensors" in next(r["message"] for r in rows
-                                                      if r["check"] == "model-hash" and r["host"] == "hb2")
+    assert "model-00002-of-00002.safetensors" in next(
+        r["message"] for r in rows if r["check"] == "model-hash" and r["host"] == "hb2"
+    )
     res = orch("up", str(path), timeout=120)
     assert res.returncode == 1 and "hb2: model-hash:" in res.stderr
     assert_nothing_started(models)

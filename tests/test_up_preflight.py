@@ -32,11 +32,15 @@ def test_up_plans_again_for_the_images_old_vllm_and_forms_ray(
 ) -> None:
     image = old_vllm_image(ray_image)
     path = bed_inventory(
-        bed, tmp_path / "oldvllm.yaml", 2, name="oldvllm", image=image, model=ray_model,
+        bed,
+        tmp_path / "oldvllm.yaml",
+        2,
+        name="oldvllm",
+        image=image,
+        model=ray_model,
         ray={"object_store_memory": "200Mi", "join_timeout": 120},
-        serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "port": 8011,
-               "startup_timeout": 120},
-    )  # fmt: skip
+        serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "port": 8011, "startup_timeout": 120},
+    )
     plan = orch("--output", "json", "plan", str(path), timeout=60)
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["backend"] == "mp"  # what is known before the image is read
@@ -63,10 +67,16 @@ def test_up_stops_at_preflight_when_a_firewall_drops_the_heads_ray_port(
     bed: TestBed, ray_image: str, ray_model: dict[str, str], tmp_path: Path
 ) -> None:
     path = bed_inventory(
-        bed, tmp_path / "firewalled.yaml", 2, name="firewalled", image=ray_image, backend="ray",
-        model=ray_model, ray={"object_store_memory": "200Mi", "join_timeout": 120},
+        bed,
+        tmp_path / "firewalled.yaml",
+        2,
+        name="firewalled",
+        image=ray_image,
+        backend="ray",
+        model=ray_model,
+        ray={"object_store_memory": "200Mi", "join_timeout": 120},
         serve={"tensor_parallel_size": 1, "pipeline_parallel_size": 2, "start": False},
-    )  # fmt: skip
+    )
     head, worker = bed.hosts[0], bed.hosts[1]
     rule = ["INPUT", "-p", "tcp", "-s", worker.address, "--dport", "6379", "-j", "DROP"]
     added = bed.run(1, "iptables", "-w", "10", "-I", *rule)

@@ -24,14 +24,21 @@ GPUS_PER_HOST = 4
 
 
 @pytest.fixture(scope="module")
-def ray_inventory(bed: TestBed, ray_image: str, ray_model: dict[str, str],
-                  tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
+def ray_inventory(
+    bed: TestBed, ray_image: str, ray_model: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     path = tmp_path_factory.mktemp("ray") / "ray3.yaml"
     return bed_inventory(
-        bed, path, 3, image=ray_image, backend="ray", gpus=GPUS_PER_HOST,
-        model=ray_model, ray={"object_store_memory": "200Mi", "join_timeout": 120},
+        bed,
+        path,
+        3,
+        image=ray_image,
+        backend="ray",
+        gpus=GPUS_PER_HOST,
+        model=ray_model,
+        ray={"object_store_memory": "200Mi", "join_timeout": 120},
         serve={"tensor_parallel_size": 4, "pipeline_parallel_size": 3, "start": False},
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +68,9 @@ def test_second_up_recreates_nothing(bed: TestBed, ray_inventory: Path, ray_up: 
     report = orch_json("up", str(ray_inventory), timeout=300)
     assert set(report["changes"].values()) == {"keep"}
     after = {i: ps(bed, i) for i in (1, 2, 3)}
-    assert [line.split()[0] for i in before for line in before[i]] == \
-        [line.split()[0] for i in after for line in after[i]]  # same container IDs
+    assert [line.split()[0] for i in before for line in before[i]] == [
+        line.split()[0] for i in after for line in after[i]
+    ]  # same container IDs
 
 
 def test_status_and_logs_show_the_truth(bed: TestBed, ray_inventory: Path, ray_up: dict) -> None:  # type: ignore[type-arg]
@@ -78,7 +86,8 @@ def test_status_and_logs_show_the_truth(bed: TestBed, ray_inventory: Path, ray_u
 
 
 def test_a_frozen_worker_is_reported_lost_while_ray_still_lists_it_alive(
-        bed: TestBed, ray_inventory: Path, ray_up: dict) -> None:  # type: ignore[type-arg]  # fmt: skip
+    bed: TestBed, ray_inventory: Path, ray_up: dict
+) -> None:  # type: ignore[type-arg]
     """SIGSTOP of worker-2's supervisor (PID 1): its container runs and Ray keeps its raylet alive
     for its death timeout, but the head's supervisor no longer hears it: status says so."""
     pid = bed.docker(3, "inspect", "-f", "{{.State.Pid}}", "bedtest-worker-2").stdout.strip()
@@ -106,8 +115,9 @@ def _until_status(inv: Path, cond: Callable[[dict[str, Any]], bool], timeout: fl
     return found
 
 
-def test_changed_inventory_restarts_the_group_in_order(bed: TestBed, ray_inventory: Path,
-                                                       ray_up: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+def test_changed_inventory_restarts_the_group_in_order(
+    bed: TestBed, ray_inventory: Path, ray_up: dict, tmp_path: Path
+) -> None:  # type: ignore[type-arg]
     import yaml
 
     data = yaml.safe_load(ray_inventory.read_text())
@@ -145,11 +155,14 @@ def test_down_leaves_nothing_and_is_idempotent(bed: TestBed, ray_inventory: Path
     assert sum(orch_json("down", str(ray_inventory), timeout=120)["removed"].values()) == 0
 
 
-@pytest.mark.parametrize("fault,restore,host", [
-    ("kill-sshd", "start-sshd", 2),
-    ("kill-dockerd", "start-dockerd", 3),
-    ("partition", "heal", 2),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "fault,restore,host",
+    [
+        ("kill-sshd", "start-sshd", 2),
+        ("kill-dockerd", "start-dockerd", 3),
+        ("partition", "heal", 2),
+    ],
+)
 def test_unreachable_host_fails_fast_with_one_line_naming_it(
     bed: TestBed, ray_inventory: Path, fault: str, restore: str, host: int
 ) -> None:
@@ -164,4 +177,3 @@ def test_unreachable_host_fails_fast_with_one_line_naming_it(
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and name in errors[0], res.stderr
     assert res.elapsed < 15, f"took {res.elapsed:.1f}s"  # type: ignore[attr-defined]
-

@@ -29,16 +29,23 @@ SECRET_ENV = {"ORCH_TEST_API_KEY": API_KEY, "ORCH_TEST_HF_TOKEN": HF_TOKEN}
 
 
 @pytest.fixture(scope="module")
-def mp_inventory(bed: TestBed, cpu_image: str, tiny_model: Path,
-                 tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
+def mp_inventory(
+    bed: TestBed, cpu_image: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     path = tmp_path_factory.mktemp("mp") / "mp2.yaml"
     return bed_inventory(
-        bed, path, 2, name="tinypp", image=cpu_image, backend="mp",
+        bed,
+        path,
+        2,
+        name="tinypp",
+        image=cpu_image,
+        backend="mp",
         model={"host_dir": str(tiny_model.parent), "name": "tiny", "served_name": "tiny"},
-        serve={**CPU_SERVE, "api_key": "${ORCH_TEST_API_KEY}"}, host_env=CPU_BIND,
+        serve={**CPU_SERVE, "api_key": "${ORCH_TEST_API_KEY}"},
+        host_env=CPU_BIND,
         secrets={"HF_TOKEN": "${ORCH_TEST_HF_TOKEN}"},
         checks={"prompt": "Say hello.", "max_tokens": 16, "timeout": 120},
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +97,22 @@ def test_api_key_is_enforced_and_used_by_the_checks(mp_up: Any) -> None:
     assert all(c["ok"] for c in mp_up["checks"])  # the checks sent the key
 
 
-def test_secrets_never_appear_in_our_output(bed: TestBed, mp_inventory: Path, mp_up: Any,
-                                            tmp_path: Path) -> None:  # fmt: skip
+def test_secrets_never_appear_in_our_output(
+    bed: TestBed, mp_inventory: Path, mp_up: Any, tmp_path: Path
+) -> None:
     outputs = [json.dumps(mp_up)]
-    for args in (["plan"], ["--output", "json", "plan"], ["up", "--dry-run"], ["status"],
-                 ["--output", "json", "status"], ["logs", "head"], ["logs", "worker-1"],
-                 ["--target", "k8s", "render"], ["--target", "compose", "render"],
-                 ["--output", "json", "check"]):  # fmt: skip
+    for args in (
+        ["plan"],
+        ["--output", "json", "plan"],
+        ["up", "--dry-run"],
+        ["status"],
+        ["--output", "json", "status"],
+        ["logs", "head"],
+        ["logs", "worker-1"],
+        ["--target", "k8s", "render"],
+        ["--target", "compose", "render"],
+        ["--output", "json", "check"],
+    ):
         if args[-1] in ("head", "worker-1"):
             res = orch("-i", str(mp_inventory), *args, timeout=120)
         else:
@@ -118,12 +134,27 @@ def _generated(endpoint: str) -> float:
     return parse_metrics(httpx.get(f"{endpoint}/metrics", timeout=30).text)["generation_tokens_total"]
 
 
-def test_bench_counts_match_the_servers_own_counters(mp_inventory: Path, mp_up: Any,
-                                                     tmp_path: Path) -> None:  # fmt: skip
+def test_bench_counts_match_the_servers_own_counters(mp_inventory: Path, mp_up: Any, tmp_path: Path) -> None:
     before = _generated(mp_up["endpoint"])
-    res = orch("--output", "json", "bench", str(mp_inventory), "--num-prompts", "12",
-               "--concurrency", "1,4", "--input-len", "24", "--output-len", "16",
-               "--goodput", "ttft:5000", "--plot", str(tmp_path / "bench.png"), timeout=600)
+    res = orch(
+        "--output",
+        "json",
+        "bench",
+        str(mp_inventory),
+        "--num-prompts",
+        "12",
+        "--concurrency",
+        "1,4",
+        "--input-len",
+        "24",
+        "--output-len",
+        "16",
+        "--goodput",
+        "ttft:5000",
+        "--plot",
+        str(tmp_path / "bench.png"),
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     levels = report["levels"]
@@ -142,8 +173,7 @@ def test_check_command_and_second_up(bed: TestBed, mp_inventory: Path, mp_up: An
     assert set(again["changes"].values()) == {"keep"}
 
 
-def test_down_stops_the_headless_rank_and_leaves_no_shm(bed: TestBed, mp_inventory: Path,
-                                                        mp_up: Any) -> None:  # fmt: skip
+def test_down_stops_the_headless_rank_and_leaves_no_shm(bed: TestBed, mp_inventory: Path, mp_up: Any) -> None:
     res = orch_json("down", str(mp_inventory), timeout=300)
     assert res["removed"] == {"hb1": 1, "hb2": 1}
     for i in (1, 2):
@@ -156,11 +186,17 @@ def test_ray_backend_on_cpu_forms_ray_then_vllm_refusal_reaches_the_user(
     bed: TestBed, cpu_image: str, tiny_model: Path, tmp_path: Path
 ) -> None:
     path = bed_inventory(
-        bed, tmp_path / "raycpu.yaml", 2, name="raycpu", image=cpu_image, backend="ray",
+        bed,
+        tmp_path / "raycpu.yaml",
+        2,
+        name="raycpu",
+        image=cpu_image,
+        backend="ray",
         model={"host_dir": str(tiny_model.parent), "name": "tiny"},
         ray={"object_store_memory": "200Mi", "join_timeout": 120},
-        serve={**CPU_SERVE, "port": 8010, "startup_timeout": 300}, host_env=CPU_BIND,
-    )  # fmt: skip
+        serve={**CPU_SERVE, "port": 8010, "startup_timeout": 300},
+        host_env=CPU_BIND,
+    )
     try:
         res = orch("up", str(path), timeout=900)
         assert res.returncode == 1

@@ -56,8 +56,7 @@ def _accepted(version: str, argv: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("backend", ["auto", "ray", "mp"])
 @pytest.mark.parametrize("path", REFERENCE, ids=lambda p: p.stem)
-def test_every_emitted_argv_is_accepted_or_one_clear_error(path: Path, backend: str,
-                                                           version: str) -> None:
+def test_every_emitted_argv_is_accepted_or_one_clear_error(path: Path, backend: str, version: str) -> None:
     inv = inventory.parse(_data(path, backend, version))
     c = vllm_caps.caps(version)
     impossible = backend == "mp" and len(inv.hosts) > 1 and not c.has_mp_multinode
@@ -98,8 +97,9 @@ def test_auto_picks_by_version_and_unknown_version_is_documented() -> None:
     unknown = build_plan(inventory.parse(data))
     assert unknown.backend == vllm_caps.DEFAULT_BACKEND and "unknown" in unknown.backend_reason
     with pytest.raises(UsageError, match="no ray"):
-        build_plan(inventory.parse(_data(ROOT / "inventory" / "l20.yaml", "auto", "0.8.5")),
-                   image_has_ray=False)
+        build_plan(
+            inventory.parse(_data(ROOT / "inventory" / "l20.yaml", "auto", "0.8.5")), image_has_ray=False
+        )
 
 
 def test_inventory_default_backend_is_auto() -> None:
@@ -154,8 +154,11 @@ def test_preflight_refuses_mp_argv_on_an_old_image() -> None:
     from orchestrate.ops import preflight
 
     plan = build_plan(inventory.parse(_data(ROOT / "inventory" / "local-cpu.yaml", "mp", "0.32.0")))
-    plan_unknown = build_plan(inventory.parse({**_data(ROOT / "inventory" / "local-cpu.yaml",
-                                                       "mp", "0.32.0"), "vllm_version": None}))
+    plan_unknown = build_plan(
+        inventory.parse(
+            {**_data(ROOT / "inventory" / "local-cpu.yaml", "mp", "0.32.0"), "vllm_version": None}
+        )
+    )
     assert preflight.version_problem(plan, {"VLLM": "0.32.0", "RAY": "no"}) is None
     # the vllm-cpu image says 0.32.0+cpu (a PEP 440 local build): a 0.32.0 pin means it too
     assert preflight.version_problem(plan, {"VLLM": "0.32.0+cpu", "RAY": "no"}) is None
@@ -194,11 +197,14 @@ def test_replan_follows_the_image_unless_the_inventory_names_a_version(tmp_path:
     assert replan_pinned("0.32.0", True).vllm_version == "0.11.0"  # preflight reports the mismatch
 
 
-@pytest.mark.parametrize(("dists", "want"), [
-    ({"vllm": "0.32.0+cpu", "vllm_cpu": "0.32.0"}, "VLLM=0.32.0+cpu"),  # vllm-cpu 0.32.0's layout
-    ({"vllm_cpu": "0.10.2"}, "VLLM=0.10.2"),  # vllm-cpu 0.10.2: one distribution, named vllm-cpu
-    ({}, "VLLM=none"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("dists", "want"),
+    [
+        ({"vllm": "0.32.0+cpu", "vllm_cpu": "0.32.0"}, "VLLM=0.32.0+cpu"),  # vllm-cpu 0.32.0's layout
+        ({"vllm_cpu": "0.10.2"}, "VLLM=0.10.2"),  # vllm-cpu 0.10.2: one distribution, named vllm-cpu
+        ({}, "VLLM=none"),
+    ],
+)
 def test_image_probe_reads_the_version_of_whichever_distribution_installed_vllm(
     tmp_path: Path, dists: dict[str, str], want: str
 ) -> None:
@@ -215,12 +221,14 @@ def test_image_probe_reads_the_version_of_whichever_distribution_installed_vllm(
     for name, version in dists.items():
         info = site / f"{name}-{version}.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\n"
-                                       f"Version: {version}\n")  # fmt: skip
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n"
+        )
         (info / "RECORD").write_text("vllm/__init__.py,,\n")
         (info / "top_level.txt").write_text("vllm\n")
     probe = preflight._PROBE.replace("python3 ", f"{sys.executable} ", 1)
     env = {**os.environ, "PATH": "/nonexistent", "PYTHONPATH": str(site)}  # no ray on PATH
-    out = subprocess.run(["/bin/sh", "-c", probe], capture_output=True, text=True, timeout=60, env=env,
-                         check=False)  # fmt: skip
+    out = subprocess.run(
+        ["/bin/sh", "-c", probe], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
     assert out.stdout.splitlines() == ["RAY=no", want], (probe, out.stdout, out.stderr)

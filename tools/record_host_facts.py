@@ -86,8 +86,9 @@ class Recorder:
         self.written: list[str] = []
         self.cases: dict[str, dict[str, Any]] = {}
 
-    def run(self, check: str, case: str, argv: list[str], via: list[str] | None = None,
-            **extra: str) -> subprocess.CompletedProcess[str] | None:  # fmt: skip
+    def run(
+        self, check: str, case: str, argv: list[str], via: list[str] | None = None, **extra: str
+    ) -> subprocess.CompletedProcess[str] | None:
         """Run argv (after `via`: ip netns exec, docker exec) and write it as one case."""
         full = [*(via or []), *argv]
         if via and via[-3:-2] == ["--entrypoint"]:  # docker run --entrypoint argv[0] IMAGE argv[1:]
@@ -97,8 +98,12 @@ class Recorder:
         except (OSError, subprocess.TimeoutExpired) as exc:
             print(f"  {check}/{case}: not recorded: {exc}", file=sys.stderr)
             return None
-        data: dict[str, Any] = {"command": shlex.join(argv), "stdout": res.stdout, "stderr": res.stderr,
-                                "exit": res.returncode}  # fmt: skip
+        data: dict[str, Any] = {
+            "command": shlex.join(argv),
+            "stdout": res.stdout,
+            "stderr": res.stderr,
+            "exit": res.returncode,
+        }
         if via:
             data["via"] = shlex.join(via)
         data |= {**extra, "source": self.source, "recorded": self.recorded}
@@ -154,8 +159,7 @@ def record_host(rec: Recorder, pf: Any) -> None:
         rec.run("route", "subnet-peer", pf.route_argv(peer))
         rec.run("route", "own-address", pf.route_argv(own))
         with listener("0.0.0.0") as sock:
-            rec.run("reach", "probe-own-address", pf.probe_argv(own, [sock.getsockname()[1],
-                                                                      free_port(own)]))  # fmt: skip
+            rec.run("reach", "probe-own-address", pf.probe_argv(own, [sock.getsockname()[1], free_port(own)]))
     rec.run("nic", "lo", pf.nic_argv("lo"))
     rec.run("nic", "nosuch0", pf.nic_argv("nosuch0"))
     rec.run("route", "testnet", pf.route_argv(TEST_NET))
@@ -175,8 +179,9 @@ def record_host(rec: Recorder, pf: Any) -> None:
         rec.run("fit", "config-missing", pf.config_argv(f"{model}/nosuch-model"))
 
 
-NETNS_LISTENER = ("import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', 8000))\ns.listen()\n"
-                  "time.sleep(60)")  # fmt: skip
+NETNS_LISTENER = (
+    "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', 8000))\ns.listen()\ntime.sleep(60)"
+)
 
 
 def record_netns(rec: Recorder, pf: Any) -> None:
@@ -195,14 +200,21 @@ def record_netns(rec: Recorder, pf: Any) -> None:
         rec.run("reach", "netns-unreachable", pf.probe_argv(TEST_NET, [6379]), inside)
         child = subprocess.Popen([*inside, sys.executable, "-c", NETNS_LISTENER])
         time.sleep(1.0)
-        rules = [["-p", "tcp", "--dport", "6379", "-j", "DROP"],
-                 ["-p", "tcp", "--dport", "6380", "-j", "REJECT", "--reject-with", "icmp-host-prohibited"]]
+        rules = [
+            ["-p", "tcp", "--dport", "6379", "-j", "DROP"],
+            ["-p", "tcp", "--dport", "6380", "-j", "REJECT", "--reject-with", "icmp-host-prohibited"],
+        ]
         for rule in rules:
             subprocess.run([*inside, "iptables", "-A", "INPUT", *rule], check=True, timeout=30)
         setup = "; ".join(shlex.join(["iptables", "-A", "INPUT", *r]) for r in rules)
         rec.run("ports", "netns-ss", list(pf.SS_ARGV), inside)
-        rec.run("reach", "netns-firewalled", pf.probe_argv("127.0.0.1", [8000, 8001, 6379, 6380]), inside,
-                setup=f"a listener on 127.0.0.1:8000, none on 8001; {setup}")
+        rec.run(
+            "reach",
+            "netns-firewalled",
+            pf.probe_argv("127.0.0.1", [8000, 8001, 6379, 6380]),
+            inside,
+            setup=f"a listener on 127.0.0.1:8000, none on 8001; {setup}",
+        )
     finally:
         if child is not None:
             child.kill()
@@ -217,29 +229,59 @@ def record_docker(rec: Recorder, pf: Any, images: list[str]) -> None:
         name = re.sub(r"[^a-z0-9]+", "-", image.rsplit("/", 1)[-1].lower()).strip("-")
         argv = list(pf.IMAGE_FACTS_ARGV)
         image_id = sh("docker", "image", "inspect", "--format", "{{.Id}}", image).strip()
-        rec.run("image", name, argv, ["docker", "run", "--rm", "--network", "none", "--entrypoint", argv[0],
-                                      image], image_id=image_id)  # fmt: skip
+        rec.run(
+            "image",
+            name,
+            argv,
+            ["docker", "run", "--rm", "--network", "none", "--entrypoint", argv[0], image],
+            image_id=image_id,
+        )
     image = images[0]
     container = f"record-host-{os.getpid()}"
     start = ["docker", "run", "-d", "--rm", "--name", container, "--entrypoint", "sleep", image, "60"]
     subprocess.run(start, check=True, capture_output=True, timeout=60)
     try:
         via = ["docker", "exec", container]
-        res = rec.run("hostname", "bridge-container-hostname", list(pf.HOSTNAME_ARGV), via,
-                      setup=shlex.join(start))  # fmt: skip
+        res = rec.run(
+            "hostname", "bridge-container-hostname", list(pf.HOSTNAME_ARGV), via, setup=shlex.join(start)
+        )
         if res is not None and res.stdout.strip():
-            rec.run("hostname", "bridge-container-getent", pf.getent_argv(res.stdout.strip()), via,
-                    setup=shlex.join(start))  # fmt: skip
+            rec.run(
+                "hostname",
+                "bridge-container-getent",
+                pf.getent_argv(res.stdout.strip()),
+                via,
+                setup=shlex.join(start),
+            )
     finally:
         subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
     for size in ("64m", "10g"):
         container = f"record-shm-{os.getpid()}-{size}"
-        start = ["docker", "run", "-d", "--rm", "--name", container, "--network", "none", "--shm-size",
-                 size, "--entrypoint", "sleep", image, "60"]  # fmt: skip
+        start = [
+            "docker",
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            container,
+            "--network",
+            "none",
+            "--shm-size",
+            size,
+            "--entrypoint",
+            "sleep",
+            image,
+            "60",
+        ]
         subprocess.run(start, check=True, capture_output=True, timeout=60)
         try:
-            rec.run("shm", f"container-{size}", list(pf.SHM_DF_ARGV), ["docker", "exec", container],
-                    setup=shlex.join(start))  # fmt: skip
+            rec.run(
+                "shm",
+                f"container-{size}",
+                list(pf.SHM_DF_ARGV),
+                ["docker", "exec", container],
+                setup=shlex.join(start),
+            )
         finally:
             subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
 

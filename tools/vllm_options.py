@@ -36,8 +36,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ROOT / "orchestrate" / "core" / "vllm_flags"
-VERSIONS = ("0.6.4.post1", "0.8.5", "0.11.0", "0.11.1", "0.17.1", "0.18.1", "0.19.1", "0.32.0",
-            "0.33.0")  # fmt: skip
+VERSIONS = ("0.6.4.post1", "0.8.5", "0.11.0", "0.11.1", "0.17.1", "0.18.1", "0.19.1", "0.32.0", "0.33.0")
 SMALLEST = "0.6.4.post1"  # ~190 MiB: the wheel a test downloads when the cache is empty
 
 
@@ -305,23 +304,98 @@ class Env:
         return _BUILTINS.get(name, UNKNOWN)
 
 
-_BUILTINS: dict[str, Any] = {n: Token(n) for n in (
-    "list", "dict", "tuple", "set", "sorted", "len", "str", "int", "float", "bool", "isinstance",
-    "getattr", "hasattr", "print", "enumerate", "zip", "range", "reversed", "any", "all", "min",
-    "max", "super", "type", "staticmethod", "classmethod", "repr", "object", "frozenset")} | {
-    "None": None, "True": True, "False": False}  # fmt: skip
-_PURE = {"list": list, "dict": dict, "tuple": tuple, "set": set, "sorted": sorted, "len": len,
-         "str": str, "int": int, "float": float, "bool": bool, "enumerate": enumerate, "zip": zip,
-         "range": range, "reversed": reversed, "any": any, "all": all, "min": min, "max": max,
-         "repr": repr, "frozenset": frozenset}  # fmt: skip
-_METHODS = {"replace", "items", "keys", "values", "get", "pop", "append", "extend", "update",
-            "setdefault", "copy", "join", "split", "strip", "lower", "upper", "startswith",
-            "endswith", "format", "insert", "remove", "add", "removeprefix", "removesuffix",
-            "index", "count"}  # fmt: skip
+_BUILTINS: dict[str, Any] = {
+    n: Token(n)
+    for n in (
+        "list",
+        "dict",
+        "tuple",
+        "set",
+        "sorted",
+        "len",
+        "str",
+        "int",
+        "float",
+        "bool",
+        "isinstance",
+        "getattr",
+        "hasattr",
+        "print",
+        "enumerate",
+        "zip",
+        "range",
+        "reversed",
+        "any",
+        "all",
+        "min",
+        "max",
+        "super",
+        "type",
+        "staticmethod",
+        "classmethod",
+        "repr",
+        "object",
+        "frozenset",
+    )
+} | {"None": None, "True": True, "False": False}
+_PURE = {
+    "list": list,
+    "dict": dict,
+    "tuple": tuple,
+    "set": set,
+    "sorted": sorted,
+    "len": len,
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "enumerate": enumerate,
+    "zip": zip,
+    "range": range,
+    "reversed": reversed,
+    "any": any,
+    "all": all,
+    "min": min,
+    "max": max,
+    "repr": repr,
+    "frozenset": frozenset,
+}
+_METHODS = {
+    "replace",
+    "items",
+    "keys",
+    "values",
+    "get",
+    "pop",
+    "append",
+    "extend",
+    "update",
+    "setdefault",
+    "copy",
+    "join",
+    "split",
+    "strip",
+    "lower",
+    "upper",
+    "startswith",
+    "endswith",
+    "format",
+    "insert",
+    "remove",
+    "add",
+    "removeprefix",
+    "removesuffix",
+    "index",
+    "count",
+}
 # Calls that receive the parser but only change other state (plugins, platform hooks that add
 # nothing on CUDA or CPU builds); anything else unresolved that receives a parser is an error.
-_IGNORED_PARSER_CALLS = {"pre_register_and_update", "set_defaults", "load_general_plugins",
-                         "_apply_argparse_hook"}  # fmt: skip
+_IGNORED_PARSER_CALLS = {
+    "pre_register_and_update",
+    "set_defaults",
+    "load_general_plugins",
+    "_apply_argparse_hook",
+}
 
 
 def _has_unknown(value: Any) -> bool:
@@ -335,8 +409,9 @@ def _has_unknown(value: Any) -> bool:
 
 
 def _adds_arguments(nodes: list[ast.stmt]) -> bool:
-    return any(isinstance(n, ast.Attribute) and n.attr == "add_argument"
-               for stmt in nodes for n in ast.walk(stmt))  # fmt: skip
+    return any(
+        isinstance(n, ast.Attribute) and n.attr == "add_argument" for stmt in nodes for n in ast.walk(stmt)
+    )
 
 
 # ---------------------------------------------------------------- the interpreter
@@ -351,7 +426,7 @@ class Interp:
         for stmt in body:
             self.stmt(stmt, env)
 
-    def stmt(self, s: ast.stmt, env: Env) -> None:  # noqa: C901 - one dispatch
+    def stmt(self, s: ast.stmt, env: Env) -> None:
         if isinstance(s, ast.Expr):
             self.eval(s.value, env)
         elif isinstance(s, ast.Assign):
@@ -362,8 +437,7 @@ class Interp:
             if s.value is not None:
                 self.assign(s.target, self.eval(s.value, env), env)
         elif isinstance(s, ast.AugAssign):
-            self.assign(s.target, self.binop(s.op, self.eval(s.target, env), self.eval(s.value, env)),
-                        env)  # fmt: skip
+            self.assign(s.target, self.binop(s.op, self.eval(s.target, env), self.eval(s.value, env)), env)
         elif isinstance(s, ast.Return):
             raise _Return(self.eval(s.value, env) if s.value else None)
         elif isinstance(s, ast.If):
@@ -423,8 +497,10 @@ class Interp:
             items = list(items)
         if not isinstance(items, list | tuple | set | frozenset | str) and not hasattr(items, "__next__"):
             if _adds_arguments(s.body):
-                raise ExtractError(f"{env.module.path}:{s.lineno}: arguments added in a loop over "
-                                   f"something this reader cannot evaluate")  # fmt: skip
+                raise ExtractError(
+                    f"{env.module.path}:{s.lineno}: arguments added in a loop over "
+                    f"something this reader cannot evaluate"
+                )
             return
         for item in list(items):
             self.assign(s.target, item, env)
@@ -454,7 +530,7 @@ class Interp:
                 obj.attrs[target.attr] = value
 
     # expressions
-    def eval(self, e: ast.expr | None, env: Env) -> Any:  # noqa: C901 - one dispatch
+    def eval(self, e: ast.expr | None, env: Env) -> Any:
         if e is None:
             return None
         if isinstance(e, ast.Constant):
@@ -545,11 +621,18 @@ class Interp:
             right = self.eval(right_e, env)
             if _has_unknown(left) or _has_unknown(right):
                 return UNKNOWN
-            ops = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b,
-                   ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
-                   ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b,
-                   ast.Lt: lambda a, b: a < b, ast.Gt: lambda a, b: a > b,
-                   ast.LtE: lambda a, b: a <= b, ast.GtE: lambda a, b: a >= b}  # fmt: skip
+            ops = {
+                ast.Eq: lambda a, b: a == b,
+                ast.NotEq: lambda a, b: a != b,
+                ast.In: lambda a, b: a in b,
+                ast.NotIn: lambda a, b: a not in b,
+                ast.Is: lambda a, b: a is b,
+                ast.IsNot: lambda a, b: a is not b,
+                ast.Lt: lambda a, b: a < b,
+                ast.Gt: lambda a, b: a > b,
+                ast.LtE: lambda a, b: a <= b,
+                ast.GtE: lambda a, b: a >= b,
+            }
             try:
                 if not ops[type(op)](left, right):
                     return False
@@ -634,16 +717,26 @@ class Interp:
             else:
                 return self.unresolved(e, env, fn, args, {"**": value})
         if isinstance(fn, Token) and fn.name == "super":
-            return Super(env.func.owner, env.vars.get(env.func.node.args.args[0].arg)) \
-                if env.func and env.func.owner else UNKNOWN  # fmt: skip
+            return (
+                Super(env.func.owner, env.vars.get(env.func.node.args.args[0].arg))
+                if env.func and env.func.owner
+                else UNKNOWN
+            )
         return self.apply(fn, args, kwargs, e, env)
 
     def apply(self, fn: Any, args: list[Any], kwargs: dict[str, Any], e: ast.Call, env: Env) -> Any:
         if isinstance(fn, Method):
             return self.method(fn, args, kwargs, e, env)
         if isinstance(fn, FuncRef):
-            if fn.node.name in ("get_kwargs", "_compute_kwargs") and fn.module.name == "vllm.engine.arg_utils":
-                return dataclass_kwargs(fn.module, args[0]) if args and isinstance(args[0], ClassRef) else UNKNOWN
+            if (
+                fn.node.name in ("get_kwargs", "_compute_kwargs")
+                and fn.module.name == "vllm.engine.arg_utils"
+            ):
+                return (
+                    dataclass_kwargs(fn.module, args[0])
+                    if args and isinstance(args[0], ClassRef)
+                    else UNKNOWN
+                )
             return self.invoke(fn, args, kwargs)
         if isinstance(fn, ClassRef):
             if fn.name.endswith("ArgumentParser"):
@@ -663,10 +756,14 @@ class Interp:
 
     def unresolved(self, e: ast.Call, env: Env, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
         name = e.func.attr if isinstance(e.func, ast.Attribute) else getattr(e.func, "id", "?")
-        if any(isinstance(a, Parser | Subparsers) for a in [*args, *kwargs.values()]) \
-                and name not in _IGNORED_PARSER_CALLS:  # fmt: skip
-            raise ExtractError(f"{env.module.path}:{e.lineno}: the parser is passed to {name}(), "
-                               "which this reader cannot follow")  # fmt: skip
+        if (
+            any(isinstance(a, Parser | Subparsers) for a in [*args, *kwargs.values()])
+            and name not in _IGNORED_PARSER_CALLS
+        ):
+            raise ExtractError(
+                f"{env.module.path}:{e.lineno}: the parser is passed to {name}(), "
+                "which this reader cannot follow"
+            )
         return UNKNOWN
 
     def invoke(self, fn: FuncRef, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -687,7 +784,7 @@ class Interp:
         for a, d in zip(params.kwonlyargs, params.kw_defaults, strict=True):
             env.vars[a.arg] = kwargs.pop(a.arg) if a.arg in kwargs else self.eval(d, Env(fn.module))
         if params.vararg:
-            env.vars[params.vararg.arg] = tuple(given[len(positional):])
+            env.vars[params.vararg.arg] = tuple(given[len(positional) :])
         if params.kwarg:
             env.vars[params.kwarg.arg] = kwargs
         try:
@@ -730,8 +827,17 @@ class Interp:
 
 # ---------------------------------------------------------------- argparse, as argparse does it
 
-_NO_VALUE = {"store_true", "store_false", "store_const", "count", "help", "version",
-             "argparse.BooleanOptionalAction", "BooleanOptionalAction", "append_const"}  # fmt: skip
+_NO_VALUE = {
+    "store_true",
+    "store_false",
+    "store_const",
+    "count",
+    "help",
+    "version",
+    "argparse.BooleanOptionalAction",
+    "BooleanOptionalAction",
+    "append_const",
+}
 
 
 def _action_name(action: Any) -> str:
@@ -787,7 +893,7 @@ def _fields(cls: ClassRef) -> list[tuple[str, ast.expr, ClassRef]]:
     return list(out.values())
 
 
-def _hints(ann: ast.expr, module: Module, depth: int = 0) -> list[Any]:  # noqa: C901 - typing forms
+def _hints(ann: ast.expr, module: Module, depth: int = 0) -> list[Any]:
     """The flattened type hints of an annotation, as get_kwargs sees them: 'bool', 'str', 'int',
     'float', 'none', 'dict', 'list', 'tuple', 'set', 'dataclass', 'other' or ('literal', values)."""
     if depth > 12:
@@ -886,13 +992,18 @@ class Rules:
 
 
 def _rules(module: Module) -> Rules:
-    src = "".join(ast.get_source_segment(module.wheel.source(module.path), module.defs[name]) or ""
-                  for name in ("get_kwargs", "_compute_kwargs", "literal_to_kwargs") if name in module.defs)
+    src = "".join(
+        ast.get_source_segment(module.wheel.source(module.path), module.defs[name]) or ""
+        for name in ("get_kwargs", "_compute_kwargs", "literal_to_kwargs")
+        if name in module.defs
+    )
     return Rules(
         optional_bool_str="{bool, str, type(None)}" in src,
         metavar_if_str='"metavar" if contains_type' in src or "'metavar' if contains_type" in src,
         none_choice="None" if 'append("None")' in src else None,
-        collections=("tuple", "list", "set") if "contains_type(type_hints, set)" in src else ("tuple", "list"),
+        collections=("tuple", "list", "set")
+        if "contains_type(type_hints, set)" in src
+        else ("tuple", "list"),
         literal_elements='.get("type")) is Literal' in src,
     )
 
@@ -942,7 +1053,9 @@ def serve_parser(wheel: Wheel) -> Parser:
     else:
         scripts = wheel.module("vllm.scripts")
         if scripts is None:
-            raise ExtractError(f"{wheel.path.name}: neither vllm/entrypoints/cli/serve.py nor vllm/scripts.py")
+            raise ExtractError(
+                f"{wheel.path.name}: neither vllm/entrypoints/cli/serve.py nor vllm/scripts.py"
+            )
         interp.invoke(scripts.lookup("main"), [], {})
     assert interp.subparsers is not None
     parser = interp.subparsers.parsers.get("serve")
@@ -991,8 +1104,22 @@ def find_wheel(version: str) -> Path | None:
 
 def download(version: str) -> Path:
     cache_dir().mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                    f"vllm=={version}", "-d", str(cache_dir())], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            f"vllm=={version}",
+            "-d",
+            str(cache_dir()),
+        ],
+        check=True,
+    )
     path = find_wheel(version)
     if path is None:
         raise ExtractError(f"pip download vllm=={version} left no wheel in {cache_dir()}")
@@ -1010,7 +1137,9 @@ def dump(data: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--version", action="append", help="only these versions (default: all)")
-    ap.add_argument("--check", action="store_true", help="compare tables with cached wheels; download nothing")
+    ap.add_argument(
+        "--check", action="store_true", help="compare tables with cached wheels; download nothing"
+    )
     opts = ap.parse_args(argv)
     bad = 0
     for version in opts.version or VERSIONS:

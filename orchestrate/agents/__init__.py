@@ -25,9 +25,11 @@ def _text(package: str, module: str) -> str:
 
 
 def _strip(text: str) -> str:
-    keep = [line for line in text.splitlines()
-            if line != "from __future__ import annotations"
-            and not line.startswith("from orchestrate.")]  # fmt: skip
+    keep = [
+        line
+        for line in text.splitlines()
+        if line != "from __future__ import annotations" and not line.startswith("from orchestrate.")
+    ]
     return "\n".join(keep) + "\n"
 
 

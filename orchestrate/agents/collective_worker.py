@@ -44,8 +44,12 @@ def run_rank(local_rank, out):
             torch.cuda.set_device(local_rank)
             device = torch.device("cuda", local_rank)
         dist.init_process_group(
-            backend, init_method=f"tcp://{_env('ORCH_COLL_MASTER')}:{_env('ORCH_COLL_PORT')}",
-            rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
+            backend,
+            init_method=f"tcp://{_env('ORCH_COLL_MASTER')}:{_env('ORCH_COLL_PORT')}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout),
+        )
         ones = torch.ones(1, device=device)
         dist.all_reduce(ones)
         result["value"] = float(ones.item())

@@ -60,8 +60,7 @@ class Sample:
     @classmethod
     def of(cls, t: float, text: str) -> Sample:
         sums = metric_sums(text)
-        return cls(t, sum(sums.get(n, 0.0) for n in BUSY),
-                   {n: sums[n] for n in PROGRESS if n in sums})  # fmt: skip
+        return cls(t, sum(sums.get(n, 0.0) for n in BUSY), {n: sums[n] for n in PROGRESS if n in sums})
 
 
 State = Literal["unknown", "idle", "progressing", "stalled"]
@@ -99,8 +98,12 @@ class ProgressWatch:
         stalled = s.t - self._moved_at
         busy = f"{s.busy:g} request(s) running or waiting"
         if stalled >= self.stall_after_s:
-            return Verdict("stalled", stalled, f"{busy} and no token, request or engine step "
-                           f"for {stalled:.0f} s (threshold {self.stall_after_s:g} s)")  # fmt: skip
+            return Verdict(
+                "stalled",
+                stalled,
+                f"{busy} and no token, request or engine step "
+                f"for {stalled:.0f} s (threshold {self.stall_after_s:g} s)",
+            )
         return Verdict("progressing", stalled, f"{busy}, nothing advanced for {stalled:.0f} s")
 
     @staticmethod

@@ -22,8 +22,10 @@ _PREFIX = re.compile(
     r"(?:(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+"
     r"\[?[\w./-]+:\d+\]\s?)?"
 )
-_EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure)\w*)"
-                        r"(?::\s*(?P<msg>.*))?$")  # fmt: skip
+_EXCEPTION = re.compile(
+    r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure)\w*)"
+    r"(?::\s*(?P<msg>.*))?$"
+)
 # wrappers that point elsewhere for the cause; never the cause themselves
 _WRAPPERS = (
     "see root cause above",
@@ -105,9 +107,15 @@ def root_cause(text: str) -> Cause | None:
     real = [c for c in finals if not _is_wrapper(c.line) and not c.line.startswith(_NOT_CAUSES)]
     if real:
         return real[0]
-    errors = [Cause(t[:400], p) for p, level, t in lines
-              if level in ("ERROR", "CRITICAL") and t and not t.startswith(" ") and not _is_wrapper(t)
-              and not t.startswith("Traceback")]  # fmt: skip
+    errors = [
+        Cause(t[:400], p)
+        for p, level, t in lines
+        if level in ("ERROR", "CRITICAL")
+        and t
+        and not t.startswith(" ")
+        and not _is_wrapper(t)
+        and not t.startswith("Traceback")
+    ]
     if errors:
         return errors[0]
     return finals[0] if finals else None

@@ -23,7 +23,9 @@ pinned_ports() {
 # Ray head: start the GCS, then hold `vllm serve` until Ray has every expected node and GPU
 # (vLLM #13909, production-stack wait_for_ray.py), then exec it so vLLM's output is the
 # container's output and outlives the orchestrator.
-RAY_HEAD = _RAY_PREAMBLE + r"""command -v ray >/dev/null 2>&1 || {
+RAY_HEAD = (
+    _RAY_PREAMBLE
+    + r"""command -v ray >/dev/null 2>&1 || {
   log "ray is not installed in this image; current vllm/vllm-openai images no longer ship Ray."
   log "Use backend: mp in the inventory, or an image that contains ray."
   exit 127
@@ -77,9 +79,12 @@ wait "$child"
 log "starting: $*"
 exec "$@"
 """
+)
 
 # Ray worker: wait for the head's GCS port (dynamo #14108, KubeRay wait-gcs-ready), then join.
-RAY_WORKER = _RAY_PREAMBLE + r"""
+RAY_WORKER = (
+    _RAY_PREAMBLE
+    + r"""
 command -v ray >/dev/null 2>&1 || { log "ray is not installed in this image; use backend: mp"; exit 127; }
 deadline=$(( $(date +%s) + ${ORCH_JOIN_TIMEOUT%.*} ))
 until (exec 3<>"/dev/tcp/$ORCH_HEAD_ADDR/$ORCH_RAY_PORT") 2>/dev/null; do
@@ -93,7 +98,8 @@ if [ -n "${ORCH_OBJECT_STORE_MEMORY:-}" ]; then extra="--object-store-memory=$OR
 exec ray start --block --disable-usage-stats \
   --address="$ORCH_HEAD_ADDR:$ORCH_RAY_PORT" --node-ip-address="$VLLM_HOST_IP" \
   --object-manager-port="$ORCH_OBJECT_MANAGER_PORT" $(pinned_ports) --num-gpus="$ORCH_GPUS" $extra
-"""[1:]  # the body starts on the line after the quotes
+"""[1:]
+)  # the body starts on the line after the quotes
 
 # Used by a Kubernetes init container: the same TCP wait, without joining.
 WAIT_FOR_HEAD = r"""deadline=$(( $(date +%s) + ${ORCH_JOIN_TIMEOUT%.*} ))

@@ -70,8 +70,13 @@ class _View:
 
 
 class Console:
-    def __init__(self, verbose: int = 0, stream: TextIO | None = None,
-                 log_path: Path | None = None, live: bool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        verbose: int = 0,
+        stream: TextIO | None = None,
+        log_path: Path | None = None,
+        live: bool | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.verbose = verbose
         self.tty = self.stream.isatty()
@@ -141,14 +146,19 @@ class Console:
             else:
                 self._write(text)
 
-    def _show_live(self, phase: str, host: str | None, message: str, progress: bool,
-                   now: float) -> None:  # fmt: skip
+    def _show_live(self, phase: str, host: str | None, message: str, progress: bool, now: float) -> None:
         if self._live is None:
             from rich.live import Live
 
             assert self._rich is not None
-            self._live = Live(_View(self), console=self._rich, refresh_per_second=4,
-                              transient=False, redirect_stdout=False, redirect_stderr=False)  # fmt: skip
+            self._live = Live(
+                _View(self),
+                console=self._rich,
+                refresh_per_second=4,
+                transient=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
             self._live.start()
         if host is None:
             if progress:

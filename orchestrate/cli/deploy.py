@@ -29,12 +29,18 @@ if TYPE_CHECKING:
 @inventory_arg
 @click.option("--dry-run", is_flag=True, help="Print what would run on each host; touch nothing.")
 @click.option("--no-checks", is_flag=True, help="Skip the chat/stream checks at the end.")
-@click.option("--skip-check", "skip_checks", multiple=True, metavar="CHECK",
-              help="Skip one preflight check (model, model-hash, shm, nic, ports, gpus, "
-                   "reach-head, reach-peers); repeatable.")
+@click.option(
+    "--skip-check",
+    "skip_checks",
+    multiple=True,
+    metavar="CHECK",
+    help="Skip one preflight check (model, model-hash, shm, nic, ports, gpus, "
+    "reach-head, reach-peers); repeatable.",
+)
 @click.pass_obj
-def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool,
-       skip_checks: tuple[str, ...]) -> None:
+def up(
+    opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool, skip_checks: tuple[str, ...]
+) -> None:
     """Preflight, start head and workers, wait for Ray and vLLM, prove it serves."""
     path = resolve_inventory(inventory_file, opts.inventory)
     plan, replan = load_for_hosts(path)
@@ -44,28 +50,51 @@ def up(opts: Options, inventory_file: str | None, dry_run: bool, no_checks: bool
     from orchestrate.ops import apply
 
     remember(path)
-    report = apply.up(plan, opts.console(), run_checks=not no_checks, skip_checks=skip_checks,
-                      replan=replan)  # fmt: skip
+    report = apply.up(plan, opts.console(), run_checks=not no_checks, skip_checks=skip_checks, replan=replan)
     if opts.output == "json":
         emit_json(report.as_dict())
         return
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items())
-    emit_text(f"ready: {report.endpoint}  model {plan.served_name}  {report.nodes} nodes, "
-              f"{report.gpus} GPUs, backend {report.backend}\nphases: {phases}")
+    emit_text(
+        f"ready: {report.endpoint}  model {plan.served_name}  {report.nodes} nodes, "
+        f"{report.gpus} GPUs, backend {report.backend}\nphases: {phases}"
+    )
 
 
 @click.command("preflight")
 @inventory_arg
-@click.option("--skip", "skip", multiple=True, metavar="CHECK",
-              help="Skip a check (repeatable): " + ", ".join(
-                  ["docker", "gpus", "nic", "route", "hostname", "ports", "reach-head", "reach-peers",
-                   "model", "shm", "image", "fit", "model-hash"]))
-@click.option("--collective", is_flag=True,
-              help="Also run an all-reduce across all hosts in the image (Gloo on CPU, NCCL on "
-                   "GPUs) and report the bus bandwidth.")
+@click.option(
+    "--skip",
+    "skip",
+    multiple=True,
+    metavar="CHECK",
+    help="Skip a check (repeatable): "
+    + ", ".join(
+        [
+            "docker",
+            "gpus",
+            "nic",
+            "route",
+            "hostname",
+            "ports",
+            "reach-head",
+            "reach-peers",
+            "model",
+            "shm",
+            "image",
+            "fit",
+            "model-hash",
+        ]
+    ),
+)
+@click.option(
+    "--collective",
+    is_flag=True,
+    help="Also run an all-reduce across all hosts in the image (Gloo on CPU, NCCL on "
+    "GPUs) and report the bus bandwidth.",
+)
 @click.pass_obj
-def preflight_cmd(opts: Options, inventory_file: str | None, skip: tuple[str, ...],
-                  collective: bool) -> None:
+def preflight_cmd(opts: Options, inventory_file: str | None, skip: tuple[str, ...], collective: bool) -> None:
     """Check every host before anything starts: one table, the fix for each failure."""
     from orchestrate.host.session import Session
     from orchestrate.ops import preflight
@@ -81,8 +110,11 @@ def preflight_cmd(opts: Options, inventory_file: str | None, skip: tuple[str, ..
     if opts.output == "json":
         emit_json(preflight.table_dict(rows))
     else:
-        emit_table(f"preflight {plan.name}", ["host", "check", "status", "message", "fix"],
-                   [(r.host, r.check, r.status, r.message, r.fix) for r in rows])
+        emit_table(
+            f"preflight {plan.name}",
+            ["host", "check", "status", "message", "fix"],
+            [(r.host, r.check, r.status, r.message, r.fix) for r in rows],
+        )
     if preflight.failures(rows):
         sys.exit(1)
 
@@ -124,11 +156,24 @@ def status(opts: Options, inventory_file: str | None) -> None:
 
 
 def _status_text(data: dict[str, Any]) -> None:
-    rows = [(h["role"], h["host"], h["address"], h["state"], h.get("spec", ""),
-             str(h.get("restarts", "")), (h.get("supervisor") or {}).get("phase", ""), _note(h))
-            for h in data["hosts"]]  # fmt: skip
-    emit_table(f"deployment {data['deployment']}", ["node", "host", "address", "state", "spec",
-                                                    "restarts", "watchdog", "note"], rows)  # fmt: skip
+    rows = [
+        (
+            h["role"],
+            h["host"],
+            h["address"],
+            h["state"],
+            h.get("spec", ""),
+            str(h.get("restarts", "")),
+            (h.get("supervisor") or {}).get("phase", ""),
+            _note(h),
+        )
+        for h in data["hosts"]
+    ]
+    emit_table(
+        f"deployment {data['deployment']}",
+        ["node", "host", "address", "state", "spec", "restarts", "watchdog", "note"],
+        rows,
+    )
     for h in data["hosts"]:  # the last failure of each member, with its root-cause line
         last = (h.get("supervisor") or {}).get("last_failure")
         if last:
@@ -137,8 +182,10 @@ def _status_text(data: dict[str, Any]) -> None:
     ray = data.get("ray")
     if ray and "error" not in ray:
         missing = f"; no alive raylet on {', '.join(ray['missing'])}" if ray.get("missing") else ""
-        emit_text(f"ray: {ray['nodes_alive']}/{ray['nodes_expected']} nodes alive, "
-                  f"{ray['gpus']:g}/{ray['gpus_expected']} GPUs{missing}")
+        emit_text(
+            f"ray: {ray['nodes_alive']}/{ray['nodes_expected']} nodes alive, "
+            f"{ray['gpus']:g}/{ray['gpus_expected']} GPUs{missing}"
+        )
     v = data["vllm"]
     if not v.get("endpoint"):  # serve.start false: a Ray cluster only
         emit_text(f"deployment: {'healthy' if data['healthy'] else 'NOT healthy'} (Ray cluster only)")
@@ -148,8 +195,10 @@ def _status_text(data: dict[str, Any]) -> None:
         line += f", models {', '.join(v['models'])}"
     if v.get("metrics"):
         m = v["metrics"]
-        line += (f"; running {m.get('requests_running', 0):g}, waiting "
-                 f"{m.get('requests_waiting', 0):g}, KV cache {100 * m.get('kv_cache_usage', 0):.1f}%")
+        line += (
+            f"; running {m.get('requests_running', 0):g}, waiting "
+            f"{m.get('requests_waiting', 0):g}, KV cache {100 * m.get('kv_cache_usage', 0):.1f}%"
+        )
     if v.get("reason"):
         line += f" ({v['reason']})"
     emit_text(line)
@@ -157,10 +206,16 @@ def _status_text(data: dict[str, Any]) -> None:
 
 @click.command()
 @inventory_arg
-@click.option("--interval", type=click.FloatRange(0.5, 3600), default=2.0, show_default=True,
-              help="Seconds between samples.")
-@click.option("--count", type=click.IntRange(0), default=0,
-              help="Stop after this many samples (0: until Ctrl-C).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.5, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between samples.",
+)
+@click.option(
+    "--count", type=click.IntRange(0), default=0, help="Stop after this many samples (0: until Ctrl-C)."
+)
 @click.pass_obj
 def watch(opts: Options, inventory_file: str | None, interval: float, count: int) -> None:
     """A live view: nodes, ranks, watchdogs, health, requests, tokens/s, restarts, and events as
@@ -193,8 +248,15 @@ def watch(opts: Options, inventory_file: str | None, interval: float, count: int
                 else:
                     emit_text(f"{stamp} {line}")
             if opts.output == "json":
-                emit_json({"t": data["t"], "event": "sample", "healthy": data["healthy"],
-                           "tokens_per_s": rate, "status": data})  # fmt: skip
+                emit_json(
+                    {
+                        "t": data["t"],
+                        "event": "sample",
+                        "healthy": data["healthy"],
+                        "tokens_per_s": rate,
+                        "status": data,
+                    }
+                )
             elif view is not None:
                 view.update(_watch_table(data, rate))
             prev = data
@@ -210,15 +272,23 @@ def _watch_table(data: dict[str, Any], rate: float | None) -> Any:
     from rich.table import Table
 
     m = data["vllm"].get("metrics") or {}
-    title = (f"{data['deployment']}: {'healthy' if data['healthy'] else 'NOT healthy'}; running "
-             f"{m.get('requests_running', 0):g}, waiting {m.get('requests_waiting', 0):g}"
-             + (f", {rate:.1f} tokens/s" if rate is not None else ""))  # fmt: skip
+    title = (
+        f"{data['deployment']}: {'healthy' if data['healthy'] else 'NOT healthy'}; running "
+        f"{m.get('requests_running', 0):g}, waiting {m.get('requests_waiting', 0):g}"
+        + (f", {rate:.1f} tokens/s" if rate is not None else "")
+    )
     table = Table(title=title)
     for col in ("node", "host", "state", "restarts", "watchdog", "note"):
         table.add_column(col)
     for h in data["hosts"]:
-        table.add_row(h["role"], h["host"], h["state"], str(h.get("restarts", "")),
-                      (h.get("supervisor") or {}).get("phase", ""), _note(h))  # fmt: skip
+        table.add_row(
+            h["role"],
+            h["host"],
+            h["state"],
+            str(h.get("restarts", "")),
+            (h.get("supervisor") or {}).get("phase", ""),
+            _note(h),
+        )
     return table
 
 
@@ -250,8 +320,11 @@ def _complete_node(ctx: click.Context, param: click.Parameter, incomplete: str) 
         plan = load_plan(resolve_inventory(ctx.params.get("inventory_file"), option))
     except OrchestrateError:
         return []
-    items = [CompletionItem(name, help=f"{node.alias} on {node.host} ({node.address})")
-             for node in plan.nodes for name in dict.fromkeys((node.alias, node.host))]  # fmt: skip
+    items = [
+        CompletionItem(name, help=f"{node.alias} on {node.host} ({node.address})")
+        for node in plan.nodes
+        for name in dict.fromkeys((node.alias, node.host))
+    ]
     return [item for item in items if item.value.startswith(incomplete)]
 
 
@@ -262,8 +335,9 @@ def _complete_node(ctx: click.Context, param: click.Parameter, incomplete: str) 
 @click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines.")
 @click.option("--since", metavar="DURATION", help="Only output newer than this (90s, 10m, 2h).")
 @click.pass_obj
-def logs(opts: Options, node: str, inventory_file: str | None, follow: bool, tail: int | None,
-         since: str | None) -> None:
+def logs(
+    opts: Options, node: str, inventory_file: str | None, follow: bool, tail: int | None, since: str | None
+) -> None:
     """Container output of NODE (head, worker-N or an inventory host name): Ray and vLLM."""
     from orchestrate.ops import observe
 
@@ -280,7 +354,6 @@ def check(opts: Options, inventory_file: str | None) -> None:
     results = apply.check(plan_of(opts, inventory_file), opts.console())
     if opts.output == "json":
         emit_json([r.as_dict() for r in results])
-
 
 
 COMMANDS = (up, preflight_cmd, down, status, watch, logs, check)

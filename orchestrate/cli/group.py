@@ -27,9 +27,11 @@ PURE_COMMANDS = frozenset({"validate", "schema", "plan", "render", "completion",
 
 # Commands that live in other modules, imported only when they run: name -> (module:attr, help).
 LAZY_COMMANDS = {
-    "bench": ("orchestrate.cli.bench:bench_command",
-              "Load the serving endpoint and report TTFT, TPOT, ITL, E2E latency and throughput."),
-}  # fmt: skip
+    "bench": (
+        "orchestrate.cli.bench:bench_command",
+        "Load the serving endpoint and report TTFT, TPOT, ITL, E2E latency and throughput.",
+    ),
+}
 
 
 def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -45,15 +47,31 @@ def _add_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None
 def _global_params() -> list[click.Parameter]:
     """The group's options again, for every leaf command (`status inv.yaml --output json`)."""
     return [
-        click.Option(["--target"], type=click.Choice(TARGETS), expose_value=False,
-                     callback=_set_global, help=TARGET_HELP),
-        click.Option(["-i", "--inventory", "inventory"], metavar="FILE", expose_value=False,
-                     callback=_set_global, help=INVENTORY_HELP),
-        click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_add_verbose,
-                     help=VERBOSE_HELP),
-        click.Option(["--output"], type=click.Choice(OUTPUTS), expose_value=False,
-                     callback=_set_global, help="text or json."),
-    ]  # fmt: skip
+        click.Option(
+            ["--target"],
+            type=click.Choice(TARGETS),
+            expose_value=False,
+            callback=_set_global,
+            help=TARGET_HELP,
+        ),
+        click.Option(
+            ["-i", "--inventory", "inventory"],
+            metavar="FILE",
+            expose_value=False,
+            callback=_set_global,
+            help=INVENTORY_HELP,
+        ),
+        click.Option(
+            ["-v", "--verbose"], count=True, expose_value=False, callback=_add_verbose, help=VERBOSE_HELP
+        ),
+        click.Option(
+            ["--output"],
+            type=click.Choice(OUTPUTS),
+            expose_value=False,
+            callback=_set_global,
+            help="text or json.",
+        ),
+    ]
 
 
 class _LazyCommand(click.Command):
@@ -82,15 +100,19 @@ class OrchestrateGroup(click.Group):
             for name, (target, short_help) in LAZY_COMMANDS.items():
                 self.add_command(_LazyCommand(name, target, short_help))
 
-    def resolve_command(self, ctx: click.Context,
-                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         name, cmd, rest = super().resolve_command(ctx, args)
         if name not in PURE_COMMANDS:
             _route_library_logs()  # paramiko and docker log; the pure commands import neither
         if isinstance(cmd, _LazyCommand):
             cmd = self.commands[cmd.name or ""] = cmd.load()
-        if cmd is not None and not isinstance(cmd, click.Group) \
-                and not getattr(cmd, "_orchestrate_globals", False):
+        if (
+            cmd is not None
+            and not isinstance(cmd, click.Group)
+            and not getattr(cmd, "_orchestrate_globals", False)
+        ):
             cmd.params.extend(_global_params())
             cmd._orchestrate_globals = True  # type: ignore[attr-defined]
         return name, cmd, rest
@@ -114,4 +136,3 @@ def _route_library_logs() -> None:
         handler = logging.NullHandler()
     handler.setLevel(logging.WARNING)
     root.addHandler(handler)
-

@@ -30,8 +30,7 @@ if TYPE_CHECKING:
 
 
 @click.group(cls=OrchestrateGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--target", type=click.Choice(TARGETS), default="docker", show_default=True,
-              help=TARGET_HELP)
+@click.option("--target", type=click.Choice(TARGETS), default="docker", show_default=True, help=TARGET_HELP)
 @click.option("-i", "--inventory", "inventory", metavar="FILE", help=INVENTORY_HELP)
 @click.option("-v", "--verbose", count=True, help=VERBOSE_HELP)
 @click.option("--output", type=click.Choice(OUTPUTS), default="text", show_default=True)
@@ -66,8 +65,9 @@ def _main(argv: list[str] | None, console: Console) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C in a command into Abort
-        errors_to(console).error(["interrupted: `orchestrate up` finishes the job, `orchestrate down` "
-                       "cleans up"])  # fmt: skip
+        errors_to(console).error(
+            ["interrupted: `orchestrate up` finishes the job, `orchestrate down` cleans up"]
+        )
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
@@ -81,10 +81,13 @@ def _main(argv: list[str] | None, console: Console) -> None:
             path.write_text(traceback.format_exc(), encoding="utf-8")
         except OSError:
             pass
-        errors_to(console).error([f"internal error ({sys.exc_info()[0].__name__}); this is a bug in "  # type: ignore[union-attr]
-                       f"orchestrate. Details: {path}"])
+        errors_to(console).error(
+            [
+                f"internal error ({sys.exc_info()[0].__name__}); this is a bug in "  # type: ignore[union-attr]
+                f"orchestrate. Details: {path}"
+            ]
+        )
         sys.exit(EXIT_INTERNAL)
-
 
 
 for _module in (plan, deploy, build):

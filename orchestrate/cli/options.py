@@ -41,8 +41,7 @@ TARGETS = ("docker", "compose", "k8s")
 OUTPUTS = ("text", "json")
 TARGET_HELP = "What render/plan produce: docker runs, compose or k8s."
 INVENTORY_HELP = (
-    "Inventory file (default: $ORCHESTRATE_INVENTORY, the last one used here, "
-    f"else {DEFAULT_INVENTORY})."
+    f"Inventory file (default: $ORCHESTRATE_INVENTORY, the last one used here, else {DEFAULT_INVENTORY})."
 )
 VERBOSE_HELP = "More detail (-v: debug events and the full pip/docker output)."
 

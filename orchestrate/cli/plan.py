@@ -33,8 +33,10 @@ def validate(opts: Options, inventory_file: str | None) -> None:
     if opts.output == "json":
         emit_json({"inventory": path, "valid": True, "world_size": plan.world_size})
     else:
-        emit_text(f"{path}: ok ({len(plan.nodes)} hosts, {plan.total_gpus} GPUs, "
-                  f"TP={plan.tensor_parallel} x PP={plan.pipeline_parallel}, {plan.backend})")
+        emit_text(
+            f"{path}: ok ({len(plan.nodes)} hosts, {plan.total_gpus} GPUs, "
+            f"TP={plan.tensor_parallel} x PP={plan.pipeline_parallel}, {plan.backend})"
+        )
 
 
 @click.command()
@@ -47,8 +49,11 @@ def schema() -> None:
 
 @click.command("plan")
 @inventory_arg
-@click.option("--model-config", type=click.Path(exists=True, dir_okay=False),
-              help="The model's config.json here: add fit planning (weights, KV cache, TP/PP).")
+@click.option(
+    "--model-config",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The model's config.json here: add fit planning (weights, KV cache, TP/PP).",
+)
 @click.pass_obj
 def plan_cmd(opts: Options, inventory_file: str | None, model_config: str | None) -> None:
     """Print what would run on each host (secrets are shown as ${VAR} references)."""
@@ -76,8 +81,9 @@ def _print_fit(opts: Options, plan: Plan, config_path: str) -> None:
         config = json.loads(Path(config_path).read_text(encoding="utf-8"))
         report = preflight.fit_report(plan, config, plan.gpu_memory_gib)
         shape = fit.ModelShape.from_config(config, name=plan.served_name)
-        best = fit.suggest(shape, plan.head.gpus, plan.gpu_memory_gib, len(plan.nodes),
-                           plan.max_model_len or 4096)  # fmt: skip
+        best = fit.suggest(
+            shape, plan.head.gpus, plan.gpu_memory_gib, len(plan.nodes), plan.max_model_len or 4096
+        )
     except (ValueError, OSError) as exc:
         raise OrchestrateError(f"{config_path}: {exc}") from None
     if opts.output == "json":
@@ -94,8 +100,11 @@ def _render_to(opts: Options, plan: Plan, out_dir: str | None, flavor: str) -> N
         for line in k8s_r.node_warnings(plan):
             click.echo(f"warning: {line}", err=True)
     if out_dir is None:
-        emit_text("---\n".join(files.values()) if opts.target == "k8s" else
-                  "\n".join(f"# ---- {name}\n{text}" for name, text in files.items()))
+        emit_text(
+            "---\n".join(files.values())
+            if opts.target == "k8s"
+            else "\n".join(f"# ---- {name}\n{text}" for name, text in files.items())
+        )
         return
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -106,8 +115,13 @@ def _render_to(opts: Options, plan: Plan, out_dir: str | None, flavor: str) -> N
 @click.command()
 @inventory_arg
 @click.option("-o", "--out", "out_dir", metavar="DIR", help="Write files here instead of stdout.")
-@click.option("--flavor", type=click.Choice(["deployment", "lws"]), default="deployment",
-              show_default=True, help="k8s only: plain Deployments or a LeaderWorkerSet.")
+@click.option(
+    "--flavor",
+    type=click.Choice(["deployment", "lws"]),
+    default="deployment",
+    show_default=True,
+    help="k8s only: plain Deployments or a LeaderWorkerSet.",
+)
 @click.pass_obj
 def render(opts: Options, inventory_file: str | None, out_dir: str | None, flavor: str) -> None:
     """Render the plan for --target (k8s manifests, compose files, docker commands)."""
@@ -116,20 +130,24 @@ def render(opts: Options, inventory_file: str | None, out_dir: str | None, flavo
 
 @click.command()
 @inventory_arg
-@click.option("--format", "formats", multiple=True,
-              type=click.Choice(["firewalld", "iptables", "nftables", "ufw"]),
-              help="Only these rule formats (repeatable; default: all four).")
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(["firewalld", "iptables", "nftables", "ufw"]),
+    help="Only these rule formats (repeatable; default: all four).",
+)
 @click.option("--host", "host", metavar="HOST", help="Only this host (name or head/worker-N).")
 @click.pass_obj
-def firewall(opts: Options, inventory_file: str | None, formats: tuple[str, ...],
-             host: str | None) -> None:
+def firewall(opts: Options, inventory_file: str | None, formats: tuple[str, ...], host: str | None) -> None:
     """Print, per host, the firewall rules the cluster needs between its hosts."""
     from orchestrate.core import ports
 
     plan = plan_of(opts, inventory_file)
     if host is not None and not any(host in (n.host, n.alias) for n in plan.nodes):
-        raise UsageError(f"--host {host}: no such host in {plan.name} "
-                         f"({', '.join(n.host for n in plan.nodes)})")
+        raise UsageError(
+            f"--host {host}: no such host in {plan.name} ({', '.join(n.host for n in plan.nodes)})"
+        )
     if opts.output == "json":
         emit_json(ports.rules_data(plan))
         return
@@ -147,7 +165,6 @@ def completion(shell: str) -> None:
     assert script_class is not None  # click ships all three
     root = click.get_current_context().find_root().command
     emit_text(script_class(root, {}, "orchestrate", "_ORCHESTRATE_COMPLETE").source())
-
 
 
 COMMANDS = (validate, schema, plan_cmd, render, firewall, completion)

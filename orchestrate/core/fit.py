@@ -586,9 +586,16 @@ def fit(
 ) -> FitReport:
     """Check one TP x PP layout; when it fits, also warn if fewer GPUs would do."""
     report = _assess(
-        shape, tp, pp, gpus_per_host, gpu_memory_gib, gpu_memory_utilization, max_model_len,
-        kv_cache_dtype_bytes, overhead_gib,
-    )  # fmt: skip
+        shape,
+        tp,
+        pp,
+        gpus_per_host,
+        gpu_memory_gib,
+        gpu_memory_utilization,
+        max_model_len,
+        kv_cache_dtype_bytes,
+        overhead_gib,
+    )
     if not report.fits or report.gpus == 1:
         return report
     hosts = math.ceil(report.gpus / gpus_per_host)
@@ -622,9 +629,16 @@ def suggest(
     if n_hosts < 1:
         raise ValueError("n_hosts must be at least 1")
     probe = _assess(
-        shape, 1, 1, gpus_per_host, gpu_memory_gib, gpu_memory_utilization, max_model_len,
-        kv_cache_dtype_bytes, overhead_gib,
-    )  # fmt: skip
+        shape,
+        1,
+        1,
+        gpus_per_host,
+        gpu_memory_gib,
+        gpu_memory_utilization,
+        max_model_len,
+        kv_cache_dtype_bytes,
+        overhead_gib,
+    )
     largest = probe
     for report in _reports(probe, n_hosts):
         if report.fits:
@@ -650,10 +664,17 @@ def _assess(
     if kv_bytes < 1 or overhead_gib < 0:
         raise ValueError("kv_cache_dtype_bytes must be at least 1 and overhead_gib not negative")
     report = FitReport(
-        shape=shape, tp=tp, pp=pp, gpus_per_host=gpus_per_host, gpu_memory_gib=gpu_memory_gib,
-        gpu_memory_utilization=gpu_memory_utilization, overhead_gib=overhead_gib,
-        max_model_len=max_model_len, kv_cache_dtype_bytes=kv_bytes, stages=(),
-    )  # fmt: skip
+        shape=shape,
+        tp=tp,
+        pp=pp,
+        gpus_per_host=gpus_per_host,
+        gpu_memory_gib=gpu_memory_gib,
+        gpu_memory_utilization=gpu_memory_utilization,
+        overhead_gib=overhead_gib,
+        max_model_len=max_model_len,
+        kv_cache_dtype_bytes=kv_bytes,
+        stages=(),
+    )
     report = replace(report, stages=tuple(_stages(report)))
     problems = _layout_problems(shape, tp, pp, gpus_per_host) + _context_problems(shape, max_model_len)
     return replace(
@@ -706,10 +727,16 @@ def _reports(probe: FitReport, n_hosts: int) -> Iterator[FitReport]:
         if _layout_problems(probe.shape, tp, pp, probe.gpus_per_host):
             continue
         yield _assess(
-            probe.shape, tp, pp, probe.gpus_per_host, probe.gpu_memory_gib,
-            probe.gpu_memory_utilization, probe.max_model_len, probe.kv_cache_dtype_bytes,
+            probe.shape,
+            tp,
+            pp,
+            probe.gpus_per_host,
+            probe.gpu_memory_gib,
+            probe.gpu_memory_utilization,
+            probe.max_model_len,
+            probe.kv_cache_dtype_bytes,
             probe.overhead_gib,
-        )  # fmt: skip
+        )
 
 
 def _fitting(report: FitReport, n_hosts: int) -> Iterator[FitReport]:

@@ -138,8 +138,9 @@ Seconds = Annotated[float, Field(gt=0, le=86400)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, str_strip_whitespace=False,
-                              defer_build=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=False, str_strip_whitespace=False, defer_build=True
+    )
 
 
 # ---------------------------------------------------------------- sections
@@ -262,11 +263,26 @@ class Model(Strict):
 
 
 MANAGED_FLAGS = {
-    "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--port", "--host",
-    "--served-model-name", "--nnodes", "--node-rank", "--master-addr", "--master-port",
-    "--headless", "--distributed-executor-backend", "--api-key", "--max-model-len",
-    "--quantization", "--gpu-memory-utilization", "--trust-remote-code", "--dtype",
-}  # fmt: skip
+    "--tensor-parallel-size",
+    "-tp",
+    "--pipeline-parallel-size",
+    "-pp",
+    "--port",
+    "--host",
+    "--served-model-name",
+    "--nnodes",
+    "--node-rank",
+    "--master-addr",
+    "--master-port",
+    "--headless",
+    "--distributed-executor-backend",
+    "--api-key",
+    "--max-model-len",
+    "--quantization",
+    "--gpu-memory-utilization",
+    "--trust-remote-code",
+    "--dtype",
+}
 
 
 def _extra_args(args: list[str]) -> list[str]:
@@ -424,22 +440,36 @@ def _check_network(inv: Inventory) -> list[str]:
     local = [i for i, h in enumerate(inv.hosts) if h.connection == "local"]
     if net is None:
         if len(local) > 1:
-            return [f"hosts[{local[1]}].connection: several local nodes on one machine need "
-                    "network.docker_network (host networking would give them one address)"]
+            return [
+                f"hosts[{local[1]}].connection: several local nodes on one machine need "
+                "network.docker_network (host networking would give them one address)"
+            ]
         return []
-    problems = [f"hosts[{i}].connection: network.docker_network needs connection: local"
-                for i, h in enumerate(inv.hosts) if h.connection != "local"]  # fmt: skip
+    problems = [
+        f"hosts[{i}].connection: network.docker_network needs connection: local"
+        for i, h in enumerate(inv.hosts)
+        if h.connection != "local"
+    ]
     subnet = ipaddress.ip_network(net.subnet)
-    problems += [f"hosts[{i}].address: {h.address} is not in network.docker_network.subnet "
-                 f"{net.subnet}" for i, h in enumerate(inv.hosts)
-                 if ipaddress.ip_address(h.address) not in subnet]  # fmt: skip
+    problems += [
+        f"hosts[{i}].address: {h.address} is not in network.docker_network.subnet {net.subnet}"
+        for i, h in enumerate(inv.hosts)
+        if ipaddress.ip_address(h.address) not in subnet
+    ]
     return problems
 
 
 VLLM_PORT_SPAN = 16  # ports from network.vllm_port that the firewall opens and validation reserves
-RAY_SINGLE_PORTS = ("port", "object_manager_port", "dashboard_port", "node_manager_port",
-                    "runtime_env_agent_port", "dashboard_agent_grpc_port",
-                    "dashboard_agent_listen_port", "metrics_export_port")  # fmt: skip
+RAY_SINGLE_PORTS = (
+    "port",
+    "object_manager_port",
+    "dashboard_port",
+    "node_manager_port",
+    "runtime_env_agent_port",
+    "dashboard_agent_grpc_port",
+    "dashboard_agent_listen_port",
+    "metrics_export_port",
+)
 
 
 def port_fields(inv: Inventory) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
@@ -462,12 +492,16 @@ def _check_ports(inv: Inventory) -> list[str]:
     singles, ranges = port_fields(inv)
     problems = []
     if inv.backend != "mp" and inv.ray.max_worker_port <= inv.ray.min_worker_port:
-        problems.append(f"ray.max_worker_port: {inv.ray.max_worker_port} must be higher than "
-                        f"ray.min_worker_port ({inv.ray.min_worker_port})")  # fmt: skip
+        problems.append(
+            f"ray.max_worker_port: {inv.ray.max_worker_port} must be higher than "
+            f"ray.min_worker_port ({inv.ray.min_worker_port})"
+        )
         ranges.pop("ray.min_worker_port")
     if inv.network.vllm_port + VLLM_PORT_SPAN - 1 > 65535:
-        problems.append(f"network.vllm_port: {inv.network.vllm_port} leaves no room for its "
-                        f"{VLLM_PORT_SPAN} ports; use at most {65536 - VLLM_PORT_SPAN}")
+        problems.append(
+            f"network.vllm_port: {inv.network.vllm_port} leaves no room for its "
+            f"{VLLM_PORT_SPAN} ports; use at most {65536 - VLLM_PORT_SPAN}"
+        )
     seen: dict[int, str] = {}
     for field, port in singles.items():
         if port in seen:
@@ -475,15 +509,18 @@ def _check_ports(inv: Inventory) -> list[str]:
         seen.setdefault(port, field)
         for other, (first, last) in ranges.items():
             if first <= port <= last:
-                problems.append(f"{field}: port {port} is inside {other}'s range {first}-{last}; "
-                                "move one of them")  # fmt: skip
+                problems.append(
+                    f"{field}: port {port} is inside {other}'s range {first}-{last}; move one of them"
+                )
     spans = sorted((first, last, field) for field, (first, last) in ranges.items())
     for (_, last, field), (first2, _, field2) in itertools.pairwise(spans):
         if first2 <= last:
             problems.append(f"{field2}: its range overlaps {field}'s; move one of them")
     if "VLLM_PORT" in inv.env or any("VLLM_PORT" in h.env for h in inv.hosts):
-        problems.append("env.VLLM_PORT: managed by orchestrate; set network.vllm_port instead, so "
-                        "the firewall rules match")  # fmt: skip
+        problems.append(
+            "env.VLLM_PORT: managed by orchestrate; set network.vllm_port instead, so "
+            "the firewall rules match"
+        )
     return problems
 
 
@@ -497,9 +534,7 @@ def parse(data: Any, source: str = "<inventory>") -> Inventory:
     try:
         inv = Inventory.model_validate(data)
     except ValidationError as exc:
-        raise InventoryError(
-            [f"{source}: {_loc(e['loc'])}: {_message(e)}" for e in exc.errors()]
-        ) from None
+        raise InventoryError([f"{source}: {_loc(e['loc'])}: {_message(e)}" for e in exc.errors()]) from None
     problems = cross_check(inv)
     if problems:
         raise InventoryError([f"{source}: {p}" for p in problems])

@@ -55,16 +55,19 @@ class SupervisorSpec:
 
     def env(self) -> dict[str, str]:
         return {
-            "ORCH_SUP_ROLE": self.role, "ORCH_SUP_RANK": str(self.rank),
-            "ORCH_SUP_NODES": str(self.nodes), "ORCH_SUP_PORT": str(self.port),
-            "ORCH_SUP_HEAD": self.head, "ORCH_SUP_API": str(self.api),
+            "ORCH_SUP_ROLE": self.role,
+            "ORCH_SUP_RANK": str(self.rank),
+            "ORCH_SUP_NODES": str(self.nodes),
+            "ORCH_SUP_PORT": str(self.port),
+            "ORCH_SUP_HEAD": self.head,
+            "ORCH_SUP_API": str(self.api),
             "ORCH_SUP_LOOSE": "1" if self.loose else "0",
             "ORCH_SUP_PEER_TIMEOUT": f"{self.peer_timeout:g}",
             "ORCH_SUP_STALL_AFTER": f"{self.stall_after:g}",
             "ORCH_SUP_MAX_FAILURES": str(self.max_failures),
             "ORCH_SUP_BACKOFF": f"{self.backoff:g}",
             "ORCH_SUP_CANARY_EVERY": f"{self.canary_every:g}",
-        }  # fmt: skip
+        }
 
 
 @dataclass(frozen=True)
@@ -227,8 +230,9 @@ class Plan:
 # ---------------------------------------------------------------- building
 
 
-def choose_backend(inv: Inventory, version: str | None, image_has_ray: bool | None = None
-                   ) -> tuple[Literal["ray", "mp"], str]:
+def choose_backend(
+    inv: Inventory, version: str | None, image_has_ray: bool | None = None
+) -> tuple[Literal["ray", "mp"], str]:
     """(backend, why) for the inventory on an image with this vLLM version (None: unknown) and
     Ray (None: unknown). UsageError for a combination no vLLM of that version can run."""
     c = vllm_caps.caps(version) if version else None
@@ -236,32 +240,43 @@ def choose_backend(inv: Inventory, version: str | None, image_has_ray: bool | No
     if inv.backend != "auto":
         why = f"backend: {inv.backend} in the inventory"
         if inv.backend == "mp" and multinode and c and not c.has_mp_multinode:
-            raise UsageError(f"backend: mp: vLLM {version} has no --nnodes/--headless (multi-node mp "
-                             "needs vLLM >= 0.11.1)", hint="set backend: ray (or auto), or use an "
-                             "image with vLLM >= 0.11.1")  # fmt: skip
+            raise UsageError(
+                f"backend: mp: vLLM {version} has no --nnodes/--headless (multi-node mp "
+                "needs vLLM >= 0.11.1)",
+                hint="set backend: ray (or auto), or use an image with vLLM >= 0.11.1",
+            )
         if inv.backend == "ray" and image_has_ray is False:
-            raise UsageError(f"backend: ray: the image {inv.image} has no ray",
-                             hint="set backend: mp (or auto), or use an image that contains ray")
+            raise UsageError(
+                f"backend: ray: the image {inv.image} has no ray",
+                hint="set backend: mp (or auto), or use an image that contains ray",
+            )
         return inv.backend, why
     if not inv.serve.start:
         if image_has_ray is False:
-            raise UsageError(f"serve.start: false needs Ray, and the image {inv.image} has no ray",
-                             hint="use an image that contains ray, or set serve.start: true")
+            raise UsageError(
+                f"serve.start: false needs Ray, and the image {inv.image} has no ray",
+                hint="use an image that contains ray, or set serve.start: true",
+            )
         return "ray", "backend: auto, serve.start: false needs the Ray cluster"
     if not multinode:
         return "mp", "backend: auto, one node: vLLM's own mp executor needs no Ray"
     if c is None:
         return vllm_caps.DEFAULT_BACKEND, (
             "backend: auto, vLLM version unknown: mp, the default for vLLM >= 0.11.1 "
-            "(set vllm_version to decide by the image's vLLM)")
+            "(set vllm_version to decide by the image's vLLM)"
+        )
     if c.has_mp_multinode:
         return "mp", f"backend: auto, vLLM {version} has multi-node mp (--nnodes/--headless)"
     if image_has_ray is False:
-        raise UsageError(f"backend: auto: vLLM {version} has no multi-node mp (needs >= 0.11.1) "
-                         f"and the image {inv.image} has no ray", hint="use an image with vLLM "
-                         ">= 0.11.1, or one that contains ray")  # fmt: skip
-    return "ray", (f"backend: auto, vLLM {version} has no multi-node mp (needs >= 0.11.1): ray"
-                   + ("" if image_has_ray else " (preflight checks the image has ray)"))
+        raise UsageError(
+            f"backend: auto: vLLM {version} has no multi-node mp (needs >= 0.11.1) "
+            f"and the image {inv.image} has no ray",
+            hint="use an image with vLLM >= 0.11.1, or one that contains ray",
+        )
+    return "ray", (
+        f"backend: auto, vLLM {version} has no multi-node mp (needs >= 0.11.1): ray"
+        + ("" if image_has_ray else " (preflight checks the image has ray)")
+    )
 
 
 def check_flags(plan: Plan) -> None:
@@ -276,16 +291,20 @@ def check_flags(plan: Plan) -> None:
     for alias, argv in argvs:
         for flag, problem in vllm_caps.check_argv(c, argv[3:]):
             where = "serve.extra_args" if flag in extra else f"backend {plan.backend} ({alias})"
-            raise UsageError(f"{where}: {problem}", hint=f"the image runs vLLM {plan.vllm_version} "
-                             "(vllm_version); fix the flag or use an image whose vLLM has it")
+            raise UsageError(
+                f"{where}: {problem}",
+                hint=f"the image runs vLLM {plan.vllm_version} "
+                "(vllm_version); fix the flag or use an image whose vLLM has it",
+            )
         if "--headless" in argv and "--api-server-count" in argv and c.headless_refuses_api_server_count:
-            raise UsageError(f"serve.extra_args: --api-server-count is refused by vLLM "
-                             f"{plan.vllm_version} together with --headless ({alias})",
-                             hint="remove --api-server-count from serve.extra_args")
+            raise UsageError(
+                f"serve.extra_args: --api-server-count is refused by vLLM "
+                f"{plan.vllm_version} together with --headless ({alias})",
+                hint="remove --api-server-count from serve.extra_args",
+            )
 
 
-def build_plan(inv: Inventory, *, vllm_version: str | None = None,
-               image_has_ray: bool | None = None) -> Plan:
+def build_plan(inv: Inventory, *, vllm_version: str | None = None, image_has_ray: bool | None = None) -> Plan:
     """vllm_version / image_has_ray: what preflight read from the image (overrides the inventory)."""
     version = vllm_version or inv.vllm_version
     backend, reason = choose_backend(inv, version, image_has_ray)
@@ -406,9 +425,7 @@ def _common_env(inv: Inventory) -> tuple[tuple[str, str], ...]:
 
 
 def _secret_env(inv: Inventory) -> tuple[tuple[str, str], ...]:
-    refs = {k: ref_name(v) for k, v in inv.env.items()} | {
-        k: ref_name(v) for k, v in inv.secrets.items()
-    }
+    refs = {k: ref_name(v) for k, v in inv.env.items()} | {k: ref_name(v) for k, v in inv.secrets.items()}
     if inv.serve.api_key:
         refs["VLLM_API_KEY"] = ref_name(inv.serve.api_key)
     return tuple(sorted((k, v) for k, v in refs.items() if v))
@@ -509,12 +526,20 @@ def _supervisor(inv: Inventory, rank: int, role: Role) -> SupervisorSpec | None:
     if not w.enabled:
         return None
     return SupervisorSpec(
-        role=role, rank=rank, nodes=len(inv.hosts), port=w.port, head=inv.head.address,
+        role=role,
+        rank=rank,
+        nodes=len(inv.hosts),
+        port=w.port,
+        head=inv.head.address,
         api=inv.serve.port if rank == 0 and inv.serve.start else 0,
         loose=inv.backend == "ray" and not inv.serve.start,
-        peer_timeout=w.peer_timeout, stall_after=w.stall_after, max_failures=w.max_failures,
-        backoff=w.backoff, canary_every=w.canary_every, source=bundle_hash("supervisor"),
-    )  # fmt: skip
+        peer_timeout=w.peer_timeout,
+        stall_after=w.stall_after,
+        max_failures=w.max_failures,
+        backoff=w.backoff,
+        canary_every=w.canary_every,
+        source=bundle_hash("supervisor"),
+    )
 
 
 def _entry(

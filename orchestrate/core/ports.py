@@ -57,37 +57,95 @@ class _Flow:
 
 
 def _flows(plan: Plan) -> list[_Flow]:
-    vllm = _Flow(*plan.vllm_ports, "network.vllm_port",
-                 "vLLM's VLLM_PORT block (torch.distributed init store, data-parallel ports)",
-                 "all", "all")  # fmt: skip
-    ephemeral = _Flow(*EPHEMERAL, "(ephemeral)", "NCCL, Gloo and vLLM's message queue bind "
-                      "random ports (cannot be pinned)", "all", "all")  # fmt: skip
+    vllm = _Flow(
+        *plan.vllm_ports,
+        "network.vllm_port",
+        "vLLM's VLLM_PORT block (torch.distributed init store, data-parallel ports)",
+        "all",
+        "all",
+    )
+    ephemeral = _Flow(
+        *EPHEMERAL,
+        "(ephemeral)",
+        "NCCL, Gloo and vLLM's message queue bind random ports (cannot be pinned)",
+        "all",
+        "all",
+    )
     sup = plan.head.container.supervisor
-    watchdog = [_Flow(sup.port, sup.port, "watchdog.port", "the supervisors' heartbeats to the "
-                      "head (orchestrate's self-healing)", "head", "workers")] if sup else []  # fmt: skip
+    watchdog = (
+        [
+            _Flow(
+                sup.port,
+                sup.port,
+                "watchdog.port",
+                "the supervisors' heartbeats to the head (orchestrate's self-healing)",
+                "head",
+                "workers",
+            )
+        ]
+        if sup
+        else []
+    )
     if plan.backend == "mp":
-        return [_Flow(plan.master_port, plan.master_port, "mp.master_port",
-                      "vLLM's master (torch.distributed rendezvous)", "head", "workers"),
-                *watchdog, vllm, ephemeral]  # fmt: skip
+        return [
+            _Flow(
+                plan.master_port,
+                plan.master_port,
+                "mp.master_port",
+                "vLLM's master (torch.distributed rendezvous)",
+                "head",
+                "workers",
+            ),
+            *watchdog,
+            vllm,
+            ephemeral,
+        ]
     p = plan
     return [
         _Flow(p.ray_port, p.ray_port, "ray.port", "Ray GCS", "head", "workers"),
-        _Flow(p.node_manager_port, p.node_manager_port, "ray.node_manager_port",
-              "Ray raylet (called by the GCS and by the other nodes)", "all", "all"),
-        _Flow(p.object_manager_port, p.object_manager_port, "ray.object_manager_port",
-              "Ray object manager (object transfers between nodes)", "all", "all"),
-        _Flow(*p.worker_ports, "ray.min_worker_port", "Ray worker processes' gRPC servers (vLLM's "
-              "RayWorkerWrapper actors and the driver)", "all", "all"),
-        _Flow(p.dashboard_agent_grpc_port, p.dashboard_agent_grpc_port,
-              "ray.dashboard_agent_grpc_port", "Ray dashboard agent gRPC (called by the head)",
-              "all", "head"),
-        _Flow(p.dashboard_agent_listen_port, p.dashboard_agent_listen_port,
-              "ray.dashboard_agent_listen_port", "Ray dashboard agent HTTP (called by the head)",
-              "all", "head"),
+        _Flow(
+            p.node_manager_port,
+            p.node_manager_port,
+            "ray.node_manager_port",
+            "Ray raylet (called by the GCS and by the other nodes)",
+            "all",
+            "all",
+        ),
+        _Flow(
+            p.object_manager_port,
+            p.object_manager_port,
+            "ray.object_manager_port",
+            "Ray object manager (object transfers between nodes)",
+            "all",
+            "all",
+        ),
+        _Flow(
+            *p.worker_ports,
+            "ray.min_worker_port",
+            "Ray worker processes' gRPC servers (vLLM's RayWorkerWrapper actors and the driver)",
+            "all",
+            "all",
+        ),
+        _Flow(
+            p.dashboard_agent_grpc_port,
+            p.dashboard_agent_grpc_port,
+            "ray.dashboard_agent_grpc_port",
+            "Ray dashboard agent gRPC (called by the head)",
+            "all",
+            "head",
+        ),
+        _Flow(
+            p.dashboard_agent_listen_port,
+            p.dashboard_agent_listen_port,
+            "ray.dashboard_agent_listen_port",
+            "Ray dashboard agent HTTP (called by the head)",
+            "all",
+            "head",
+        ),
         *watchdog,
         vllm,
         ephemeral,
-    ]  # fmt: skip
+    ]
 
 
 def needs(plan: Plan) -> list[Need]:
@@ -100,8 +158,19 @@ def needs(plan: Plan) -> list[Need]:
             for src in plan.nodes:
                 if src is dst or not _calls(flow, src):
                     continue
-                out.append(Need("tcp", flow.first, flow.last, src.host, src.address, dst.host,
-                                dst.address, flow.field, flow.why))  # fmt: skip
+                out.append(
+                    Need(
+                        "tcp",
+                        flow.first,
+                        flow.last,
+                        src.host,
+                        src.address,
+                        dst.host,
+                        dst.address,
+                        flow.field,
+                        flow.why,
+                    )
+                )
     return out
 
 
@@ -115,8 +184,10 @@ def external(plan: Plan) -> list[tuple[str, int, str, str]]:
     out = [(head, plan.api_port, "serve.port", "API clients (OpenAI-compatible HTTP)")]
     if plan.backend == "ray":
         out.append((head, plan.dashboard_port, "ray.dashboard_port", "people: the Ray dashboard"))
-        out += [(n.host, plan.metrics_export_port, "ray.metrics_export_port",
-                 "Prometheus: Ray metrics") for n in plan.nodes]  # fmt: skip
+        out += [
+            (n.host, plan.metrics_export_port, "ray.metrics_export_port", "Prometheus: Ray metrics")
+            for n in plan.nodes
+        ]
     return out
 
 
@@ -136,21 +207,26 @@ def rule(need: Need, fmt: Format, deployment: str) -> str:
     comment = f"orchestrate {deployment}: {need.field} from {need.src}"
     if fmt == "firewalld":
         family = "ipv6" if v6 else "ipv4"
-        rich = (f'rule family="{family}" source address="{need.src_address}" '
-                f'port port="{need.ports}" protocol="{need.proto}" accept')  # fmt: skip
+        rich = (
+            f'rule family="{family}" source address="{need.src_address}" '
+            f'port port="{need.ports}" protocol="{need.proto}" accept'
+        )
         return f"firewall-cmd --permanent --add-rich-rule={shlex.quote(rich)}"
     dport = need.ports.replace("-", ":")
     if fmt == "iptables":
         tool = "ip6tables" if v6 else "iptables"
-        return (f"{tool} -I INPUT -p {need.proto} -s {need.src_address} --dport {dport} "
-                f"-m comment --comment {shlex.quote(comment)} -j ACCEPT")  # fmt: skip
+        return (
+            f"{tool} -I INPUT -p {need.proto} -s {need.src_address} --dport {dport} "
+            f"-m comment --comment {shlex.quote(comment)} -j ACCEPT"
+        )
     if fmt == "nftables":
         family = "ip6" if v6 else "ip"
-        body = (f"{family} saddr {need.src_address} {need.proto} dport {need.ports} accept "
-                f'comment "{comment}"')  # fmt: skip
+        body = f'{family} saddr {need.src_address} {need.proto} dport {need.ports} accept comment "{comment}"'
         return f"nft add rule inet filter input {shlex.quote(body)}"
-    return (f"ufw allow proto {need.proto} from {need.src_address} to any port {dport} "
-            f"comment {shlex.quote(comment)}")
+    return (
+        f"ufw allow proto {need.proto} from {need.src_address} to any port {dport} "
+        f"comment {shlex.quote(comment)}"
+    )
 
 
 def _merged(plan: Plan, host: str) -> list[Need]:
@@ -165,10 +241,12 @@ def _merged(plan: Plan, host: str) -> list[Need]:
 _PREAMBLE = {
     "firewalld": [],
     "iptables": ["# inserted at the top of INPUT; save them (iptables-save / netfilter-persistent)"],
-    "nftables": ["# into the input chain that holds your policy (here: inet filter input; an accept",
-                 "# in a separate table does not override a drop elsewhere)"],
+    "nftables": [
+        "# into the input chain that holds your policy (here: inet filter input; an accept",
+        "# in a separate table does not override a drop elsewhere)",
+    ],
     "ufw": [],
-}  # fmt: skip
+}
 _APPLY = {"firewalld": ["firewall-cmd --reload"], "iptables": [], "nftables": [], "ufw": []}
 
 
@@ -191,8 +269,7 @@ def rules_text(plan: Plan, formats: tuple[Format, ...] = FORMATS, host: str | No
         for n in mine:
             lines.append(f"#   tcp {n.ports:<12} from {n.src:<16} {n.field}: {n.why}")
         for fmt in formats:
-            lines += ["", f"# {fmt}", *_PREAMBLE[fmt], *(rule(n, fmt, plan.name) for n in mine),
-                      *_APPLY[fmt]]  # fmt: skip
+            lines += ["", f"# {fmt}", *_PREAMBLE[fmt], *(rule(n, fmt, plan.name) for n in mine), *_APPLY[fmt]]
     return "\n".join(lines) + "\n"
 
 
@@ -202,15 +279,19 @@ def rules_data(plan: Plan) -> dict[str, object]:
         "needs": [vars(n) | {"ports": n.ports} for n in needs(plan)],
         "external": [{"host": h, "port": p, "field": f, "from": w} for h, p, f, w in external(plan)],
         "local_only": [{"port": p, "field": f} for p, f in local_only(plan)],
-        "rules": {n.host: {fmt: [rule(x, fmt, plan.name) for x in _merged(plan, n.host)]
-                           for fmt in FORMATS} for n in plan.nodes},
-    }  # fmt: skip
+        "rules": {
+            n.host: {fmt: [rule(x, fmt, plan.name) for x in _merged(plan, n.host)] for fmt in FORMATS}
+            for n in plan.nodes
+        },
+    }
 
 
 def fix_for(need: Need, deployment: str) -> str:
     """The rule to add on the destination, for a preflight failure (firewalld; iptables)."""
-    return (f"on {need.dst}: {rule(need, 'firewalld', deployment)} && firewall-cmd --reload "
-            f"(or: {rule(need, 'iptables', deployment)}); orchestrate firewall prints them all")
+    return (
+        f"on {need.dst}: {rule(need, 'firewalld', deployment)} && firewall-cmd --reload "
+        f"(or: {rule(need, 'iptables', deployment)}); orchestrate firewall prints them all"
+    )
 
 
 def container_ports(plan: Plan, node: NodePlan) -> list[tuple[str, int]]:

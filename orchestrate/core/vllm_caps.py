@@ -49,8 +49,10 @@ class Caps:
     @property
     def has_mp_multinode(self) -> bool:
         """--nnodes/--node-rank/--master-addr/--master-port with --headless (vLLM >= 0.11.1)."""
-        return all(f in self.options for f in ("--nnodes", "--node-rank", "--master-addr",
-                                               "--master-port", "--headless"))  # fmt: skip
+        return all(
+            f in self.options
+            for f in ("--nnodes", "--node-rank", "--master-addr", "--master-port", "--headless")
+        )
 
     @property
     def ray_fallback_multinode(self) -> bool:
@@ -130,16 +132,22 @@ def check_argv(c: Caps, args: tuple[str, ...] | list[str]) -> list[tuple[str, st
             name = name[:2]
         if opt is None:
             hint = _hint(c, name)
-            problems.append((name, f"{name} is not an option of vllm serve in vLLM {c.version}"
-                             + (f" ({hint})" if hint else "")))
+            problems.append(
+                (
+                    name,
+                    f"{name} is not an option of vllm serve in vLLM {c.version}"
+                    + (f" ({hint})" if hint else ""),
+                )
+            )
             continue
         if opt.value == "none":
             if eq:
                 problems.append((name, f"{name} takes no value"))
             continue
         if not eq:
-            if i < len(args) and not (args[i].startswith("-") and len(args[i]) > 1
-                                      and not re.fullmatch(r"-\d+(\.\d+)?", args[i])):
+            if i < len(args) and not (
+                args[i].startswith("-") and len(args[i]) > 1 and not re.fullmatch(r"-\d+(\.\d+)?", args[i])
+            ):
                 inline = args[i]
                 i += 1
             elif opt.value == "required":
@@ -148,6 +156,7 @@ def check_argv(c: Caps, args: tuple[str, ...] | list[str]) -> list[tuple[str, st
             else:
                 continue
         if opt.choices and "None" not in opt.choices and inline not in opt.choices:
-            problems.append((name, f"{name} {inline}: vLLM {c.version} accepts only "
-                             f"{', '.join(opt.choices)}"))
+            problems.append(
+                (name, f"{name} {inline}: vLLM {c.version} accepts only {', '.join(opt.choices)}")
+            )
     return problems

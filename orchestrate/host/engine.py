@@ -14,6 +14,7 @@ The boundary for docker/requests errors: mapped to EngineError here, once.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import weakref
 from collections.abc import Generator, Iterable, Iterator, Mapping
@@ -68,18 +69,27 @@ def negotiate(host: str, version: Mapping[str, Any], client_max: str | None = No
         api = min(top, client_max, key=_api)
         too_new, too_old = _api(api) < _api(MIN_API), _api(api) < _api(floor)
     except (KeyError, ValueError):
-        raise EngineError(host, f"the Docker Engine answered GET /version without a usable API "
-                          f"version ({str(dict(version))[:200]})",
-                          hint="is this a Docker Engine?") from None  # fmt: skip
+        raise EngineError(
+            host,
+            f"the Docker Engine answered GET /version without a usable API "
+            f"version ({str(dict(version))[:200]})",
+            hint="is this a Docker Engine?",
+        ) from None
     if too_new:
-        raise EngineError(host, f"Docker Engine {engine} speaks API at most {top}: the engine is "
-                          f"older than 20.10 (API {MIN_API}), the oldest orchestrate supports",
-                          hint="upgrade Docker Engine on this host to 20.10 or later")  # fmt: skip
+        raise EngineError(
+            host,
+            f"Docker Engine {engine} speaks API at most {top}: the engine is "
+            f"older than 20.10 (API {MIN_API}), the oldest orchestrate supports",
+            hint="upgrade Docker Engine on this host to 20.10 or later",
+        )
     if too_old:
-        raise EngineError(host, f"Docker Engine {engine} accepts API {floor}-{top}, orchestrate's "
-                          f"Docker client (docker {docker.__version__}) speaks at most "
-                          f"{client_max}: upgrade the docker Python package",
-                          hint="pip install --upgrade docker")  # fmt: skip
+        raise EngineError(
+            host,
+            f"Docker Engine {engine} accepts API {floor}-{top}, orchestrate's "
+            f"Docker client (docker {docker.__version__}) speaks at most "
+            f"{client_max}: upgrade the docker Python package",
+            hint="pip install --upgrade docker",
+        )
     return EngineVersion(engine=engine, api=api, min_api=floor, max_api=top)
 
 
@@ -95,61 +105,70 @@ def _negotiated(name: str, client: docker.DockerClient) -> docker.DockerClient:
     # unversioned: an engine answers it whatever API range it accepts
     raw = Engine(name, client).call("version", client.api.version, api_version=False)
     found = negotiate(name, raw)
-    client.api._version = found.api
+    client.api._version = found.api  # type: ignore[attr-defined]  # docker-py has no public setter
     _VERSIONS[client] = found
     return client
 
 
-class _Connection(SSHConnection):  # type: ignore[misc]
+class _Connection(SSHConnection):
     def connect(self) -> None:
+        if self.ssh_transport is None:
+            raise requests.exceptions.ConnectionError("SSH transport is closed")
         try:
             chan = self.ssh_transport.open_session(timeout=self.timeout)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise requests.exceptions.ConnectionError(f"ssh channel: {exc}") from None
         chan.settimeout(self.timeout)
         chan.exec_command("docker system dial-stdio")
-        self.sock = chan
+        self.sock = chan  # type: ignore[assignment]  # a channel is a socket, as in docker-py's own
 
 
-class _Pool(SSHConnectionPool):  # type: ignore[misc]
-    def _new_conn(self) -> _Connection:
-        return _Connection(self.ssh_transport, self.timeout, self.ssh_host)
+class _Pool(SSHConnectionPool):
+    def _new_conn(self) -> _Connection:  # type: ignore[override]  # urllib3's pool, any connection
+        # docker-py's SSHConnectionPool keeps the plain number, not urllib3's Timeout
+        return _Connection(self.ssh_transport, self.timeout, self.ssh_host)  # type: ignore[arg-type]
 
 
-class _Adapter(SSHHTTPAdapter):  # type: ignore[misc]
+class _Adapter(SSHHTTPAdapter):
     def __init__(self, ssh: paramiko.SSHClient, timeout: float) -> None:
         self._ssh = ssh
-        super().__init__("ssh://orchestrate", timeout=timeout, max_pool_size=8)
+        super().__init__("ssh://orchestrate", timeout=math.ceil(timeout), max_pool_size=8)
 
     def _create_paramiko_client(self, base_url: str) -> None:
         self.ssh_client = self._ssh
         self.ssh_params: dict[str, Any] = {}
 
     def _connect(self) -> None:
-        transport = self.ssh_client.get_transport()
+        transport = self.ssh_client.get_transport() if self.ssh_client else None
         if transport is None or not transport.is_active():
             raise requests.exceptions.ConnectionError("SSH transport is closed")
 
-    def get_connection(self, url: str, proxies: Any = None) -> _Pool:
-        with self.pools.lock:
-            pool = self.pools.get(url)
+    def get_connection(self, url: str | bytes, proxies: Any = None) -> _Pool:
+        pools: Any = self.pools  # a urllib3 RecentlyUsedContainer (the stubs say int)
+        with pools.lock:
+            pool = pools.get(url)
             if pool:
                 return pool  # type: ignore[no-any-return]
             self._connect()
-            pool = _Pool(ssh_client=self.ssh_client, timeout=self.timeout,
-                         maxsize=self.max_pool_size, host=self.ssh_host)  # fmt: skip
-            self.pools[url] = pool
+            pool = _Pool(
+                ssh_client=self.ssh_client,
+                timeout=self.timeout,
+                maxsize=self.max_pool_size,
+                host=self.ssh_host,
+            )
+            pools[url] = pool
         return pool
 
 
 def client_over(runner: SSHRunner, timeout: float = 60) -> docker.DockerClient:
     """A client for the host's engine over `runner`'s SSH transport, API version negotiated."""
     # MIN_API only until negotiated: a version given here keeps docker-py from asking itself
-    api = docker.APIClient(base_url="unix:///var/run/orchestrate-unused.sock",
-                           version=MIN_API, timeout=timeout)  # fmt: skip
+    api = docker.APIClient(
+        base_url="unix:///var/run/orchestrate-unused.sock", version=MIN_API, timeout=math.ceil(timeout)
+    )
     adapter = _Adapter(runner.client, timeout)
     api.mount("http+docker://ssh", adapter)
-    api._custom_adapter = adapter
+    api._custom_adapter = adapter  # type: ignore[attr-defined]  # what docker-py's ssh:// sets too
     api.base_url = "http+docker://ssh"
     client = docker.DockerClient.__new__(docker.DockerClient)
     client.api = api
@@ -162,21 +181,29 @@ def local_client(name: str, timeout: float = 60) -> docker.DockerClient:
     try:
         client = docker.from_env(version=MIN_API, timeout=int(timeout))
     except DockerException as exc:
-        raise EngineError(name, f"the local Docker Engine is unreachable: {exc}",
-                          hint="start Docker (dockerd) on this machine") from None  # fmt: skip
+        raise EngineError(
+            name,
+            f"the local Docker Engine is unreachable: {exc}",
+            hint="start Docker (dockerd) on this machine",
+        ) from None
     return _negotiated(name, client)
 
 
 # what reading a streamed response (logs -f) can raise; requests does not wrap these
 STREAM_ERRORS = (
-    requests.exceptions.RequestException, urllib3.exceptions.HTTPError, paramiko.SSHException,
+    requests.exceptions.RequestException,
+    urllib3.exceptions.HTTPError,
+    paramiko.SSHException,
     OSError,
-)  # fmt: skip
+)
 
 _TRANSPORT_ERRORS = (
-    DockerException, requests.exceptions.RequestException, paramiko.SSHException,
-    OSError, EOFError,
-)  # fmt: skip
+    DockerException,
+    requests.exceptions.RequestException,
+    paramiko.SSHException,
+    OSError,
+    EOFError,
+)
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -230,17 +257,30 @@ class Engine:
     def _fail(self, what: str, exc: BaseException) -> EngineError:
         text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
         if "dial-stdio" in text or "command not found" in text:
-            return EngineError(self.name, "the docker CLI is missing on the host (the Docker "
-                               "link over SSH runs `docker system dial-stdio`)",
-                               hint="install the docker CLI on the host")  # fmt: skip
-        if any(s in text for s in ("Cannot connect to the Docker daemon", "Connection aborted",
-                                   "RemoteDisconnected", "Connection refused")):  # fmt: skip
-            return EngineError(self.name, f"the Docker Engine is not answering ({what}): is "
-                               "dockerd running?",
-                               hint="start it on the host: systemctl start docker")  # fmt: skip
+            return EngineError(
+                self.name,
+                "the docker CLI is missing on the host (the Docker "
+                "link over SSH runs `docker system dial-stdio`)",
+                hint="install the docker CLI on the host",
+            )
+        if any(
+            s in text
+            for s in (
+                "Cannot connect to the Docker daemon",
+                "Connection aborted",
+                "RemoteDisconnected",
+                "Connection refused",
+            )
+        ):
+            return EngineError(
+                self.name,
+                f"the Docker Engine is not answering ({what}): is dockerd running?",
+                hint="start it on the host: systemctl start docker",
+            )
         if isinstance(exc, (requests.exceptions.Timeout, TimeoutError)):
-            return EngineError(self.name, f"the Docker Engine did not answer {what} in time "
-                               "(host frozen or overloaded)")  # fmt: skip
+            return EngineError(
+                self.name, f"the Docker Engine did not answer {what} in time (host frozen or overloaded)"
+            )
         return EngineError(self.name, f"Docker {what} failed: {text}".strip())
 
     def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -287,8 +327,7 @@ class Engine:
         repo, tag = split_ref(ref)
         api = self.client.api
         try:
-            stream = self.call("pull", api.pull, repo, tag=tag, stream=True, decode=True,
-                               auth_config=auth)  # fmt: skip
+            stream = self.call("pull", api.pull, repo, tag=tag, stream=True, decode=True, auth_config=auth)
             yield from self._messages("pull", stream)
         except NotFound:
             raise EngineError(self.name, f"image {ref} not found in its registry") from None
@@ -318,7 +357,7 @@ class Engine:
         """The image as a `docker save` tar, chunk by chunk, each read under the client's timeout
         (docker-py's get_image turns the timeout off: a frozen source would stall forever). The
         HTTP response is closed however the iteration ends (close() the generator to abandon)."""
-        api = self.client.api
+        api: Any = self.client.api  # its private request helpers: save/load with a per-read timeout
         try:
             res = self.call("image save", api._get, api._url("/images/{0}/get", ref), stream=True)
             self.call("image save", api._raise_for_status, res)
@@ -340,9 +379,10 @@ class Engine:
         """`docker load` of a `docker save` tar with progress (POST /images/load?quiet=0): yields
         the engine's JSON messages as they come, so the read timeout applies to each message and
         not to the whole load. An error message or a lost engine raises EngineError at once."""
-        api = self.client.api
-        res = self.call("image load", api._post, api._url("/images/load"), data=chunks,
-                        params={"quiet": "0"}, stream=True)  # fmt: skip
+        api: Any = self.client.api  # its private request helpers (see save)
+        res = self.call(
+            "image load", api._post, api._url("/images/load"), data=chunks, params={"quiet": "0"}, stream=True
+        )
         try:
             self.call("image load", api._raise_for_status, res)
             yield from self._messages("image load", json_stream(api._stream_helper(res)))
@@ -367,7 +407,6 @@ class Engine:
             if isinstance(msg, dict):
                 yield msg
 
-
     # ------------------------------------------------------------ containers
     def containers(self, deployment: str, host: str) -> list[ContainerInfo]:
         """This deployment's containers for inventory host `host` (several local nodes can share
@@ -391,7 +430,8 @@ class Engine:
             container: Container = self.call("create", self.client.containers.create, **kwargs)
         except (NotFound, ImageNotFound):
             raise EngineError(
-                self.name, f"image {kwargs['image']} is not on this host",
+                self.name,
+                f"image {kwargs['image']} is not on this host",
                 hint="run `orchestrate up` again (it distributes the image) or pull it",
             ) from None
         self.call("start", container.start)
@@ -400,8 +440,15 @@ class Engine:
     def run_once(self, image: str, argv: list[str], entrypoint: str) -> bytes:
         """The output of a throwaway container (no network, removed when it exits)."""
         try:
-            out: bytes = self.call("run", self.client.containers.run, image, argv,
-                                   entrypoint=entrypoint, remove=True, network_mode="none")  # fmt: skip
+            out: bytes = self.call(
+                "run",
+                self.client.containers.run,
+                image,
+                argv,
+                entrypoint=entrypoint,
+                remove=True,
+                network_mode="none",
+            )
         except (NotFound, ImageNotFound):
             raise EngineError(self.name, f"image {image} is not on this host") from None
         return out
@@ -440,8 +487,9 @@ class Engine:
             out = _read_until(raw, time.monotonic() + timeout)
         except TimeoutError:
             lost = self.link.lost() if self.link else None
-            raise lost or EngineError(self.name, f"`{argv[0]}` in {container.name} did not "
-                                      f"finish within {timeout:g}s") from None  # fmt: skip
+            raise lost or EngineError(
+                self.name, f"`{argv[0]}` in {container.name} did not finish within {timeout:g}s"
+            ) from None
         except _TRANSPORT_ERRORS as exc:
             raise self._cause("exec", exc) from None
         finally:
@@ -460,15 +508,18 @@ class Engine:
                 continue
             configs = net.attrs.get("IPAM", {}).get("Config") or []
             if subnet not in [c.get("Subnet") for c in configs]:
-                raise EngineError(self.name, f"Docker network {name} exists with another subnet "
-                                  f"({configs}); expected {subnet}",
-                                  hint=f"docker network rm {name}, or rename network.docker_network")
+                raise EngineError(
+                    self.name,
+                    f"Docker network {name} exists with another subnet ({configs}); expected {subnet}",
+                    hint=f"docker network rm {name}, or rename network.docker_network",
+                )
             return
         ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)])
         labels = {"orchestrate.deployment": deployment}
         try:
-            self.call("network create", self.client.networks.create, name, driver="bridge",
-                      ipam=ipam, labels=labels)  # fmt: skip
+            self.call(
+                "network create", self.client.networks.create, name, driver="bridge", ipam=ipam, labels=labels
+            )
         except EngineError as exc:
             if "already exists" not in exc.message:
                 raise
@@ -490,8 +541,9 @@ class Engine:
             return b""
         return out
 
-    def follow_logs(self, container: ContainerInfo, follow: bool, tail: int | str,
-                    since: int | None = None) -> Iterator[bytes]:  # fmt: skip
+    def follow_logs(
+        self, container: ContainerInfo, follow: bool, tail: int | str, since: int | None = None
+    ) -> Iterator[bytes]:
         """The log as a stream of chunks. A read that breaks or times out (a quiet container, when
         following) raises LogStreamBroken; the caller decides whether to attach again."""
         kwargs: dict[str, Any] = {"stream": True, "follow": follow, "tail": tail}
@@ -512,10 +564,14 @@ def _sdk_kwargs(plain: Mapping[str, Any]) -> dict[str, Any]:
     kwargs = dict(plain)
     if "mounts" in kwargs:
         kwargs["mounts"] = [
-            Mount(target=m["target"], source=m["source"], type=m.get("type", "bind"),
-                  read_only=bool(m.get("read_only")))
+            Mount(
+                target=m["target"],
+                source=m["source"],
+                type=m.get("type", "bind"),
+                read_only=bool(m.get("read_only")),
+            )
             for m in kwargs["mounts"]
-        ]  # fmt: skip
+        ]
     if "device_requests" in kwargs:
         kwargs["device_requests"] = [
             DeviceRequest(count=d["count"], capabilities=d["capabilities"]) for d in kwargs["device_requests"]

@@ -63,7 +63,7 @@ def _trust_hint(target: SSHTarget) -> str:
     )
 
 
-class _SaveNewKey(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+class _SaveNewKey(paramiko.MissingHostKeyPolicy):
     """accept-new: trust an unknown key once and record it; a changed key is still refused."""
 
     def __init__(self, path: str) -> None:
@@ -86,8 +86,7 @@ def diagnose(target: SSHTarget, limit: float = DIAGNOSE_S) -> str:
             try:
                 banner = sock.recv(64)
             except TimeoutError:
-                return ("TCP still connects but sshd sends no banner: the host is frozen or "
-                        "overloaded")  # fmt: skip
+                return "TCP still connects but sshd sends no banner: the host is frozen or overloaded"
     except ConnectionRefusedError:
         return "new connections are refused: the host crashed or is rebooting, or sshd died"
     except ConnectionResetError:  # accepted, then reset: sshd died under it (a crash in progress)
@@ -134,7 +133,8 @@ class Liveness:
                 if why is not None and not self._stopped.is_set():
                     t = self.target
                     self.fault = ConnectError(
-                        self.name, f"{why}; {diagnose(t)}",
+                        self.name,
+                        f"{why}; {diagnose(t)}",
                         hint="check the host's console, network and load; run the command again "
                         f"once `ssh -p {t.port} {t.user}@{t.host} true` answers",
                     )
@@ -189,9 +189,13 @@ class SSHRunner:
         if t.key:
             kwargs["key_filename"] = [t.key]
         conn = Connection(
-            t.host, user=t.user, port=t.port, connect_timeout=t.connect_timeout,
-            connect_kwargs=kwargs, inline_ssh_env=True,
-        )  # fmt: skip
+            t.host,
+            user=t.user,
+            port=t.port,
+            connect_timeout=t.connect_timeout,
+            connect_kwargs=kwargs,
+            inline_ssh_env=True,
+        )
         self._set_host_key_policy(conn.client)
         try:
             conn.open()
@@ -210,8 +214,7 @@ class SSHRunner:
                 self.name,
                 f"SSH to {t.host}:{t.port} timed out after {t.connect_timeout:g}s "
                 "(host down, frozen or a firewall dropping packets)",
-                hint="check that the host is up and reachable: ssh -p "
-                f"{t.port} {t.user}@{t.host} true",
+                hint=f"check that the host is up and reachable: ssh -p {t.port} {t.user}@{t.host} true",
             ) from None
         except OSError as exc:
             why = exc.strerror or str(exc)
@@ -267,8 +270,7 @@ class SSHRunner:
         if "not found in known_hosts" in text:
             return ConnectError(
                 self.name,
-                f"the SSH host key of {t.host} is unknown (not in {t.known_hosts}); refusing to "
-                "connect",
+                f"the SSH host key of {t.host} is unknown (not in {t.known_hosts}); refusing to connect",
                 hint=_trust_hint(t),
             )
         if "banner" in text or "No existing session" in text:
@@ -297,7 +299,8 @@ class SSHRunner:
     @property
     def client(self) -> paramiko.SSHClient:
         """The connected paramiko client (the Docker Engine link rides on it)."""
-        return self.connect()._conn.client  # type: ignore[union-attr]
+        client: paramiko.SSHClient = self.connect()._conn.client  # type: ignore[union-attr]
+        return client
 
     def close(self) -> None:
         if self._liveness is not None:
@@ -310,9 +313,7 @@ class SSHRunner:
             self._conn = None
 
     # ------------------------------------------------------------ commands
-    def run(
-        self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True
-    ) -> Result:
+    def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True) -> Result:
         conn = self.connect()._conn
         assert conn is not None
         limit = timeout or self.target.command_timeout
@@ -369,22 +370,30 @@ class LocalRunner:
     def close(self) -> None:
         pass
 
-    def run(
-        self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True
-    ) -> Result:
+    def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True) -> Result:
         limit = timeout or self.target.command_timeout
         try:
-            res = subprocess.run(list(argv), capture_output=True, text=True, timeout=limit,
-                                 stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+            res = subprocess.run(
+                list(argv),
+                capture_output=True,
+                text=True,
+                timeout=limit,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
-            raise RemoteCommandError(self.name, f"`{masker(_line(argv))[:200]}` did not finish "
-                                     f"within {limit:g}s") from None  # fmt: skip
+            raise RemoteCommandError(
+                self.name, f"`{masker(_line(argv))[:200]}` did not finish within {limit:g}s"
+            ) from None
         except OSError as exc:
             res = subprocess.CompletedProcess(list(argv), 127, "", str(exc))
         result = Result(self.name, tuple(argv), res.returncode, res.stdout, res.stderr)
         if check and not result.ok:
-            raise RemoteCommandError(self.name, f"`{masker(_line(argv))[:200]}` exited with "
-                                     f"{result.exited}", tail=masker(result.tail()))  # fmt: skip
+            raise RemoteCommandError(
+                self.name,
+                f"`{masker(_line(argv))[:200]}` exited with {result.exited}",
+                tail=masker(result.tail()),
+            )
         return result
 
     def put(self, local: str, remote: str) -> None:

@@ -33,12 +33,15 @@ def ssh_dial(transport: paramiko.Transport, port: int, name: str, timeout: float
 
     def dial() -> paramiko.Channel:
         try:
-            return transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0),
-                                          timeout=timeout)  # fmt: skip
+            return transport.open_channel(
+                "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=timeout
+            )
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ConnectError(name, f"SSH forward to 127.0.0.1:{port} failed: {exc}",
-                               hint="allow TCP forwarding in its sshd (AllowTcpForwarding yes)"
-                               ) from None  # fmt: skip
+            raise ConnectError(
+                name,
+                f"SSH forward to 127.0.0.1:{port} failed: {exc}",
+                hint="allow TCP forwarding in its sshd (AllowTcpForwarding yes)",
+            ) from None
 
     return dial
 
@@ -65,10 +68,12 @@ class Forward:
         try:
             self.port = int(self._listen.request_port_forward("127.0.0.1", 0, handler=self._accept))
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ConnectError(self.name, f"its sshd refused a port forward to its 127.0.0.1: "
-                               f"{exc or type(exc).__name__}",
-                               hint="allow TCP forwarding in its sshd (AllowTcpForwarding yes or "
-                               "remote), or use images.head_registry.pull: direct") from None
+            raise ConnectError(
+                self.name,
+                f"its sshd refused a port forward to its 127.0.0.1: {exc or type(exc).__name__}",
+                hint="allow TCP forwarding in its sshd (AllowTcpForwarding yes or "
+                "remote), or use images.head_registry.pull: direct",
+            ) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -76,8 +81,7 @@ class Forward:
 
     def _accept(self, chan: paramiko.Channel, origin: Any, server: Any) -> None:
         # runs in paramiko's transport thread: never block it
-        t = threading.Thread(target=self._relay, args=(chan,), name=f"forward-{self.name}",
-                             daemon=True)  # fmt: skip
+        t = threading.Thread(target=self._relay, args=(chan,), name=f"forward-{self.name}", daemon=True)
         with self._lock:
             if self._closed:
                 chan.close()

@@ -21,11 +21,11 @@ Failures raise :class:`ImageBuildError` with a message meant for people.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import http.server
 import json
+import math
 import os
 import platform
 import re
@@ -49,6 +49,7 @@ from orchestrate.images.base import file_lock, fingerprint, resolve_base
 
 if TYPE_CHECKING:
     import docker
+    from docker.models.images import Image
 
 __all__ = [
     "CPU_IMAGE",
@@ -122,8 +123,6 @@ _RECIPES: dict[str, _Recipe] = {
     ),
     "ray": _Recipe(kind="ray", tag=RAY_IMAGE, requirements=("ray==2.60.0",), exclude=(), debs=()),
 }
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,7 +256,7 @@ def _make_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _image_or_none(client: docker.DockerClient, ref: str) -> docker.models.images.Image | None:
+def _image_or_none(client: docker.DockerClient, ref: str) -> Image | None:
     import docker as docker_sdk
 
     try:
@@ -374,15 +373,20 @@ def wheelhouse(
         try:
             work.chmod(0o755)
             cmd = [
-                sys.executable, "-m", "pip", "download",
-                "--dest", str(work),
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--dest",
+                str(work),
                 "--only-binary=:all:",
-                "--progress-bar", "off",
+                "--progress-bar",
+                "off",
                 "--disable-pip-version-check",
                 "--no-input",
                 *recipe.requirements,
                 _PIP_BOOTSTRAP,
-            ]  # fmt: skip
+            ]
             code, tail = _run_streaming(
                 cmd,
                 timeout=_remaining(deadline, "downloading the wheelhouse"),
@@ -605,7 +609,7 @@ def _build_image(
                     pull=False,
                     labels={LABEL_RECIPE: wanted, LABEL_KIND: kind, LABEL_BASE: base},
                     decode=True,
-                    timeout=_remaining(deadline, f"building {tag}"),
+                    timeout=math.ceil(_remaining(deadline, f"building {tag}")),
                 )
                 partial = ""
                 after_from = False
@@ -659,7 +663,7 @@ def _build_image(
         )
     emit(f"{tag}: built {image.short_id} in {time.monotonic() - started:.0f} s")
 
-    if existing is not None and existing.id != image.id:
+    if existing is not None and existing.id and existing.id != image.id:
         with contextlib.suppress(Exception):  # still used by a container or another tag: keep it
             client.images.remove(existing.id, noprune=False)
             emit(f"removed the replaced image {existing.short_id}")

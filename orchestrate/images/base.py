@@ -34,8 +34,14 @@ from orchestrate.errors import ImageBuildError
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["LOCAL_BASE", "REGISTRY_BASE", "ensure_local_base", "fingerprint", "resolve_base",
-           "rootfs_tarball"]  # fmt: skip
+__all__ = [
+    "LOCAL_BASE",
+    "REGISTRY_BASE",
+    "ensure_local_base",
+    "fingerprint",
+    "resolve_base",
+    "rootfs_tarball",
+]
 
 REGISTRY_BASE = "python:3.11-slim-bookworm"
 LOCAL_BASE = "orchestrate/debian-py:bookworm"
@@ -110,7 +116,7 @@ def _pull(client: docker.DockerClient, tag: str) -> str | None:
     """None when pulled, else why not (one line)."""
     repo, _, version = tag.partition(":")
     saved = client.api.timeout  # APIClient.pull takes no timeout: bound each read of this one
-    client.api.timeout = _PULL_TIMEOUT
+    client.api.timeout = int(_PULL_TIMEOUT)
     try:
         client.api.pull(repo, tag=version or "latest")
     except Exception as exc:  # APIError, ImageNotFound, requests errors and timeouts: no registry
@@ -139,17 +145,24 @@ def resolve_base(client: docker.DockerClient, cache_dir: Path, emit: Emit) -> st
 # ---------------------------------------------------------------- the local Debian base
 
 
-def ensure_local_base(client: docker.DockerClient, cache_dir: Path, emit: Emit, *,
-                      tag: str = LOCAL_BASE, force: bool = False,
-                      rebuild_rootfs: bool = False) -> str:  # fmt: skip
+def ensure_local_base(
+    client: docker.DockerClient,
+    cache_dir: Path,
+    emit: Emit,
+    *,
+    tag: str = LOCAL_BASE,
+    force: bool = False,
+    rebuild_rootfs: bool = False,
+) -> str:
     """Import the cached rootfs tarball as ``tag`` (making it with debootstrap first when there is
     none) unless ``tag`` exists; returns the image ID."""
     existing = _present(client, tag)
     if existing is not None and not (force or rebuild_rootfs):
         return str(existing.id)
     # one debootstrap or import at a time per cache directory; a second caller then finds it
-    with file_lock(Path(cache_dir) / ".base-image.lock", timeout=_DEBOOTSTRAP_TIMEOUT + 600,
-                    what=f"the base image {tag}"):  # fmt: skip
+    with file_lock(
+        Path(cache_dir) / ".base-image.lock", timeout=_DEBOOTSTRAP_TIMEOUT + 600, what=f"the base image {tag}"
+    ):
         again = _present(client, tag)
         if again is not None and not (force or rebuild_rootfs):
             return str(again.id)
@@ -161,16 +174,21 @@ def _import(client: docker.DockerClient, tarball: Path, tag: str, existing: Any,
     started = time.monotonic()
     repo, _, version = tag.partition(":")
     try:
-        client.api.import_image(src=str(tarball), repository=repo, tag=version or "latest",
-                                changes=list(_IMPORT_CHANGES))  # fmt: skip
+        client.api.import_image(
+            src=str(tarball), repository=repo, tag=version or "latest", changes=list(_IMPORT_CHANGES)
+        )
     except Exception as exc:  # APIError, requests errors
-        raise _error(f"docker import of {tarball} as {tag} failed: {exc}. What to do: check "
-                     f"`docker info` and the disk space, or delete {tarball} to rebuild it.") from None
+        raise _error(
+            f"docker import of {tarball} as {tag} failed: {exc}. What to do: check "
+            f"`docker info` and the disk space, or delete {tarball} to rebuild it."
+        ) from None
     image = _present(client, tag)
     if image is None:
         raise _error(f"docker import of {tarball} reported success but {tag} is missing.")
-    emit(f"base image {tag}: imported {image.short_id} from {tarball.name} in "
-         f"{time.monotonic() - started:.0f} s")  # fmt: skip
+    emit(
+        f"base image {tag}: imported {image.short_id} from {tarball.name} in "
+        f"{time.monotonic() - started:.0f} s"
+    )
     if existing is not None and existing.id != image.id:
         with contextlib.suppress(Exception):  # still used by other images or containers: keep it
             client.images.remove(existing.id, noprune=False)
@@ -192,8 +210,7 @@ def rootfs_tarball(cache_dir: Path, emit: Emit, *, rebuild: bool = False) -> Pat
     with _workdir(cache_dir) as work:
         rootfs, log = work / "rootfs", cache_dir / "debootstrap.log"
         mirror = debian_mirror()
-        emit(f"base image: debootstrap --variant=minbase {SUITE} from {mirror} (about a minute; "
-             f"log {log})")  # fmt: skip
+        emit(f"base image: debootstrap --variant=minbase {SUITE} from {mirror} (about a minute; log {log})")
         _debootstrap(debootstrap, rootfs, mirror, log)
         _slim(rootfs)
         partial = tarball.with_suffix(".tmp")
@@ -202,17 +219,21 @@ def rootfs_tarball(cache_dir: Path, emit: Emit, *, rebuild: bool = False) -> Pat
     for old in cache_dir.glob(f"debian-py-{SUITE}-*.rootfs.tar"):
         if old != tarball:
             old.unlink(missing_ok=True)
-    emit(f"base image: rootfs {tarball} ({tarball.stat().st_size >> 20} MiB) in "
-         f"{time.monotonic() - started:.0f} s")  # fmt: skip
+    emit(
+        f"base image: rootfs {tarball} ({tarball.stat().st_size >> 20} MiB) in "
+        f"{time.monotonic() - started:.0f} s"
+    )
     return tarball
 
 
 def _require_root() -> None:
     if os.geteuid() != 0:
-        raise _error(f"No base image here and no registry: making {LOCAL_BASE} needs root "
-                     "(debootstrap). What to do: run this once as root (sudo orchestrate image "
-                     f"build), or `docker load` {REGISTRY_BASE} from a machine with a registry, "
-                     "or pass --base IMAGE.")  # fmt: skip
+        raise _error(
+            f"No base image here and no registry: making {LOCAL_BASE} needs root "
+            "(debootstrap). What to do: run this once as root (sudo orchestrate image "
+            f"build), or `docker load` {REGISTRY_BASE} from a machine with a registry, "
+            "or pass --base IMAGE."
+        )
 
 
 def _debootstrap_binary(emit: Emit) -> str:
@@ -220,19 +241,24 @@ def _debootstrap_binary(emit: Emit) -> str:
     if found:
         return found
     if not shutil.which("apt-get"):
-        raise _error("debootstrap is not installed and this is not a Debian/Ubuntu machine. "
-                     "What to do: install debootstrap, or pass --base IMAGE.")  # fmt: skip
+        raise _error(
+            "debootstrap is not installed and this is not a Debian/Ubuntu machine. "
+            "What to do: install debootstrap, or pass --base IMAGE."
+        )
     emit("base image: installing debootstrap with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "debootstrap"]):
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if res.returncode != 0 and cmd[1] == "install":
-            raise _error(f"`apt-get install debootstrap` failed: {_last(res.stderr or res.stdout)}. "
-                         "What to do: run `apt-get install debootstrap` as root.")  # fmt: skip
+            raise _error(
+                f"`apt-get install debootstrap` failed: {_last(res.stderr or res.stdout)}. "
+                "What to do: run `apt-get install debootstrap` as root."
+            )
     found = shutil.which("debootstrap") or shutil.which("debootstrap", path="/usr/sbin:/sbin")
     if not found:
-        raise _error("apt-get installed debootstrap, but it is not on PATH. What to do: add "
-                     "/usr/sbin to PATH.")  # fmt: skip
+        raise _error(
+            "apt-get installed debootstrap, but it is not on PATH. What to do: add /usr/sbin to PATH."
+        )
     return found
 
 
@@ -240,8 +266,11 @@ def debian_mirror() -> str:
     """$BED_DEBIAN_MIRROR, else this machine's Debian mirror from its apt sources, else deb.debian.org."""
     if os.environ.get("BED_DEBIAN_MIRROR"):
         return os.environ["BED_DEBIAN_MIRROR"]
-    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")),
-               *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]  # fmt: skip
+    sources = [
+        Path("/etc/apt/sources.list"),
+        *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")),
+        *sorted(Path("/etc/apt/sources.list.d").glob("*.list")),
+    ]
     for path in sources:
         with contextlib.suppress(OSError):
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -281,23 +310,40 @@ def _debootstrap(binary: str, rootfs: Path, mirror: str, log: Path) -> None:
         with open(log, "w", encoding="utf-8") as out:
             res = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=_DEBOOTSTRAP_TIMEOUT)
     except subprocess.TimeoutExpired:
-        raise _error(f"debootstrap timed out after {_DEBOOTSTRAP_TIMEOUT:.0f} s (log {log}). What to "
-                     "do: check the mirror (BED_DEBIAN_MIRROR) and retry.") from None  # fmt: skip
+        raise _error(
+            f"debootstrap timed out after {_DEBOOTSTRAP_TIMEOUT:.0f} s (log {log}). What to "
+            "do: check the mirror (BED_DEBIAN_MIRROR) and retry."
+        ) from None
     if res.returncode != 0:
         inner = rootfs / "debootstrap" / "debootstrap.log"
         tail = _tail(inner if inner.is_file() else log)
-        raise _error(f"debootstrap exited with {res.returncode} (log {log}):\n{tail}\nWhat to do: "
-                     f"check that {mirror} answers (or set BED_DEBIAN_MIRROR), then retry.")  # fmt: skip
+        raise _error(
+            f"debootstrap exited with {res.returncode} (log {log}):\n{tail}\nWhat to do: "
+            f"check that {mirror} answers (or set BED_DEBIAN_MIRROR), then retry."
+        )
 
 
 def _slim(root: Path) -> None:
     """Drop package lists, caches, docs and locales; reset machine-specific files; leave /dev,
     /proc and /sys empty (docker mounts them)."""
     subprocess.run(["chroot", str(root), "apt-get", "clean"], capture_output=True, timeout=120)
-    for pattern in ("var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/debconf/*-old",
-                    "usr/share/doc/*", "usr/share/man/*", "usr/share/info/*", "usr/share/locale/*",
-                    "var/log/*.log", "var/log/apt/*", "tmp/*", "var/tmp/*", "debootstrap",
-                    "dev/*", "proc/*", "sys/*"):  # fmt: skip
+    for pattern in (
+        "var/lib/apt/lists/*",
+        "var/cache/apt/*.bin",
+        "var/cache/debconf/*-old",
+        "usr/share/doc/*",
+        "usr/share/man/*",
+        "usr/share/info/*",
+        "usr/share/locale/*",
+        "var/log/*.log",
+        "var/log/apt/*",
+        "tmp/*",
+        "var/tmp/*",
+        "debootstrap",
+        "dev/*",
+        "proc/*",
+        "sys/*",
+    ):
         for path in root.glob(pattern):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)

@@ -115,8 +115,18 @@ HEAD_LOCK_REFRESH_S = 20
 
 
 def _lock_argv(op: str, name: str, token: str, holder: str = "") -> list[str]:
-    return ["bash", "-c", scripts.HEAD_LOCK, "orchestrate-lock", op, HEAD_LOCK_DIR, name, token,
-            str(HEAD_LOCK_STALE_S), holder]  # fmt: skip
+    return [
+        "bash",
+        "-c",
+        scripts.HEAD_LOCK,
+        "orchestrate-lock",
+        op,
+        HEAD_LOCK_DIR,
+        name,
+        token,
+        str(HEAD_LOCK_STALE_S),
+        holder,
+    ]
 
 
 @contextmanager
@@ -126,8 +136,10 @@ def head_lock(s: Session, action: str) -> Iterator[None]:
     thread on its own connection; a holder that died leaves a lock broken after 90 s."""
     node, name = s.plan.head, s.plan.name
     token = _secrets.token_hex(8)
-    holder = (f"`orchestrate {action}` by {getpass.getuser()}@{socket.gethostname()} pid "
-              f"{os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")  # fmt: skip
+    holder = (
+        f"`orchestrate {action}` by {getpass.getuser()}@{socket.gethostname()} pid "
+        f"{os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+    )
     res = s.runner(node).run(_lock_argv("acquire", name, token, holder), timeout=30, check=False)
     words = res.stdout.strip().splitlines()[-1].split(" ", 2) if res.stdout.strip() else [""]
     if res.exited == 3 and _holder_is_dead_here(words[2] if len(words) > 2 else ""):
@@ -138,12 +150,16 @@ def head_lock(s: Session, action: str) -> Iterator[None]:
         words = res.stdout.strip().splitlines()[-1].split(" ", 2) if res.stdout.strip() else [""]
     if res.exited == 3:
         age, who = ([*words[1:], "?", "?"])[:2]
-        raise LockError(f"deployment {name} is busy: {who} (the lock on the head {node.host}, "
-                        f"touched {age} s ago)", hint="wait for it to finish; a lock whose holder "
-                        f"died is broken after {HEAD_LOCK_STALE_S} s")  # fmt: skip
+        raise LockError(
+            f"deployment {name} is busy: {who} (the lock on the head {node.host}, touched {age} s ago)",
+            hint=f"wait for it to finish; a lock whose holder died is broken after {HEAD_LOCK_STALE_S} s",
+        )
     if words[0] != "ACQUIRED":
-        raise HostError(node.host, "could not take the deployment lock in "
-                        f"{HEAD_LOCK_DIR}: {(res.stderr or res.stdout).strip()[:300]}")  # fmt: skip
+        raise HostError(
+            node.host,
+            "could not take the deployment lock in "
+            f"{HEAD_LOCK_DIR}: {(res.stderr or res.stdout).strip()[:300]}",
+        )
     for line in res.stdout.splitlines():
         if line.startswith("STALE "):
             s.events("lock", node.host, f"broke a stale lock ({line[6:][:200]})")
@@ -170,8 +186,9 @@ def head_lock(s: Session, action: str) -> Iterator[None]:
         # after an error or Ctrl-C the head may be the thing that is gone: do not wait on it
         # (a lock left behind is this machine's: its dead pid is broken by the next `up` here)
         thread.join(1 if failed else 35)
-        release = threading.Thread(target=_release, args=(s, node, name, token),
-                                   name="orchestrate-head-unlock", daemon=True)  # fmt: skip
+        release = threading.Thread(
+            target=_release, args=(s, node, name, token), name="orchestrate-head-unlock", daemon=True
+        )
         release.start()
         release.join(2 if failed else 35)
 
@@ -285,8 +302,12 @@ def up(
             with timer("ray"):
                 report.ray_nodes = _ray_gate(s)
         if not plan.serve_start:
-            events("serve", None, "serve.start is false: the Ray cluster is up; run vllm serve "
-                   "in the head yourself (see `orchestrate plan`)")
+            events(
+                "serve",
+                None,
+                "serve.start is false: the Ray cluster is up; run vllm serve "
+                "in the head yourself (see `orchestrate plan`)",
+            )
             return report
         with timer("serve"):
             _wait_serving(s)
@@ -297,11 +318,13 @@ def up(
 
 
 def _diff(s: Session) -> Changes:
-    observed = dict(zip(
-        (n.host for n in s.plan.nodes),
-        fan_out("diff", s.plan.nodes, lambda n: observe.observed(s, n), s.events),
-        strict=True,
-    ))  # fmt: skip
+    observed = dict(
+        zip(
+            (n.host for n in s.plan.nodes),
+            fan_out("diff", s.plan.nodes, lambda n: observe.observed(s, n), s.events),
+            strict=True,
+        )
+    )
     changes = reconcile(s.plan, observed)
     for host, action in changes.actions.items():
         why = changes.reasons.get(host)
@@ -315,14 +338,18 @@ def _fit_image(s: Session, replan: preflight.Replan, facts: dict[str, str]) -> b
     try:
         new = preflight.replan_for(facts, replan)
     except UsageError as exc:
-        raise PhaseError("image", [HostError(s.plan.head.host, f"image: {exc.message}",
-                                             hint=exc.hint)]) from None  # fmt: skip
+        raise PhaseError(
+            "image", [HostError(s.plan.head.host, f"image: {exc.message}", hint=exc.hint)]
+        ) from None
     old, s.plan = s.plan, new
     ray = "with ray" if facts.get("RAY") == "yes" else "without ray"
     what = f"vLLM {version}" if version != "none" else "no vLLM"
     if new.backend != old.backend:
-        s.events("plan", None, f"{s.plan.image} has {what} {ray}: backend {old.backend} -> "
-                 f"{new.backend} ({new.backend_reason})")  # fmt: skip
+        s.events(
+            "plan",
+            None,
+            f"{s.plan.image} has {what} {ray}: backend {old.backend} -> {new.backend} ({new.backend_reason})",
+        )
     else:
         s.events("plan", None, f"{s.plan.image} has {what} {ray}: backend {new.backend}")
     return new != old
@@ -333,8 +360,10 @@ def _check_image_vllm(s: Session, facts: dict[str, str]) -> None:
     node = s.plan.head
     problem = preflight.version_problem(s.plan, facts)
     if problem is None and s.plan.backend == "ray" and facts.get("RAY") == "no":
-        problem = (f"ray is not installed in {s.plan.image}", "set backend: mp (or auto), or use "
-                   "an image that contains ray")  # fmt: skip
+        problem = (
+            f"ray is not installed in {s.plan.image}",
+            "set backend: mp (or auto), or use an image that contains ray",
+        )
     if problem is not None:
         raise PhaseError("image", [HostError(node.host, f"image: {problem[0]}", hint=problem[1])])
 
@@ -428,8 +457,9 @@ def _ray_gate(s: Session) -> list[dict[str, Any]]:
     joined = ""
     while time.monotonic() < deadline:
         _raise_if_dead(s, "while Ray was forming")
-        last = observe.one_per_ip(s.while_alive(lambda: observe.ray_nodes(s, wait_s=RAY_PROBE_WINDOW_S))
-                           or last)  # fmt: skip
+        last = observe.one_per_ip(
+            s.while_alive(lambda: observe.ray_nodes(s, wait_s=RAY_PROBE_WINDOW_S)) or last
+        )
         alive = [n for n in last if n["alive"]]
         gpus = sum(n["gpus"] for n in alive)
         ips = {n["ip"] for n in alive}
@@ -514,9 +544,11 @@ def _unrecognized_hint(line: str, plan: Plan) -> str | None:
         return None
     have = vllm_caps.versions_with(ours[0])
     where = f"vLLM {have[0]} .. {have[-1]} have it" if have else "no known vLLM has it"
-    return (f"{ours[0]} is written by orchestrate for backend: {plan.backend} and the image's vLLM "
-            f"does not know it ({where}); set vllm_version to the image's vLLM version (with "
-            "backend: auto) so plan picks flags it has, or use a newer image")
+    return (
+        f"{ours[0]} is written by orchestrate for backend: {plan.backend} and the image's vLLM "
+        f"does not know it ({where}); set vllm_version to the image's vLLM version (with "
+        "backend: auto) so plan picks flags it has, or use a newer image"
+    )
 
 
 def _wait_serving(s: Session) -> None:
@@ -541,8 +573,7 @@ def _wait_serving(s: Session) -> None:
             next_progress = time.monotonic() + SERVE_PROGRESS_EVERY_S
         time.sleep(POLL_S)
     raise GateError(
-        f"vLLM at {plan.endpoint} was not healthy within {plan.startup_timeout:g}s "
-        f"(last: {reason})",
+        f"vLLM at {plan.endpoint} was not healthy within {plan.startup_timeout:g}s (last: {reason})",
         tail=_tail(s, plan.head, 40),
         hint="orchestrate logs head -f; raise serve.startup_timeout for big models",
     )
@@ -566,8 +597,11 @@ def _checks(plan: Plan, events: Events, api_key: str | None) -> list[checks.Chec
     results = checks.run_checks(plan, plan.endpoint, api_key)
     for r in results:
         extra = f", first token {r.ttft_ms:.0f} ms" if r.ttft_ms is not None else ""
-        events("checks", None, f"{'ok  ' if r.ok else 'FAIL'} {r.name:<12} "
-                               f"{r.latency_ms:7.0f} ms{extra}  {r.detail}")  # fmt: skip
+        events(
+            "checks",
+            None,
+            f"{'ok  ' if r.ok else 'FAIL'} {r.name:<12} {r.latency_ms:7.0f} ms{extra}  {r.detail}",
+        )
     failed = [r.name for r in results if not r.ok]
     if failed:
         raise ChecksError(
@@ -602,7 +636,7 @@ def down(plan: Plan, events: Events = quiet) -> dict[str, int]:
 
         failures: list[OrchestrateError] = []
         for phase in (plan.workers, (plan.head,)):  # workers first, then the head, even if a
-            try:                                      # worker host is unreachable right now
+            try:  # worker host is unreachable right now
                 fan_out("down", phase, one, events)
             except PhaseError as exc:
                 failures += exc.failures
@@ -619,8 +653,22 @@ def _sweep_shm(s: Session, node: NodePlan) -> None:
     """--ipc host leaks vLLM's psm_* / sem.mp-* segments into the host's /dev/shm."""
     try:
         s.runner(node).run(
-            ["find", "/dev/shm", "-maxdepth", "1", "(", "-name", "psm_*", "-o",
-             "-name", "sem.mp-*", ")", "-delete"], timeout=30)  # fmt: skip
+            [
+                "find",
+                "/dev/shm",
+                "-maxdepth",
+                "1",
+                "(",
+                "-name",
+                "psm_*",
+                "-o",
+                "-name",
+                "sem.mp-*",
+                ")",
+                "-delete",
+            ],
+            timeout=30,
+        )
     except HostError as exc:
         s.events("down", node.host, f"could not sweep /dev/shm: {exc.message}")
 
@@ -629,5 +677,3 @@ def check(plan: Plan, events: Events = quiet, api_key: str | None = None) -> lis
     if api_key is None and plan.api_key_env:
         api_key = resolve_secrets(plan).get("VLLM_API_KEY")
     return _checks(plan, events, api_key)
-
-

@@ -59,8 +59,7 @@ def run(s: Session, timeout: float = 60) -> list[Row]:
     fan_out("collective", plan.nodes, start, s.events)
     deadline = time.monotonic() + timeout * 3 + 30
     try:
-        return fan_out("collective", plan.nodes, lambda n: _collect(s, n, specs, deadline),
-                       s.events)  # fmt: skip
+        return fan_out("collective", plan.nodes, lambda n: _collect(s, n, specs, deadline), s.events)
     finally:
         fan_out("collective", plan.nodes, lambda n: _cleanup(s, n, specs), s.events)
 
@@ -76,19 +75,32 @@ def _collect(s: Session, node: NodePlan, specs: dict, deadline: float) -> Row:  
             break
         time.sleep(0.5)
     else:
-        return Row(node.host, "collective", "fail", "all-reduce did not finish (a rank is blocked: "
-                   "wrong NIC, or a port dropped between hosts)",
-                   "check network.nic / GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME and firewalls")
+        return Row(
+            node.host,
+            "collective",
+            "fail",
+            "all-reduce did not finish (a rank is blocked: wrong NIC, or a port dropped between hosts)",
+            "check network.nic / GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME and firewalls",
+        )
     out = bytes(engine.logs(c, stdout=True, stderr=True)).decode("utf-8", "replace")
     results = [json.loads(line) for line in out.splitlines() if line.startswith('{"rank"')]
     if results and all(r["ok"] for r in results):
         bw = min(r["busbw_gbps"] or 0 for r in results)
-        return Row(node.host, "collective", "ok", f"all-reduce ok on {len(results)} rank(s), "
-                   f"bus bandwidth {bw:g} GB/s")  # fmt: skip
+        return Row(
+            node.host,
+            "collective",
+            "ok",
+            f"all-reduce ok on {len(results)} rank(s), bus bandwidth {bw:g} GB/s",
+        )
     error = next((r.get("error") for r in results if r.get("error")), None)
     error = error or (out.strip().splitlines() or ["no output"])[-1]
-    return Row(node.host, "collective", "fail", f"all-reduce failed: {error[:300]}",
-               "check network.nic / *_SOCKET_IFNAME, firewalls, and that every host is alike")
+    return Row(
+        node.host,
+        "collective",
+        "fail",
+        f"all-reduce failed: {error[:300]}",
+        "check network.nic / *_SOCKET_IFNAME, firewalls, and that every host is alike",
+    )
 
 
 def _cleanup(s: Session, node: NodePlan, specs: dict) -> None:  # type: ignore[type-arg]

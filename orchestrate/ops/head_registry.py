@@ -68,8 +68,9 @@ def container_name(deployment: str) -> str:
 
 
 @contextlib.contextmanager
-def running(engine: Engine, head: NodePlan, deployment: str, reg: RegistryPlan, direct: bool,
-            dial: Dial) -> Iterator[None]:  # fmt: skip
+def running(
+    engine: Engine, head: NodePlan, deployment: str, reg: RegistryPlan, direct: bool, dial: Dial
+) -> Iterator[None]:
     """The registry container on the head while the block runs; removed with its volume after."""
     name = container_name(deployment)
     old = engine.container(name)
@@ -78,15 +79,22 @@ def running(engine: Engine, head: NodePlan, deployment: str, reg: RegistryPlan, 
     binds: list[tuple[str, int]] = [("127.0.0.1", reg.port)]
     if direct:
         binds.append((head.address, reg.port))
-    labels = {"orchestrate.deployment": deployment, "orchestrate.host": head.host,
-              "orchestrate.role": "registry"}  # fmt: skip
+    labels = {
+        "orchestrate.deployment": deployment,
+        "orchestrate.host": head.host,
+        "orchestrate.role": "registry",
+    }
     if engine.image_id(reg.image) is None:
         engine.pull(reg.image)
-    container = engine.create_and_start({
-        "image": reg.image, "name": name, "labels": labels,
-        "ports": {f"{CONTAINER_PORT}/tcp": binds},
-        "environment": {"REGISTRY_HTTP_ADDR": f"0.0.0.0:{CONTAINER_PORT}"},
-    })  # fmt: skip
+    container = engine.create_and_start(
+        {
+            "image": reg.image,
+            "name": name,
+            "labels": labels,
+            "ports": {f"{CONTAINER_PORT}/tcp": binds},
+            "environment": {"REGISTRY_HTTP_ADDR": f"0.0.0.0:{CONTAINER_PORT}"},
+        }
+    )
     try:
         _wait_ready(engine, container, dial)
         yield
@@ -106,8 +114,11 @@ def _wait_ready(engine: Engine, container: Any, dial: Dial) -> None:
             last = str(exc)
         time.sleep(0.2)
     tail = engine.logs(container, tail=15).decode("utf-8", "replace")
-    raise EngineError(engine.name, f"the image registry did not answer within {READY_S:g}s "
-                      f"({last or 'no HTTP 200 on /v2/'})", tail=tail)  # fmt: skip
+    raise EngineError(
+        engine.name,
+        f"the image registry did not answer within {READY_S:g}s ({last or 'no HTTP 200 on /v2/'})",
+        tail=tail,
+    )
 
 
 def _answers(dial: Dial) -> bool:

@@ -60,8 +60,7 @@ def _copy(s: Session, source: Engine, node: NodePlan, want: str, size: int) -> s
         raise
     finally:
         chunks.close()  # an abandoned save releases its connection to the source
-    return _check(s, node, want, f"sent {mib(sent.done)} MiB in {sent.elapsed:.1f}s "
-                  f"({sent.rate()}), loaded")  # fmt: skip
+    return _check(s, node, want, f"sent {mib(sent.done)} MiB in {sent.elapsed:.1f}s ({sent.rate()}), loaded")
 
 
 def _check(s: Session, node: NodePlan, want: str, done: str) -> str:
@@ -78,20 +77,28 @@ def _source_id(s: Session, source: Engine, ids: dict[str, str | None]) -> str:
     agreed = {ids[n.host] for n in plan.nodes}
     if want_id is None and len(agreed) == 1 and None not in agreed:
         want_id = str(agreed.pop())
-        s.events("image", None, f"{image} is not on the image source, but every host has "
-                 f"the same {want_id[7:19]}: using it")  # fmt: skip
+        s.events(
+            "image",
+            None,
+            f"{image} is not on the image source, but every host has the same {want_id[7:19]}: using it",
+        )
     if want_id is None:
         where = "this machine" if plan.image_source == "local" else plan.head.host
-        raise UsageError(f"image {image} is not on {where}, the image source",
-                         hint=f"build or pull {image} there first")  # fmt: skip
+        raise UsageError(
+            f"image {image} is not on {where}, the image source", hint=f"build or pull {image} there first"
+        )
     return want_id
 
 
 def ensure(s: Session) -> dict[str, str]:
     plan, image = s.plan, s.plan.image
-    ids: dict[str, str | None] = dict(zip((n.host for n in plan.nodes),
-                   fan_out("image", plan.nodes, lambda n: s.engine(n).image_id(image), s.events),
-                   strict=True))  # fmt: skip
+    ids: dict[str, str | None] = dict(
+        zip(
+            (n.host for n in plan.nodes),
+            fan_out("image", plan.nodes, lambda n: s.engine(n).image_id(image), s.events),
+            strict=True,
+        )
+    )
     if plan.image_source == "registry":
         missing = [n for n in plan.nodes if ids[n.host] is None]
         for n, got in zip(missing, fan_out("image", missing, _pull(s), s.events), strict=True):
@@ -113,9 +120,10 @@ def ensure(s: Session) -> dict[str, str]:
         ids |= {n.host: want for n in stale}
     differ = [f"{h} has {i}" for h, i in ids.items() if i != want]
     if differ:
-        raise UsageError(f"image {image} differs between hosts (head has {want}): "
-                         + "; ".join(differ),
-                         hint="pin the image by digest, or use images.source: head")  # fmt: skip
+        raise UsageError(
+            f"image {image} differs between hosts (head has {want}): " + "; ".join(differ),
+            hint="pin the image by digest, or use images.source: head",
+        )
     s.events("image", None, f"{image} is {want[7:19]} on every host")
     if plan.backend == "ray":
         _require_ray(s)
@@ -131,9 +139,11 @@ def _pull(s: Session) -> Callable[[NodePlan], str]:
             got = s.engine(node).image_id(s.plan.image)
         except HostError as exc:
             _failed(s, node, meter, exc)
-            raise HostError(node.host, exc.message.removeprefix(f"{node.host}: "),
-                            hint="use images.source: local, head or head-registry for hosts "
-                                 "without registry access") from None  # fmt: skip
+            raise HostError(
+                node.host,
+                exc.message.removeprefix(f"{node.host}: "),
+                hint="use images.source: local, head or head-registry for hosts without registry access",
+            ) from None
         if got is None:
             raise HostError(node.host, f"pull of {s.plan.image} finished but the image is missing")
         s.events("image", node.host, f"pulled in {meter.elapsed:.1f}s")
@@ -181,8 +191,11 @@ def _dial(s: Session, node: NodePlan, port: int) -> tunnel.Dial:
 def _direct(s: Session, reg: RegistryPlan, workers: list[NodePlan]) -> bool:
     """Whether workers pull straight from the head: every worker's engine must trust it."""
     address = f"{s.plan.head.address}:{reg.port}"
-    untrusted = [n.host for n in workers if not head_registry.trusts_insecure(
-        s.engine(n).info(), s.plan.head.address, reg.port)]  # fmt: skip
+    untrusted = [
+        n.host
+        for n in workers
+        if not head_registry.trusts_insecure(s.engine(n).info(), s.plan.head.address, reg.port)
+    ]
     local = [n.host for n in workers if not isinstance(s.runner(n), SSHRunner)]
     if reg.pull == "tunnel" and not local:
         return False
@@ -190,12 +203,17 @@ def _direct(s: Session, reg: RegistryPlan, workers: list[NodePlan]) -> bool:
         s.events("image", None, f"workers pull straight from the head's registry at {address}")
         return True
     if reg.pull == "direct" or local:
-        raise UsageError(f"{', '.join(untrusted)}: the Docker Engine does not trust the head's "
-                         f"registry at {address} (plain HTTP)",
-                         hint=f"add {head_registry.daemon_json_line(address)}; or use "
-                              "images.head_registry.pull: tunnel")  # fmt: skip
-    s.events("image", None, f"{', '.join(untrusted)} do not trust {address}: pulling through SSH "
-             f"tunnels (for direct pulls add {head_registry.daemon_json_line(address)})")  # fmt: skip
+        raise UsageError(
+            f"{', '.join(untrusted)}: the Docker Engine does not trust the head's "
+            f"registry at {address} (plain HTTP)",
+            hint=f"add {head_registry.daemon_json_line(address)}; or use images.head_registry.pull: tunnel",
+        )
+    s.events(
+        "image",
+        None,
+        f"{', '.join(untrusted)} do not trust {address}: pulling through SSH "
+        f"tunnels (for direct pulls add {head_registry.daemon_json_line(address)})",
+    )
     return False
 
 
@@ -214,8 +232,7 @@ def _push(s: Session, engine: Engine, ref: str) -> None:
     s.events("image", head, f"pushed in {meter.elapsed:.1f}s")
 
 
-def _pull_from_head(s: Session, node: NodePlan, want: str, direct: bool, path: str, tag: str
-                    ) -> str:  # fmt: skip
+def _pull_from_head(s: Session, node: NodePlan, want: str, direct: bool, path: str, tag: str) -> str:
     engine, port = s.engine(node), (s.plan.image_registry or RegistryPlan("", 5000, "auto")).port
     with contextlib.ExitStack() as stack:
         if direct:
@@ -225,8 +242,7 @@ def _pull_from_head(s: Session, node: NodePlan, want: str, direct: bool, path: s
             assert isinstance(runner, SSHRunner)  # _direct refused local workers
             transport = runner.client.get_transport()
             assert transport is not None
-            fwd = stack.enter_context(tunnel.Forward(node.host, transport,
-                                                     _dial(s, s.plan.head, port)))  # fmt: skip
+            fwd = stack.enter_context(tunnel.Forward(node.host, transport, _dial(s, s.plan.head, port)))
             ref = f"127.0.0.1:{fwd.port}/{path}:{tag}"
         s.events("image", node.host, f"pulling {ref}")
         meter = Meter(s.events, node.host, "pulled")
@@ -249,8 +265,7 @@ def _require_ray(s: Session) -> None:
     if b"MISSING" in out:
         raise HostError(
             head.host,
-            f"ray is not installed in {s.plan.image}; current vllm/vllm-openai images no longer "
-            "ship Ray",
+            f"ray is not installed in {s.plan.image}; current vllm/vllm-openai images no longer ship Ray",
             hint="set backend: mp in the inventory (vLLM's Ray-free multi-node mode), "
             "or use an image that contains ray",
         )

@@ -138,10 +138,12 @@ def _host_status(s: Session, node: NodePlan) -> dict[str, Any]:
 def _supervisor_row(sup: dict[str, Any]) -> dict[str, Any]:
     last = sup.get("last_failure") or None
     out: dict[str, Any] = {
-        "phase": sup.get("phase"), "detail": sup.get("detail", ""), "life": sup.get("epoch"),
+        "phase": sup.get("phase"),
+        "detail": sup.get("detail", ""),
+        "life": sup.get("epoch"),
         "failures_in_a_row": sup.get("failures_in_a_row", 0),
         "state_age_s": sup.get("state_age_s"),
-    }  # fmt: skip
+    }
     if isinstance(last, dict):
         out["last_failure"] = {k: last.get(k) for k in ("exit", "reason", "cause", "ended")}
     if sup.get("role") == "head" and isinstance(sup.get("members"), dict):
@@ -152,9 +154,17 @@ def _supervisor_row(sup: dict[str, Any]) -> dict[str, Any]:
 def member_ok(row: dict[str, Any]) -> bool:
     """A host row is whole: running, and its supervisor (if any) is not parked, hung or exiting."""
     sup = row.get("supervisor")
-    return row.get("state") == "running" and not row.get("lost") and (
-        sup is None or (sup.get("phase") in ("serving", "running", "starting")
-                        and (sup.get("state_age_s") or 0) <= STATE_STALE_S))
+    return (
+        row.get("state") == "running"
+        and not row.get("lost")
+        and (
+            sup is None
+            or (
+                sup.get("phase") in ("serving", "running", "starting")
+                and (sup.get("state_age_s") or 0) <= STATE_STALE_S
+            )
+        )
+    )
 
 
 def _vllm_status(plan: Plan, api_key: str | None) -> dict[str, Any]:
@@ -173,8 +183,9 @@ def _vllm_status(plan: Plan, api_key: str | None) -> dict[str, Any]:
     return out
 
 
-def status(plan: Plan, events: Events = quiet, api_key: str | None = None,
-           replan: Replan | None = None) -> dict[str, Any]:
+def status(
+    plan: Plan, events: Events = quiet, api_key: str | None = None, replan: Replan | None = None
+) -> dict[str, Any]:
     """`replan`: as for apply.up, the plan for the image's vLLM and Ray (read on the head, or
     from the local cache of what was read), so that status judges what `up` deployed."""
     from orchestrate.ops.preflight import plan_for_image
@@ -185,8 +196,10 @@ def status(plan: Plan, events: Events = quiet, api_key: str | None = None,
             new = plan_for_image(s, replan)
             if new != plan:  # judge the containers against the re-planned spec
                 plan = s.plan = new
-                hosts = [h if h["state"] == "unreachable" else _safe(s, n)
-                         for h, n in zip(hosts, plan.nodes, strict=True)]  # fmt: skip
+                hosts = [
+                    h if h["state"] == "unreachable" else _safe(s, n)
+                    for h, n in zip(hosts, plan.nodes, strict=True)
+                ]
         return _snapshot(s, hosts, api_key)
 
 
@@ -197,9 +210,13 @@ def _snapshot(s: Session, hosts: list[dict[str, Any]], api_key: str | None) -> d
         try:
             nodes = one_per_ip(ray_nodes(s))
             alive = [n for n in nodes if n["alive"]]
-            ray = {"nodes_alive": len(alive), "nodes_expected": len(plan.nodes),
-                   "gpus": sum(n["gpus"] for n in alive), "gpus_expected": plan.total_gpus,
-                   "nodes": nodes}  # fmt: skip
+            ray = {
+                "nodes_alive": len(alive),
+                "nodes_expected": len(plan.nodes),
+                "gpus": sum(n["gpus"] for n in alive),
+                "gpus_expected": plan.total_gpus,
+                "nodes": nodes,
+            }
         except OrchestrateError as exc:
             ray = {"error": exc.message}
     if ray is not None and "error" not in ray:
@@ -209,8 +226,11 @@ def _snapshot(s: Session, hosts: list[dict[str, Any]], api_key: str | None) -> d
         ray["missing"] = [n.address for n in plan.nodes if n.address not in ips]
     vllm = _vllm_status(plan, api_key) if plan.serve_start else {"healthy": True, "serving": False}
     _mark_lost_members(plan, hosts)
-    healthy = (vllm["healthy"] and all(member_ok(h) for h in hosts)
-               and (ray is None or (not ray.get("error") and not ray.get("missing"))))  # fmt: skip
+    healthy = (
+        vllm["healthy"]
+        and all(member_ok(h) for h in hosts)
+        and (ray is None or (not ray.get("error") and not ray.get("missing")))
+    )
     return {"deployment": plan.name, "healthy": healthy, "hosts": hosts, "ray": ray, "vllm": vllm}
 
 
@@ -233,8 +253,9 @@ def _mark_lost_members(plan: Plan, hosts: list[dict[str, Any]]) -> None:
             row["lost"] = "never heard by the head's supervisor"
 
 
-def watch(plan: Plan, api_key: str | None, interval: float, events: Events = quiet
-          ) -> Generator[dict[str, Any], None, None]:
+def watch(
+    plan: Plan, api_key: str | None, interval: float, events: Events = quiet
+) -> Generator[dict[str, Any], None, None]:
     """status, again and again over one session (links re-open after a host comes back)."""
     with Session(plan, events) as s:
         while True:
@@ -252,8 +273,7 @@ def changes(prev: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
         sup, osup = h.get("supervisor") or {}, o.get("supervisor") or {}
         what = f"{h['role']} ({h['host']})"
         if h.get("state") != o.get("state"):
-            out.append(f"{what}: container {h.get('state')}"
-                       + (f" ({h['error']})" if h.get("error") else ""))  # fmt: skip
+            out.append(f"{what}: container {h.get('state')}" + (f" ({h['error']})" if h.get("error") else ""))
         if prev and h.get("restarts", 0) > o.get("restarts", 0):
             last = sup.get("last_failure") or {}
             cause = f": {last['cause']}" if last.get("cause") else ""
@@ -284,8 +304,13 @@ def _safe(s: Session, node: NodePlan) -> dict[str, Any]:
     try:
         return _host_status(s, node)
     except OrchestrateError as exc:
-        return {"host": node.host, "address": node.address, "role": node.alias,
-                "state": "unreachable", "error": exc.message}  # fmt: skip
+        return {
+            "host": node.host,
+            "address": node.address,
+            "role": node.alias,
+            "state": "unreachable",
+            "error": exc.message,
+        }
 
 
 # ---------------------------------------------------------------- logs
@@ -310,13 +335,15 @@ def logs(
         engine = s.engine(node)
         c = engine.container(node.container.name)
         if c is None:
-            raise HostError(node.host, f"container {node.container.name} does not exist",
-                            hint="orchestrate up")  # fmt: skip
+            raise HostError(
+                node.host, f"container {node.container.name} does not exist", hint="orchestrate up"
+            )
         _stream(engine, c, follow, tail or "all", _since(since) if since else None, sink)
 
 
-def _stream(engine: Engine, c: ContainerInfo, follow: bool, tail: int | str, since: int | None,
-            sink: IO[str]) -> None:  # fmt: skip
+def _stream(
+    engine: Engine, c: ContainerInfo, follow: bool, tail: int | str, since: int | None, sink: IO[str]
+) -> None:
     """Copy the log stream. Following, a quiet spell longer than the engine's read timeout is
     not an error: check that the container still exists (a bounded call), then re-attach."""
     while True:
@@ -339,5 +366,3 @@ def _since(text: str) -> int:
         raise UsageError(f"--since {text!r}: use a duration such as 90s, 10m, 2h or 1d")
     seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
     return int(time.time()) - seconds
-
-

@@ -90,10 +90,12 @@ def check_docker(s: Session, node: NodePlan) -> Row:
 # an `nvidia` runtime in `docker info` is how the NVIDIA Container Toolkit's own setup shows.
 GPU_HOOK = "nvidia-container-runtime-hook"
 # dockerd runs with the service manager's PATH, which has the sbin dirs an SSH user's may lack
-GPU_HOOK_ARGV = ("sh", "-c", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH "
-                 f"command -v {GPU_HOOK} || true")  # fmt: skip
-NVIDIA_SMI_ARGV = ("nvidia-smi", "--query-gpu=driver_version,name,memory.total",
-                   "--format=csv,noheader")  # fmt: skip
+GPU_HOOK_ARGV = (
+    "sh",
+    "-c",
+    f"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH command -v {GPU_HOOK} || true",
+)
+NVIDIA_SMI_ARGV = ("nvidia-smi", "--query-gpu=driver_version,name,memory.total", "--format=csv,noheader")
 
 
 @dataclass(frozen=True)
@@ -124,22 +126,27 @@ def parse_nvidia_smi(stdout: str) -> list[Gpu]:
     return gpus
 
 
-def judge_gpus(
-    node: NodePlan, runtimes: Sequence[str], hook: str | None, smi_ok: bool, smi_out: str
-) -> Row:
+def judge_gpus(node: NodePlan, runtimes: Sequence[str], hook: str | None, smi_ok: bool, smi_out: str) -> Row:
     if hook is None and "nvidia" not in runtimes:
-        return _fail(node, "gpus", f"the Docker Engine cannot start --gpus containers: no {GPU_HOOK} "
-                     f"on the PATH and no nvidia runtime in docker info (runtimes: "
-                     f"{', '.join(runtimes) or 'none'})",
-                     "install the NVIDIA Container Toolkit (nvidia-container-toolkit), then restart "
-                     "dockerd")  # fmt: skip
+        return _fail(
+            node,
+            "gpus",
+            f"the Docker Engine cannot start --gpus containers: no {GPU_HOOK} "
+            f"on the PATH and no nvidia runtime in docker info (runtimes: "
+            f"{', '.join(runtimes) or 'none'})",
+            "install the NVIDIA Container Toolkit (nvidia-container-toolkit), then restart dockerd",
+        )
     if not smi_ok:
         tail = " ".join(smi_out.split())[-200:]
         return _fail(node, "gpus", f"nvidia-smi failed: {tail}", "check the NVIDIA driver")
     gpus = parse_nvidia_smi(smi_out)
     if len(gpus) < node.gpus:
-        return _fail(node, "gpus", f"{len(gpus)} GPUs found, the inventory says {node.gpus}",
-                     "fix hosts[].gpus or the host's GPUs")  # fmt: skip
+        return _fail(
+            node,
+            "gpus",
+            f"{len(gpus)} GPUs found, the inventory says {node.gpus}",
+            "fix hosts[].gpus or the host's GPUs",
+        )
     via = f"{GPU_HOOK} at {hook}" if hook else f"the nvidia runtime ({GPU_HOOK} not on the PATH)"
     return _ok(node, "gpus", f"{len(gpus)} x {gpus[0].name}, driver {gpus[0].driver}; --gpus via {via}")
 
@@ -172,13 +179,21 @@ def parse_ip_addr(stdout: str) -> set[str]:
 def judge_nic(node: NodePlan, exists: bool, owned: set[str]) -> Row:
     """`exists`: nic_argv exited 0; `owned`: parse_ip_addr of its output."""
     if not exists:
-        return _fail(node, "nic", f"no network interface {node.nic} on this host",
-                     f"set network.nic or hosts[].nic to the NIC that owns {node.address} "
-                     "(ip -br addr)")  # fmt: skip
+        return _fail(
+            node,
+            "nic",
+            f"no network interface {node.nic} on this host",
+            f"set network.nic or hosts[].nic to the NIC that owns {node.address} (ip -br addr)",
+        )
     if node.address not in owned:
-        return _fail(node, "nic", f"{node.nic} does not own {node.address} (it has "
-                     f"{', '.join(sorted(owned)) or 'no address'}); NCCL/Gloo would use the "
-                     "wrong interface", f"set hosts[].nic to the NIC that owns {node.address}")
+        return _fail(
+            node,
+            "nic",
+            f"{node.nic} does not own {node.address} (it has "
+            f"{', '.join(sorted(owned)) or 'no address'}); NCCL/Gloo would use the "
+            "wrong interface",
+            f"set hosts[].nic to the NIC that owns {node.address}",
+        )
     return _ok(node, "nic", f"{node.nic} owns {node.address}")
 
 
@@ -216,9 +231,14 @@ def judge_route(node: NodePlan, head_address: str, ok: bool, route: Route) -> Ro
     if not ok or not route.dev:
         return _fail(node, "route", f"no route to the head {head_address}", "check the network")
     if route.dev != node.nic or (route.src and route.src != node.address):
-        return _fail(node, "route", f"the route to the head {head_address} leaves through "
-                     f"{route.dev} (src {route.src or '?'}), not {node.nic} "
-                     f"({node.address})", "fix the routes, or the NIC in the inventory")  # fmt: skip
+        return _fail(
+            node,
+            "route",
+            f"the route to the head {head_address} leaves through "
+            f"{route.dev} (src {route.src or '?'}), not {node.nic} "
+            f"({node.address})",
+            "fix the routes, or the NIC in the inventory",
+        )
     return _ok(node, "route", f"to head via {node.nic}")
 
 
@@ -253,9 +273,12 @@ def parse_getent(stdout: str) -> str | None:
 
 def judge_hostname(node: NodePlan, name: str, address: str | None) -> Row:
     if address is not None and ipaddress.ip_address(address).is_loopback:
-        return _fail(node, "hostname", f"hostname {name} resolves to {address}; Gloo would fall "
-                     "back to the loopback address", f"map {name} to {node.address} in /etc/hosts "
-                     "(vLLM #7074)")  # fmt: skip
+        return _fail(
+            node,
+            "hostname",
+            f"hostname {name} resolves to {address}; Gloo would fall back to the loopback address",
+            f"map {name} to {node.address} in /etc/hosts (vLLM #7074)",
+        )
     return _ok(node, "hostname", f"{name} -> {address or 'unresolved (fine)'}")
 
 
@@ -271,12 +294,14 @@ def check_hostname(s: Session, node: NodePlan) -> Row:
 def node_ports(plan: Plan, node: NodePlan) -> dict[int, str]:
     """Host ports this node's container will listen on (host networking)."""
     if plan.backend == "ray":
-        ports = {plan.object_manager_port: "ray.object_manager_port",
-                 plan.node_manager_port: "ray.node_manager_port",
-                 plan.runtime_env_agent_port: "ray.runtime_env_agent_port",
-                 plan.dashboard_agent_grpc_port: "ray.dashboard_agent_grpc_port",
-                 plan.dashboard_agent_listen_port: "ray.dashboard_agent_listen_port",
-                 plan.metrics_export_port: "ray.metrics_export_port"}  # fmt: skip
+        ports = {
+            plan.object_manager_port: "ray.object_manager_port",
+            plan.node_manager_port: "ray.node_manager_port",
+            plan.runtime_env_agent_port: "ray.runtime_env_agent_port",
+            plan.dashboard_agent_grpc_port: "ray.dashboard_agent_grpc_port",
+            plan.dashboard_agent_listen_port: "ray.dashboard_agent_listen_port",
+            plan.metrics_export_port: "ray.metrics_export_port",
+        }
         if node.role == "head":
             ports |= {plan.ray_port: "ray.port", plan.dashboard_port: "ray.dashboard_port"}
     else:
@@ -310,8 +335,12 @@ def judge_ports(node: NodePlan, wanted: Mapping[int, str], ss_ok: bool, busy: se
         return _skip(node, "ports", "no `ss` on this host")
     taken = [f"{port} ({field})" for port, field in wanted.items() if port in busy]
     if taken:
-        return _fail(node, "ports", f"already in use on {node.address}: {', '.join(taken)}",
-                     "stop what listens there (ss -ltnp) or choose other ports in the inventory")
+        return _fail(
+            node,
+            "ports",
+            f"already in use on {node.address}: {', '.join(taken)}",
+            "stop what listens there (ss -ltnp) or choose other ports in the inventory",
+        )
     ports = ", ".join(str(p) for p in wanted)
     return _ok(node, "ports", f"free: {ports}" if ports else "none needed on this node")
 
@@ -376,8 +405,10 @@ def probe_targets(wanted: Sequence[ports.Need]) -> dict[int, ports.Need]:
 
 
 def judge_reach(
-    node: NodePlan, name: str, deployment: str, results: Mapping[str, tuple[Mapping[int, ports.Need],
-                                                                           Mapping[int, str]]]
+    node: NodePlan,
+    name: str,
+    deployment: str,
+    results: Mapping[str, tuple[Mapping[int, ports.Need], Mapping[int, str]]],
 ) -> Row:
     """`results`: per destination host, (probed port -> its need, parse_probe's answer)."""
     blocked, reached = [], []
@@ -397,13 +428,25 @@ def judge_reach(
             reached.append(f"{dst} ({', '.join(map(str, targets))})")
     if blocked:
         return _fail(node, name, "blocked: " + "; ".join(blocked), " ; ".join(fixes.values()))
-    return _ok(node, name, f"reachable from {node.host}: {'; '.join(reached)}" if reached
-               else "no other host to reach")  # fmt: skip
+    return _ok(
+        node,
+        name,
+        f"reachable from {node.host}: {'; '.join(reached)}" if reached else "no other host to reach",
+    )
 
 
 def _api_need(plan: Plan, src: NodePlan) -> ports.Need:
-    return ports.Need("tcp", plan.api_port, plan.api_port, src.host, src.address, plan.head.host,
-                      plan.head.address, "serve.port", "the vLLM API")  # fmt: skip
+    return ports.Need(
+        "tcp",
+        plan.api_port,
+        plan.api_port,
+        src.host,
+        src.address,
+        plan.head.host,
+        plan.head.address,
+        "serve.port",
+        "the vLLM API",
+    )
 
 
 def _reach(s: Session, node: NodePlan, name: str, dsts: Sequence[NodePlan]) -> Row:
@@ -449,8 +492,12 @@ def model_argv(path: str) -> list[str]:
 
 def judge_model(node: NodePlan, path: str, exists: bool) -> Row:
     if not exists:
-        return _fail(node, "model", f"{path}/config.json does not exist on this host",
-                     "copy the model to the same path on every host (orchestrate model sync)")
+        return _fail(
+            node,
+            "model",
+            f"{path}/config.json does not exist on this host",
+            "copy the model to the same path on every host (orchestrate model sync)",
+        )
     return _ok(node, "model", f"{path} has config.json")
 
 
@@ -465,9 +512,13 @@ def judge_shm(node: NodePlan, size: int) -> Row:
     """The planned --shm-size (bytes); nothing is asked of the host (shm_in_containers reads the
     real size once the containers run)."""
     if size < SHM_FLOOR:
-        return _fail(node, "shm", f"container.shm_size is {size >> 20} MiB; vLLM, NCCL and Ray "
-                     "need more (Docker's 64 MB default kills rank 0)",
-                     "set container.shm_size to 1Gi or more (the post used 10Gi)")  # fmt: skip
+        return _fail(
+            node,
+            "shm",
+            f"container.shm_size is {size >> 20} MiB; vLLM, NCCL and Ray "
+            "need more (Docker's 64 MB default kills rank 0)",
+            "set container.shm_size to 1Gi or more (the post used 10Gi)",
+        )
     return _ok(node, "shm", f"{size >> 20} MiB planned")
 
 
@@ -486,7 +537,7 @@ _VERSION_PY = (
 )
 _PROBE = (
     "command -v ray >/dev/null && echo RAY=yes || echo RAY=no; "
-    f"python3 -c \"{_VERSION_PY}\" 2>/dev/null || echo VLLM=none"
+    f'python3 -c "{_VERSION_PY}" 2>/dev/null || echo VLLM=none'
 )
 IMAGE_FACTS_ARGV = ("sh", "-c", _PROBE)  # run in the image: entrypoint sh, no network, removed
 
@@ -509,8 +560,15 @@ def image_facts(s: Session, node: NodePlan, image_id: str | None = None) -> dict
                 return {str(k): str(v) for k, v in facts.items()}
         except (OSError, ValueError):
             pass
-    out = engine.call("run", engine.client.containers.run, s.plan.image, list(IMAGE_FACTS_ARGV[1:]),
-                      entrypoint=IMAGE_FACTS_ARGV[0], remove=True, network_mode="none")  # fmt: skip
+    out = engine.call(
+        "run",
+        engine.client.containers.run,
+        s.plan.image,
+        list(IMAGE_FACTS_ARGV[1:]),
+        entrypoint=IMAGE_FACTS_ARGV[0],
+        remove=True,
+        network_mode="none",
+    )
     facts = parse_image_facts(out.decode())
     if cached is not None and set(facts) == {"RAY", "VLLM"}:
         try:
@@ -570,12 +628,17 @@ def version_problem(plan: Plan, facts: Mapping[str, str]) -> tuple[str, str] | N
     # PEP 440: a pin without a local label matches the image's local build (0.32.0 is 0.32.0+cpu)
     pinned = plan.vllm_version
     if pinned and pinned != version and ("+" in pinned or version.split("+", 1)[0] != pinned):
-        return (f"the image has vLLM {version}, the inventory says vllm_version: "
-                f"{plan.vllm_version}", f"set vllm_version: {version}")
+        return (
+            f"the image has vLLM {version}, the inventory says vllm_version: {plan.vllm_version}",
+            f"set vllm_version: {version}",
+        )
     if plan.backend == "mp" and len(plan.nodes) > 1 and not caps(version).has_mp_multinode:
-        return (f"backend {plan.backend}: vLLM {version} in the image has no --nnodes/--headless "
-                "(multi-node mp needs >= 0.11.1)", f"set vllm_version: {version} with backend: "
-                "auto (or backend: ray), or use an image with vLLM >= 0.11.1")  # fmt: skip
+        return (
+            f"backend {plan.backend}: vLLM {version} in the image has no --nnodes/--headless "
+            "(multi-node mp needs >= 0.11.1)",
+            f"set vllm_version: {version} with backend: "
+            "auto (or backend: ray), or use an image with vLLM >= 0.11.1",
+        )
     try:
         check_flags(replace(plan, vllm_version=version))
     except UsageError as exc:
@@ -593,9 +656,13 @@ def judge_image(plan: Plan, node: NodePlan, image_id: str | None, facts: Mapping
     if (problem := version_problem(plan, facts)) is not None:
         return _fail(node, "image", problem[0], problem[1])
     if plan.backend == "ray" and facts.get("RAY") != "yes":
-        return _fail(node, "image", f"ray is not installed in {image} ({message}); current "
-                     "vllm/vllm-openai images no longer ship Ray",
-                     "set backend: mp, or use an image that contains ray")  # fmt: skip
+        return _fail(
+            node,
+            "image",
+            f"ray is not installed in {image} ({message}); current "
+            "vllm/vllm-openai images no longer ship Ray",
+            "set backend: mp, or use an image that contains ray",
+        )
     return _ok(node, "image", message)
 
 
@@ -610,10 +677,15 @@ def fit_report(plan: Plan, config: dict[str, object], gpu_memory_gib: float):  #
     from orchestrate.core import fit
 
     shape = fit.ModelShape.from_config(config, name=plan.served_name)
-    return fit.fit(shape, tp=plan.tensor_parallel, pp=plan.pipeline_parallel,
-                   gpus_per_host=plan.head.gpus, gpu_memory_gib=gpu_memory_gib,
-                   gpu_memory_utilization=plan.gpu_memory_utilization or 0.9,
-                   max_model_len=plan.max_model_len or shape.max_context or 4096)  # fmt: skip
+    return fit.fit(
+        shape,
+        tp=plan.tensor_parallel,
+        pp=plan.pipeline_parallel,
+        gpus_per_host=plan.head.gpus,
+        gpu_memory_gib=gpu_memory_gib,
+        gpu_memory_utilization=plan.gpu_memory_utilization or 0.9,
+        max_model_len=plan.max_model_len or shape.max_context or 4096,
+    )
 
 
 # Each GPU's memory in MiB, one per line ("143771"); where the inventory has no gpu_memory_gib.
@@ -669,9 +741,7 @@ def check_fit(s: Session, node: NodePlan) -> Row:
 # ---------------------------------------------------------------- running them
 
 
-def run(
-    s: Session, nodes: Sequence[NodePlan] | None = None, skip: Iterable[str] = ()
-) -> list[Row]:
+def run(s: Session, nodes: Sequence[NodePlan] | None = None, skip: Iterable[str] = ()) -> list[Row]:
     """Every check on every node, in parallel; a host that cannot be reached is one failed row."""
     targets = list(nodes if nodes is not None else s.plan.nodes)
     names = [n for n in CHECKS if n not in set(skip)]
@@ -694,19 +764,37 @@ def run(
     rows = [r for group in fan_out("preflight", targets, one, s.events) for r in group]
     if "model-hash" not in set(skip) and s.plan.model_manifest:
         rows += _model_hashes(s, targets, rows)
-    return rows + _compare(rows, "image", "the image differs between hosts",
-                           "pin the image by digest, or use images.source: head") + _drivers(rows)
+    return (
+        rows
+        + _compare(
+            rows,
+            "image",
+            "the image differs between hosts",
+            "pin the image by digest, or use images.source: head",
+        )
+        + _drivers(rows)
+    )
 
 
 def _drivers(rows: Sequence[Row]) -> list[Row]:
     """Different NVIDIA drivers across hosts work, but are a classic source of NCCL trouble."""
-    found = {r.host: m.group(1) for r in rows
-             if r.check == "gpus" and r.status == "ok" and (m := re.search(r"driver (\S+)", r.message))}
+    found = {
+        r.host: m.group(1)
+        for r in rows
+        if r.check == "gpus" and r.status == "ok" and (m := re.search(r"driver (\S+)", r.message))
+    }
     if len(set(found.values())) <= 1:
         return []
-    return [Row(h, "same-driver", "warn", f"NVIDIA driver {v}; other hosts: "
-                f"{', '.join(sorted(set(found.values()) - {v}))}", "install the same driver everywhere")
-            for h, v in found.items()]  # fmt: skip
+    return [
+        Row(
+            h,
+            "same-driver",
+            "warn",
+            f"NVIDIA driver {v}; other hosts: {', '.join(sorted(set(found.values()) - {v}))}",
+            "install the same driver everywhere",
+        )
+        for h, v in found.items()
+    ]
 
 
 def _model_hashes(s: Session, targets: Sequence[NodePlan], rows: Sequence[Row]) -> list[Row]:
@@ -725,8 +813,7 @@ def _model_hashes(s: Session, targets: Sequence[NodePlan], rows: Sequence[Row]) 
             out.append(Row(h.host, "model-hash", "ok", f"matches {report.reference}"))
         else:
             err = h.error()
-            out.append(Row(h.host, "model-hash", "fail", err.detail,
-                           err.hint or ""))  # fmt: skip
+            out.append(Row(h.host, "model-hash", "fail", err.detail, err.hint or ""))
     return out
 
 
@@ -735,8 +822,11 @@ def _compare(rows: list[Row], name: str, what: str, fix: str) -> list[Row]:
     if len(set(seen.values())) <= 1:
         return []
     head_value = next(iter(seen.values()))
-    return [Row(h, f"same-{name}", "fail", f"{what}: {v} here, {head_value} on the first host", fix)
-            for h, v in seen.items() if v != head_value]  # fmt: skip
+    return [
+        Row(h, f"same-{name}", "fail", f"{what}: {v} here, {head_value} on the first host", fix)
+        for h, v in seen.items()
+        if v != head_value
+    ]
 
 
 def failures(rows: Sequence[Row]) -> list[Row]:
@@ -746,9 +836,9 @@ def failures(rows: Sequence[Row]) -> list[Row]:
 def raise_for(rows: Sequence[Row]) -> None:
     bad = failures(rows)
     if bad:
-        raise PhaseError("preflight", [
-            HostError(r.host, f"{r.check}: {r.message}", hint=r.fix or None) for r in bad
-        ])  # fmt: skip
+        raise PhaseError(
+            "preflight", [HostError(r.host, f"{r.check}: {r.message}", hint=r.fix or None) for r in bad]
+        )
 
 
 # Checks `up` runs for the nodes it (re)creates; the image is handled by its own phase.
@@ -773,9 +863,12 @@ def parse_df_size(stdout: str) -> int | None:
 def judge_shm_in_container(node: NodePlan, code: int, size: int | None) -> HostError | None:
     """The error to raise where the running container's /dev/shm is smaller than planned."""
     if code == 0 and size is not None and size < node.container.shm_size * 0.95:
-        return HostError(node.host, f"/dev/shm in {node.container.name} is {size >> 20} MiB, "
-                         f"planned {node.container.shm_size >> 20} MiB",
-                         hint="the engine ignored --shm-size; check the Docker version")
+        return HostError(
+            node.host,
+            f"/dev/shm in {node.container.name} is {size >> 20} MiB, "
+            f"planned {node.container.shm_size >> 20} MiB",
+            hint="the engine ignored --shm-size; check the Docker version",
+        )
     return None
 
 
@@ -796,4 +889,3 @@ def shm_in_containers(s: Session) -> None:
 
 def table_dict(rows: Sequence[Row]) -> dict[str, object]:
     return {"ok": not failures(rows), "rows": [r.as_dict() for r in rows]}
-

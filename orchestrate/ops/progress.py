@@ -16,8 +16,7 @@ from orchestrate.events import Detail, Events, Progress
 
 PROGRESS_EVERY_S = 2.0  # a pipe shows one line per PLAIN_PROGRESS_S (console)
 # a layer in one of these states counts as fully moved
-_DONE = ("Pushed", "Layer already exists", "Download complete", "Pull complete",
-         "Already exists")  # fmt: skip
+_DONE = ("Pushed", "Layer already exists", "Download complete", "Pull complete", "Already exists")
 
 
 def mib(n: float) -> str:

@@ -27,13 +27,15 @@ def plan_text(plan: Plan) -> str:
 
     from orchestrate.render import docker as docker_r
 
-    lines = [f"deployment {plan.name}: {plan.backend} backend, TP={plan.tensor_parallel} x "
-             f"PP={plan.pipeline_parallel} = {plan.world_size} GPUs on {len(plan.nodes)} hosts",
-             f"backend {plan.backend}: {plan.backend_reason}",
-             f"endpoint {plan.endpoint}  model {plan.model_host_path} as {plan.served_name}", ""]
+    lines = [
+        f"deployment {plan.name}: {plan.backend} backend, TP={plan.tensor_parallel} x "
+        f"PP={plan.pipeline_parallel} = {plan.world_size} GPUs on {len(plan.nodes)} hosts",
+        f"backend {plan.backend}: {plan.backend_reason}",
+        f"endpoint {plan.endpoint}  model {plan.model_host_path} as {plan.served_name}",
+        "",
+    ]
     for node in plan.nodes:
-        where = "this machine" if node.ssh.local else \
-            f"{node.ssh.user}@{node.ssh.host}:{node.ssh.port}"
+        where = "this machine" if node.ssh.local else f"{node.ssh.user}@{node.ssh.host}:{node.ssh.port}"
         lines.append(f"# {node.alias} on {node.host} ({where}), {node.gpus} GPUs, nic {node.nic}")
         lines.append(shlex.join(docker_r.describe(node.container)))
         lines.append("")
@@ -57,15 +59,18 @@ def rendered(target: str, plan: Plan, flavor: str) -> dict[str, str]:
         files = {f"{plan.name}{suffix}.yaml": dump_all(docs, header)}
         secret = k8s_r.render_secret(plan)
         if secret is not None:
-            note = (f"# A TEMPLATE: replace every {k8s_r.SECRET_PLACEHOLDER} with the real value "
-                    "before applying (or create the Secret with kubectl, as its annotation says).\n"
-                    "# The pods do not start until this Secret exists.\n")
+            note = (
+                f"# A TEMPLATE: replace every {k8s_r.SECRET_PLACEHOLDER} with the real value "
+                "before applying (or create the Secret with kubectl, as its annotation says).\n"
+                "# The pods do not start until this Secret exists.\n"
+            )
             files[f"{plan.name}-secret.yaml"] = dump_all([secret], header + note)
         return files
     if target == "compose":
-        files = {f"{host}.yaml": dump(doc, header + f"# docker compose -f {host}.yaml up -d  "
-                                      f"(on host {host})\n")
-                 for host, doc in compose_r.render(plan).items()}  # fmt: skip
+        files = {
+            f"{host}.yaml": dump(doc, header + f"# docker compose -f {host}.yaml up -d  (on host {host})\n")
+            for host, doc in compose_r.render(plan).items()
+        }
         if any(n.container.supervisor for n in plan.nodes):
             from orchestrate.agents import bundle
 

@@ -46,15 +46,19 @@ def _service(node: NodePlan) -> dict[str, Any]:
     env = {k: _lit(v) for k, v in spec.env}
     # an unset variable fails `docker compose up` instead of serving without the key
     env |= {k: f"${{{src}:?set {src} (the secret for {k})}}" for k, src in spec.secret_env}
-    entrypoint, volumes = list(spec.entrypoint), [
-        {"type": "bind", "source": m.source, "target": m.target, "read_only": m.read_only}
-        for m in spec.mounts
-    ]
+    entrypoint, volumes = (
+        list(spec.entrypoint),
+        [
+            {"type": "bind", "source": m.source, "target": m.target, "read_only": m.read_only}
+            for m in spec.mounts
+        ],
+    )
     if spec.supervisor is not None:
         env |= spec.supervisor.env()
         entrypoint = ["python3", SUPERVISOR_PATH, *entrypoint]
-        volumes.append({"type": "bind", "source": f"./{SUPERVISOR_FILE}",
-                        "target": SUPERVISOR_PATH, "read_only": True})  # fmt: skip
+        volumes.append(
+            {"type": "bind", "source": f"./{SUPERVISOR_FILE}", "target": SUPERVISOR_PATH, "read_only": True}
+        )
     svc: dict[str, Any] = {
         "image": spec.image,
         "container_name": spec.name,

@@ -63,8 +63,13 @@ def render_secret(plan: Plan) -> Obj | None:
             + " ".join(f"--from-literal={k}=..." for k in keys)
         )
     }
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
-            "stringData": {k: SECRET_PLACEHOLDER for k in keys}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "stringData": {k: SECRET_PLACEHOLDER for k in keys},
+    }
 
 
 def node_warnings(plan: Plan) -> list[str]:
@@ -75,9 +80,11 @@ def node_warnings(plan: Plan) -> list[str]:
             ipaddress.ip_address(node.k8s_node)
         except ValueError:
             continue
-        out.append(f"host {node.host}: no k8s_node; selecting kubernetes.io/hostname={node.k8s_node} "
-                   "(its IP), which kubelet does not set; set hosts[].k8s_node to the name "
-                   "`kubectl get nodes` shows")
+        out.append(
+            f"host {node.host}: no k8s_node; selecting kubernetes.io/hostname={node.k8s_node} "
+            "(its IP), which kubelet does not set; set hosts[].k8s_node to the name "
+            "`kubectl get nodes` shows"
+        )
     return out
 
 
@@ -153,8 +160,10 @@ def _ports(plan: Plan, peer: bool) -> list[Obj]:
     ports: list[Obj] = [{"name": "http", "port": plan.api_port}]
     if plan.backend == "ray":
         if peer:
-            ports += [{"name": "gcs", "port": plan.ray_port},
-                      {"name": "object-manager", "port": plan.object_manager_port}]
+            ports += [
+                {"name": "gcs", "port": plan.ray_port},
+                {"name": "object-manager", "port": plan.object_manager_port},
+            ]
         ports.append({"name": "dashboard", "port": plan.dashboard_port})
     elif peer:
         ports.append({"name": "master", "port": plan.master_port})
@@ -172,8 +181,7 @@ def _head_service(plan: Plan) -> Obj:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(plan, f"{plan.name}-head", "head"),
-        "spec": {"type": "ClusterIP", "selector": _selector(plan, "head"),
-                 "ports": _ports(plan, peer=False)},
+        "spec": {"type": "ClusterIP", "selector": _selector(plan, "head"), "ports": _ports(plan, peer=False)},
     }
 
 
@@ -184,8 +192,12 @@ def _peer_service(plan: Plan) -> Obj:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(plan, f"{plan.name}-head-peers", "head"),
-        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
-                 "selector": _selector(plan, "head"), "ports": _ports(plan, peer=True)},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": _selector(plan, "head"),
+            "ports": _ports(plan, peer=True),
+        },
     }
 
 
@@ -193,8 +205,7 @@ def _env(plan: Plan, node: NodePlan, head_addr: str) -> list[Obj]:
     shared = _shared_env(plan)
     out: list[Obj] = [{"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     for key, value in node.container.env:
-        if key == "VLLM_HOST_IP" or (key in shared and (shared[key] == value
-                                                         or key == "ORCH_JOIN_TIMEOUT")):
+        if key == "VLLM_HOST_IP" or (key in shared and (shared[key] == value or key == "ORCH_JOIN_TIMEOUT")):
             continue
         out.append({"name": key, "value": head_addr if key == "ORCH_HEAD_ADDR" else value})
     for key, source in node.container.secret_env:
@@ -209,9 +220,7 @@ def _env(plan: Plan, node: NodePlan, head_addr: str) -> list[Obj]:
 def _args(node: NodePlan, head_addr: str) -> list[str]:
     args = list(node.container.command)
     if "--master-addr" in args:  # the head binds on it: its own pod IP, wherever it is scheduled
-        args[args.index("--master-addr") + 1] = (
-            "$(VLLM_HOST_IP)" if node.role == "head" else head_addr
-        )
+        args[args.index("--master-addr") + 1] = "$(VLLM_HOST_IP)" if node.role == "head" else head_addr
     return args
 
 
@@ -222,8 +231,7 @@ def _container(plan: Plan, node: NodePlan, head_addr: str) -> Obj:
         "image": spec.image,
         # behind the supervisor (PID 1), as under docker: it exits when a peer or the head is
         # lost or the engine hangs; the kubelet restarts it, LWS then recreates the group
-        "command": ([] if spec.supervisor is None else ["python3", SUPERVISOR_PATH])
-        + list(spec.entrypoint),
+        "command": ([] if spec.supervisor is None else ["python3", SUPERVISOR_PATH]) + list(spec.entrypoint),
         "args": _args(node, head_addr),
         "envFrom": [{"configMapRef": {"name": f"{plan.name}-env"}}],
         "env": _env(plan, node, head_addr),
@@ -236,8 +244,9 @@ def _container(plan: Plan, node: NodePlan, head_addr: str) -> Obj:
         ],
     }
     if spec.supervisor is not None:
-        out["volumeMounts"].append({"name": "supervisor", "mountPath": SUPERVISOR_PATH,
-                                    "subPath": "supervisor.py", "readOnly": True})
+        out["volumeMounts"].append(
+            {"name": "supervisor", "mountPath": SUPERVISOR_PATH, "subPath": "supervisor.py", "readOnly": True}
+        )
     if spec.gpus:
         gpus = {"nvidia.com/gpu": str(spec.gpus)}
         out["resources"] = {"limits": dict(gpus), "requests": dict(gpus)}
@@ -259,8 +268,9 @@ def model_gib(plan: Plan) -> float:
     if not match:
         return 0.0
     text = " ".join([name, *plan.serve_argv]).lower()
-    per_param = (0.5 if re.search(r"int4|gptq|awq|4bit", text)
-                 else 1.0 if re.search(r"fp8|int8|8bit", text) else 2.0)
+    per_param = (
+        0.5 if re.search(r"int4|gptq|awq|4bit", text) else 1.0 if re.search(r"fp8|int8|8bit", text) else 2.0
+    )
     return float(match.group(1)) * 1e9 * per_param / 2**30
 
 
@@ -292,17 +302,28 @@ def _probes(plan: Plan) -> Obj:
     # see (requests in flight and no progress for stall_after, a silent API) and on a /health
     # failing for 120 s; /livez fails while it exits and when its own loop is stuck.
     live = (
-        {"httpGet": {"path": "/livez", "port": sup.port}, "periodSeconds": 10,
-         "timeoutSeconds": 5, "failureThreshold": 3}
+        {
+            "httpGet": {"path": "/livez", "port": sup.port},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        }
         if sup is not None
-        else {"httpGet": get, "periodSeconds": 2 * period, "timeoutSeconds": timeout,
-              "failureThreshold": 6}
-    )  # fmt: skip
+        else {"httpGet": get, "periodSeconds": 2 * period, "timeoutSeconds": timeout, "failureThreshold": 6}
+    )
     return {
-        "startupProbe": {"httpGet": get, "periodSeconds": period, "timeoutSeconds": timeout,
-                         "failureThreshold": threshold},
-        "readinessProbe": {"httpGet": get, "periodSeconds": period, "timeoutSeconds": timeout,
-                           "failureThreshold": 3},
+        "startupProbe": {
+            "httpGet": get,
+            "periodSeconds": period,
+            "timeoutSeconds": timeout,
+            "failureThreshold": threshold,
+        },
+        "readinessProbe": {
+            "httpGet": get,
+            "periodSeconds": period,
+            "timeoutSeconds": timeout,
+            "failureThreshold": 3,
+        },
         "livenessProbe": live,
     }
 
@@ -311,8 +332,9 @@ def _volumes(plan: Plan, spec: ContainerSpec) -> list[Obj]:
     shm = {"medium": "Memory", "sizeLimit": _quantity(spec.shm_size)}
     vols: list[Obj] = [{"name": "dshm", "emptyDir": shm}]
     if spec.supervisor is not None:
-        vols.append({"name": "supervisor", "configMap": {
-            "name": f"{plan.name}-supervisor", "defaultMode": 0o444}})
+        vols.append(
+            {"name": "supervisor", "configMap": {"name": f"{plan.name}-supervisor", "defaultMode": 0o444}}
+        )
     vols += [
         {"name": f"model-{i}", "hostPath": {"path": m.source, "type": "Directory"}}
         for i, m in enumerate(spec.mounts)
@@ -363,8 +385,10 @@ def _deployment(plan: Plan, node: NodePlan, component: str) -> Obj:
             "strategy": {"type": "Recreate"},  # never two Ray heads / two rank-0s at once
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": {**labels, "app.kubernetes.io/managed-by": "orchestrate"},
-                             **_template_annotations(plan)},
+                "metadata": {
+                    "labels": {**labels, "app.kubernetes.io/managed-by": "orchestrate"},
+                    **_template_annotations(plan),
+                },
                 "spec": _pod_spec(plan, node, _peer_host(plan)),
             },
         },
@@ -390,9 +414,11 @@ def _lws(plan: Plan) -> Obj:
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {
                 "nodeSelectorTerms": [
-                    {"matchExpressions": [
-                        {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}
-                    ]}
+                    {
+                        "matchExpressions": [
+                            {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}
+                        ]
+                    }
                 ]
             }
         },
@@ -406,10 +432,10 @@ def _lws(plan: Plan) -> Obj:
     worker_node = plan.workers[0] if plan.workers else plan.head
     worker = _pod_spec(plan, worker_node, leader_addr, pin=False) | {"affinity": affinity}
     worker["containers"][0]["env"] = [
-        {"name": "ORCH_SUP_RANK", "value": "$(LWS_WORKER_INDEX)"}
-        if e["name"] == "ORCH_SUP_RANK" else e
-        for e in worker["containers"][0]["env"] if e["name"] != "ORCH_GPUS"
-    ] + [{"name": "ORCH_GPUS", "value": str(worker_node.gpus)}]  # fmt: skip
+        {"name": "ORCH_SUP_RANK", "value": "$(LWS_WORKER_INDEX)"} if e["name"] == "ORCH_SUP_RANK" else e
+        for e in worker["containers"][0]["env"]
+        if e["name"] != "ORCH_GPUS"
+    ] + [{"name": "ORCH_GPUS", "value": str(worker_node.gpus)}]
     args = worker["containers"][0]["args"]
     if "--node-rank" in args:  # mp backend: LWS gives each worker its index
         args[args.index("--node-rank") + 1] = "$(LWS_WORKER_INDEX)"

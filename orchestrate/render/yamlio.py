@@ -26,7 +26,5 @@ def dump(data: Any, header: str = "") -> str:
 
 
 def dump_all(docs: Iterable[Any], header: str = "") -> str:
-    body = yaml.dump_all(
-        list(docs), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100
-    )
+    body = yaml.dump_all(list(docs), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     return header + body

@@ -275,8 +275,7 @@ def ensure_base_image(tag: str = BASE_IMAGE) -> str:
     cache = Path(os.environ.get("ORCH_CACHE", "/var/cache/orchestrate"))
     client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=600)  # the root dockerd
     try:
-        ensure_local_base(client, cache, lambda line: print(f"[base_image] {line}", file=sys.stderr),
-                          tag=tag)  # fmt: skip
+        ensure_local_base(client, cache, lambda line: print(f"[base_image] {line}", file=sys.stderr), tag=tag)
     finally:
         client.close()
     return tag
