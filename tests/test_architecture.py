@@ -37,6 +37,7 @@ FORBIDDEN: dict[str, tuple[set[str], set[str]]] = {
     "images": (PRESENTATION, {"cli", "ops", "host", "loadgen"}),
     "errors": (NETWORK | PRESENTATION, {"core", "host", "ops", "cli", "loadgen", "render", "images"}),
     "events": (NETWORK | PRESENTATION, {"core", "host", "ops", "cli", "loadgen", "render", "images"}),
+    "waits": (NETWORK | PRESENTATION, {"core", "host", "ops", "cli", "loadgen", "render", "images"}),
 }
 # where catching a library's own exceptions is the job (the error mapping happens there)
 BOUNDARY = {

@@ -42,8 +42,10 @@ from orchestrate.host.session import Session, fan_out
 from orchestrate.ops import checks, images_dist, observe, preflight
 from orchestrate.paths import cache_dir
 from orchestrate.render.docker import run_kwargs
+from orchestrate.waits import poll
 
 POLL_S = 0.25
+GCS_TIMEOUT_S = 120.0  # the Ray head's GCS port opens within seconds; 2 min is a broken head
 RAY_PROBE_WINDOW_S = 8  # each probe waits in the head this long; dead containers checked between
 SERVE_PROGRESS_EVERY_S = 5.0  # how often the serve wait reads each rank's log for its progress
 SERVE_LOG_TAIL = 120
@@ -434,28 +436,29 @@ def _dead(s: Session, node: NodePlan, what: str, code: int | None = None) -> Gat
 
 def _wait_gcs(s: Session) -> None:
     node = s.plan.head
-    deadline = time.monotonic() + 120
     probe = ["bash", "-c", 'exec 3<>"/dev/tcp/$VLLM_HOST_IP/$ORCH_RAY_PORT"']
-    while time.monotonic() < deadline:
+
+    def listening() -> bool | None:
         c = _container(s, node)
         if c is None or c.status not in ("running", "created"):
             raise _dead(s, node, "stopped while starting the Ray head")
         code, _ = s.engine(node).exec(c, probe)
-        if code == 0:
-            s.events("head", node.host, f"Ray GCS listening on {node.address}:{s.plan.ray_port}")
-            return
-        time.sleep(0.5)
-    raise _dead(s, node, "did not open the Ray GCS port within 120s")
+        return True if code == 0 else None
+
+    if poll(listening, timeout=GCS_TIMEOUT_S, every=0.5) is None:
+        raise _dead(s, node, f"did not open the Ray GCS port within {GCS_TIMEOUT_S:g}s")
+    s.events("head", node.host, f"Ray GCS listening on {node.address}:{s.plan.ray_port}")
 
 
 def _ray_gate(s: Session) -> list[dict[str, Any]]:
     plan = s.plan
     want_ips = {n.address for n in plan.nodes}
-    deadline = time.monotonic() + plan.join_timeout + 30
     s.events("ray", None, f"waiting for {len(plan.nodes)} nodes / {plan.total_gpus} GPUs to join")
     last: list[dict[str, Any]] = []
     joined = ""
-    while time.monotonic() < deadline:
+
+    def formed() -> list[dict[str, Any]] | None:
+        nonlocal last, joined
         _raise_if_dead(s, "while Ray was forming")
         last = observe.one_per_ip(
             s.while_alive(lambda: observe.ray_nodes(s, wait_s=RAY_PROBE_WINDOW_S)) or last
@@ -470,7 +473,11 @@ def _ray_gate(s: Session) -> list[dict[str, Any]]:
         if len(alive) >= len(plan.nodes) and gpus >= plan.total_gpus and want_ips <= ips:
             s.events("ray", None, f"{len(alive)} nodes alive, {gpus:g} GPUs, IPs match the inventory")
             return last
-        time.sleep(0.2)
+        return None
+
+    nodes = poll(formed, timeout=plan.join_timeout + 30, every=0.2)
+    if nodes is not None:
+        return nodes
     alive_ips = {n["ip"] for n in last if n["alive"]}
     missing = [f"{n.host} ({n.address})" for n in plan.nodes if n.address not in alive_ips]
     raise GateError(
@@ -553,25 +560,29 @@ def _unrecognized_hint(line: str, plan: Plan) -> str | None:
 
 def _wait_serving(s: Session) -> None:
     plan = s.plan
-    deadline = time.monotonic() + plan.startup_timeout
     next_watch = 0.0
     next_progress = time.monotonic() + SERVE_PROGRESS_EVERY_S
     shown: dict[str, str] = {}
     reason = ""
     s.events("serve", plan.head.host, f"waiting for vLLM at {plan.endpoint}/health")
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool | None:
+        nonlocal next_watch, next_progress, shown, reason
         s.raise_if_lost()
         code, reason = checks.health(plan.endpoint, timeout=5)
         if code == 200:
-            s.events("serve", plan.head.host, f"vLLM healthy at {plan.endpoint}")
-            return
+            return True
         if time.monotonic() >= next_watch:
             _raise_if_dead(s, "before vLLM became healthy")
             next_watch = time.monotonic() + 3
         if time.monotonic() >= next_progress:
             shown = _serve_progress(s, shown)
             next_progress = time.monotonic() + SERVE_PROGRESS_EVERY_S
-        time.sleep(POLL_S)
+        return None
+
+    if poll(healthy, timeout=plan.startup_timeout, every=POLL_S):
+        s.events("serve", plan.head.host, f"vLLM healthy at {plan.endpoint}")
+        return
     raise GateError(
         f"vLLM at {plan.endpoint} was not healthy within {plan.startup_timeout:g}s (last: {reason})",
         tail=_tail(s, plan.head, 40),

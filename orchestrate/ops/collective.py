@@ -13,9 +13,11 @@ from pathlib import Path
 
 from orchestrate.core.plan import LABEL_DEPLOYMENT, NodePlan
 from orchestrate.errors import HostError
+from orchestrate.host.engine import ContainerInfo
 from orchestrate.host.session import Session, fan_out
 from orchestrate.ops.preflight import Row
 from orchestrate.render.docker import run_kwargs
+from orchestrate.waits import poll
 
 WORKER = Path(__file__).resolve().parent.parent / "agents" / "collective_worker.py"
 
@@ -67,14 +69,15 @@ def run(s: Session, timeout: float = 60) -> list[Row]:
 def _collect(s: Session, node: NodePlan, specs: dict, deadline: float) -> Row:  # type: ignore[type-arg]
     engine = s.engine(node)
     name = specs[node.host].name
-    while time.monotonic() < deadline:
+
+    def exited() -> ContainerInfo | None:
         c = engine.container(name)
         if c is None:
             raise HostError(node.host, f"{name} vanished")
-        if c.status in ("exited", "dead"):
-            break
-        time.sleep(0.5)
-    else:
+        return c if c.status in ("exited", "dead") else None
+
+    c = poll(exited, timeout=max(0.0, deadline - time.monotonic()), every=0.5)
+    if c is None:
         return Row(
             node.host,
             "collective",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +26,7 @@ from orchestrate.core.plan import NodePlan, RegistryPlan
 from orchestrate.errors import EngineError, HostError
 from orchestrate.host.engine import Engine
 from orchestrate.host.tunnel import Dial
+from orchestrate.waits import poll
 
 CONTAINER_PORT = 5000  # what registry:2 and Debian's docker-registry listen on
 READY_S = 30.0
@@ -104,15 +104,18 @@ def running(
 
 def _wait_ready(engine: Engine, container: Any, dial: Dial) -> None:
     """Until GET /v2/ answers 200 through `dial` (docker-proxy accepts before the registry does)."""
-    deadline = time.monotonic() + READY_S
     last = ""
-    while time.monotonic() < deadline:
+
+    def answers() -> bool | None:
+        nonlocal last
         try:
-            if _answers(dial):
-                return
+            return True if _answers(dial) else None
         except (HostError, OSError, EOFError) as exc:
             last = str(exc)
-        time.sleep(0.2)
+            return None
+
+    if poll(answers, timeout=READY_S, every=0.2):
+        return
     tail = engine.logs(container, tail=15).decode("utf-8", "replace")
     raise EngineError(
         engine.name,
