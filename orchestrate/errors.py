@@ -104,6 +104,9 @@ class PhaseError(OrchestrateError):
         super().__init__(f"{phase} failed on {len(failures)} host(s): {names}")
         self.phase = phase
         self.failures = list(failures)
+        codes = {f.exit_code for f in self.failures}
+        if len(codes) == 1:  # every host failed the same way (bad usage: 2, failed checks: 3)
+            self.exit_code = codes.pop()
 
     def lines(self) -> list[str]:
         out: list[str] = []

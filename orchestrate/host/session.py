@@ -52,8 +52,10 @@ def _outcome(node: NodePlan, fn: Callable[[NodePlan], T]) -> tuple[bool, Any]:
         return True, fn(node)
     except HostError as exc:
         return False, exc
-    except OrchestrateError as exc:
-        return False, HostError(node.host, exc.message, hint=exc.hint, tail=exc.tail)
+    except OrchestrateError as exc:  # named for its host, its exit code kept (usage 2, checks 3)
+        err = HostError(node.host, exc.message, hint=exc.hint, tail=exc.tail)
+        err.exit_code = exc.exit_code
+        return False, err
     except Exception as exc:  # a bug: re-raised in the caller, as future.result() did
         return False, exc
 
