@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -20,9 +20,6 @@ from orchestrate.cli.options import (
 )
 from orchestrate.errors import OrchestrateError
 from orchestrate.render import plan_data, plan_text
-
-if TYPE_CHECKING:
-    pass
 
 
 @click.command()

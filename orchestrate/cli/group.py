@@ -3,7 +3,7 @@ only when they run, and library logs kept off the screen."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -16,10 +16,6 @@ from orchestrate.cli.options import (
     Options,
     debug_log,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 # Commands that touch no host: they import neither paramiko, docker nor httpx (tests/test_cli.py)
 PURE_COMMANDS = frozenset({"validate", "schema", "plan", "render", "completion", "firewall"})
