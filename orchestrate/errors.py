@@ -3,6 +3,7 @@
     OrchestrateError                 anything we expected could go wrong; the CLI prints it, no traceback
      +-- InventoryError              the inventory file is unreadable or invalid (exit 2)
      +-- UsageError                  a command line that cannot be acted on (exit 2)
+     |    +-- MissingSecretError     a secret the inventory references is not in the environment
      +-- HostError                   one host failed: carries the host name and what to do
      |    +-- ConnectError           SSH could not connect / authenticate / verify the host key
      |    +-- EngineError            the Docker Engine on the host failed or is unreachable
@@ -69,6 +70,10 @@ class InventoryError(OrchestrateError):
 
 class UsageError(OrchestrateError):
     exit_code = EXIT_USAGE
+
+
+class MissingSecretError(UsageError):
+    pass
 
 
 class HostError(OrchestrateError):

@@ -16,8 +16,11 @@ def test_resolve_registers_masks_and_reports_missing() -> None:
     values = secrets.resolve({"HF_TOKEN": "SRC_TOKEN"}, {"SRC_TOKEN": "hf_unit_canary_123"})
     assert values == {"HF_TOKEN": "hf_unit_canary_123"}
     assert secrets.masker("token=hf_unit_canary_123!") == f"token={secrets.MASK}!"
-    with pytest.raises(secrets.MissingSecretError):
+    with pytest.raises(secrets.MissingSecretError) as err:
         secrets.resolve({"X": "NOT_SET_ANYWHERE_42"}, {})
+    # one line for people and exit 2, straight from the core (no re-wrapping above it)
+    assert err.value.exit_code == 2 and "NOT_SET_ANYWHERE_42" in err.value.lines()[0]
+    assert err.value.hint and "export" in err.value.hint
 
 
 def test_errors_events_and_json_are_masked(capsys: pytest.CaptureFixture[str]) -> None:

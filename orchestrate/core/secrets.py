@@ -13,6 +13,8 @@ import re
 import threading
 from collections.abc import Mapping
 
+from orchestrate.errors import MissingSecretError
+
 REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 MASK = "******"
 
@@ -47,17 +49,17 @@ class Masker:
 masker = Masker()
 
 
-class MissingSecretError(KeyError):
-    pass
-
-
 def resolve(refs: Mapping[str, str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Resolve {container env name: source variable name} from the environment and register masks."""
     env = os.environ if environ is None else environ
     out: dict[str, str] = {}
     missing = [src for src in refs.values() if src not in env]
     if missing:
-        raise MissingSecretError(", ".join(sorted(set(missing))))
+        names = ", ".join(sorted(set(missing)))
+        raise MissingSecretError(
+            f"secret environment variable(s) not set: {names}",
+            hint="export them before running orchestrate (the inventory holds only ${VAR} references)",
+        )
     for name, src in refs.items():
         out[name] = env[src]
         masker.add(env[src])
