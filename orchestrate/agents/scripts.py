@@ -7,6 +7,14 @@ The same text is used by `up`, the compose files and the Kubernetes manifests.
 
 from __future__ import annotations
 
+from importlib import resources
+
+
+def _agent(name: str) -> str:
+    """A program of this package (agents/NAME.py, linted and type-checked like the rest), as text."""
+    return (resources.files("orchestrate.agents") / f"{name}.py").read_text(encoding="utf-8")
+
+
 # What both Ray entrypoints begin with: strict mode, a log helper, and the pinned ports.
 _RAY_PREAMBLE = r"""set -eu
 log() { echo "orchestrate: $*" >&2; }
@@ -51,29 +59,9 @@ fi
 start_head
 log "ray head started; waiting for $ORCH_EXPECTED_NODES nodes and $ORCH_EXPECTED_GPUS GPUs"
 python3 - <<'PY' &
-import os, sys, time
-import ray
-want_nodes = int(os.environ["ORCH_EXPECTED_NODES"])
-want_gpus = float(os.environ["ORCH_EXPECTED_GPUS"])
-want_ips = set(os.environ.get("ORCH_EXPECTED_IPS", "").split(",")) - {""}
-deadline = time.monotonic() + float(os.environ.get("ORCH_JOIN_TIMEOUT", "300"))
-ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-while True:
-    # one per IP: a worker that healed itself rejoins before Ray's death timeout ends its old raylet
-    alive = list({n["NodeManagerAddress"]: n for n in ray.nodes() if n.get("Alive")}.values())
-    ips = {n["NodeManagerAddress"] for n in alive}
-    gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in alive)
-    if len(alive) >= want_nodes and gpus >= want_gpus and want_ips <= ips:
-        print(f"orchestrate: ray ready: {len(alive)} nodes, {gpus:g} GPUs", file=sys.stderr, flush=True)
-        break
-    if time.monotonic() > deadline:
-        missing = ", ".join(sorted(want_ips - ips)) or "none"
-        print(f"orchestrate: ray gate timed out: {len(alive)}/{want_nodes} nodes, "
-              f"{gpus:g}/{want_gpus:g} GPUs; missing node IPs: {missing}", file=sys.stderr, flush=True)
-        sys.exit(3)
-    time.sleep(1)
-ray.shutdown()
-PY
+"""
+    + _agent("ray_gate")
+    + r"""PY
 child=$!
 wait "$child"
 log "starting: $*"
@@ -109,31 +97,9 @@ until (exec 3<>"/dev/tcp/$ORCH_HEAD_ADDR/$ORCH_RAY_PORT") 2>/dev/null; do
 done
 """
 
-# Python run inside the head container by `up` and `status` to read Ray's view as JSON. With
-# arguments (nodes, GPUs, comma-separated IPs, seconds) it first polls, cheaply and in-process,
-# until Ray has them or the seconds pass: `up` notices readiness within ~0.2 s instead of paying
-# a `ray.init` per poll.
-RAY_NODES_PY = r"""
-import json, sys, time
-import ray
-ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-
-def table():
-    return [{"ip": n["NodeManagerAddress"], "alive": bool(n.get("Alive")),
-             "gpus": n.get("Resources", {}).get("GPU", 0), "host": n.get("NodeManagerHostname")}
-            for n in ray.nodes()]
-
-if len(sys.argv) == 5:
-    nodes, gpus = int(sys.argv[1]), float(sys.argv[2])
-    ips, deadline = set(sys.argv[3].split(",")), time.monotonic() + float(sys.argv[4])
-    while time.monotonic() < deadline:
-        alive = [n for n in table() if n["alive"]]
-        if (len(alive) >= nodes and sum(n["gpus"] for n in alive) >= gpus
-                and ips <= {n["ip"] for n in alive}):
-            break
-        time.sleep(0.2)
-print(json.dumps(table()))
-"""
+# Python run inside the head container by `up` and `status` to read Ray's view as JSON
+# (agents/ray_nodes.py).
+RAY_NODES_PY = _agent("ray_nodes")
 
 # The deployment lock on the head host (apply.head_lock): two operators on two machines cannot
 # both hold it. A directory made with mkdir (atomic) holding the holder's token and description;
