@@ -54,10 +54,21 @@ def schema() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="The model's config.json here: add fit planning (weights, KV cache, TP/PP).",
 )
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="With --model-config: the ways of using all the hosts' GPUs side by side (TP x PP, "
+    "replicas x TP, DP x TP for MoE models) with their fit numbers.",
+)
 @click.pass_obj
-def plan_cmd(opts: Options, inventory_file: str | None, model_config: str | None) -> None:
+def plan_cmd(opts: Options, inventory_file: str | None, model_config: str | None, compare: bool) -> None:
     """Print what would run on each host (secrets are shown as ${VAR} references)."""
+    if compare and not model_config:
+        raise UsageError("--compare needs --model-config config.json (the model to lay out)")
     plan = plan_of(opts, inventory_file)
+    if model_config and compare:
+        _print_compare(opts, plan, model_config)
+        return
     if model_config:
         _print_fit(opts, plan, model_config)
         return
@@ -90,6 +101,69 @@ def _print_fit(opts: Options, plan: Plan, config_path: str) -> None:
         emit_json({"fit": report.as_dict(), "suggested": {"tp": best.tp, "pp": best.pp}})
         return
     emit_text("\n".join([*report.lines(), f"suggested: TP {best.tp} x PP {best.pp}"]))
+
+
+def _print_compare(opts: Options, plan: Plan, config_path: str) -> None:
+    """`plan --model-config --compare`: fit.compare over all the inventory's GPUs. The inventory's
+    own layout is checked by preflight.fit_report, the function behind `plan --model-config` and the
+    preflight fit check, and every other row with the same memory, utilization and max_model_len."""
+    import json
+
+    from orchestrate.core import fit, vllm_caps
+    from orchestrate.ops import preflight
+
+    if not plan.gpu_memory_gib:
+        raise OrchestrateError("fit planning needs gpu_memory_gib in the inventory")
+    ethernet = dict(plan.env).get("NCCL_IB_DISABLE") == "1"
+    try:
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        report = preflight.fit_report(plan, config, plan.gpu_memory_gib)
+        rows = fit.compare(
+            report.shape,
+            n_hosts=len(plan.nodes),
+            gpus_per_host=plan.head.gpus,
+            gpu_memory_gib=report.gpu_memory_gib,
+            gpu_memory_utilization=report.gpu_memory_utilization,
+            max_model_len=report.max_model_len,
+            current=(report.tp, report.pp),
+            interconnect="ethernet" if ethernet else "the network",
+        )
+        best = fit.suggest(
+            report.shape,
+            plan.head.gpus,
+            plan.gpu_memory_gib,
+            len(plan.nodes),
+            report.max_model_len,
+            gpu_memory_utilization=report.gpu_memory_utilization,
+        )
+    except (ValueError, OSError) as exc:
+        raise OrchestrateError(f"{config_path}: {exc}") from None
+    if opts.output == "json":
+        emit_json(
+            {
+                "model": report.shape.name,
+                "hosts": len(plan.nodes),
+                "gpus_per_host": plan.head.gpus,
+                "gpu_memory_gib": report.gpu_memory_gib,
+                "gpu_memory_utilization": report.gpu_memory_utilization,
+                "max_model_len": report.max_model_len,
+                "layouts": [row.as_dict() for row in rows],
+                "suggested": {"tp": best.tp, "pp": best.pp},
+            }
+        )
+        return
+    lines = fit.comparison_lines(rows)
+    gpus = f"{best.gpus} GPU" + ("s" if best.gpus > 1 else "")
+    lines.append(f"fewest GPUs that fit: TP {best.tp} x PP {best.pp} ({gpus})")
+    if report.shape.is_moe:
+        since = vllm_caps.versions_with("--data-parallel-size-local")
+        lines.append(
+            "DP x TP is vllm serve --data-parallel-size D --tensor-parallel-size T; across hosts it needs "
+            f"--data-parallel-size-local (vLLM {since[0]} and later in orchestrate's flag tables)"
+            if since
+            else "DP x TP is vllm serve --data-parallel-size D --tensor-parallel-size T"
+        )
+    emit_text("\n".join(lines))
 
 
 def _render_to(opts: Options, plan: Plan, out_dir: str | None, flavor: str) -> None:
