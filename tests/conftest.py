@@ -170,6 +170,9 @@ def clean_bed(bed: TestBed, when: str) -> list[str]:
     ports are free; returns what was removed, and says so on stderr. Raises when a host stays
     busy, naming it and its listeners."""
     removed: list[str] = []
+    # a host a fault left crashed, frozen or without its daemons is booted or healed first
+    # (idempotent): one module's broken fault must not fail every module after it
+    bed.up(len(bed.hosts))
     for host in bed.hosts:
         res = bed.docker(host.index, "ps", "-aq", "--filter", f"label={LABEL}", timeout=60)
         ids = res.stdout.split()

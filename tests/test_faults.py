@@ -80,8 +80,8 @@ def _one_error_line(stderr: str, host: str) -> str:
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_fault_before_up_fails_fast_naming_the_host(bed: TestBed, ray2: Path, fault: str, host: int) -> None:
     name = bed.hosts[host - 1].name
-    bed.fault(fault, host)
-    try:
+    try:  # undone even when the fault itself failed halfway
+        bed.fault(fault, host)
         res = orch("up", str(ray2), timeout=120)
     finally:
         bed.fault(FAULTS[fault], host)
@@ -103,8 +103,8 @@ def test_fault_after_up_status_is_truthful_and_up_converges(
 ) -> None:
     name = bed.hosts[host - 1].name
     orch_json("up", str(ray2), timeout=400)  # a no-op when the previous case converged
-    bed.fault(fault, host)
-    try:
+    try:  # the undo runs even when the fault itself failed halfway (a crash that did not finish)
+        bed.fault(fault, host)
         res = orch("--output", "json", "status", str(ray2), timeout=120)
         data = json.loads(res.stdout)
         state = {h["host"]: h["state"] for h in data["hosts"]}

@@ -166,8 +166,8 @@ def test_down_leaves_nothing_and_is_idempotent(bed: TestBed, ray_inventory: Path
 def test_unreachable_host_fails_fast_with_one_line_naming_it(
     bed: TestBed, ray_inventory: Path, fault: str, restore: str, host: int
 ) -> None:
-    bed.fault(fault, host)
-    try:
+    try:  # undone even when the fault itself failed halfway
+        bed.fault(fault, host)
         res = orch("up", str(ray_inventory), timeout=60)
     finally:
         bed.fault(restore, host)
