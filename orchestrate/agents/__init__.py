@@ -7,6 +7,7 @@ image, and the text is part of the container's spec hash, so a new orchestrate r
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 from importlib import resources
@@ -25,11 +26,16 @@ def _text(package: str, module: str) -> str:
 
 
 def _strip(text: str) -> str:
-    keep = [
-        line
-        for line in text.splitlines()
-        if line != "from __future__ import annotations" and not line.startswith("from orchestrate.")
-    ]
+    """The module without `from __future__` and `from orchestrate...` imports (whole statements,
+    however many lines the formatter gave them): the bundle defines those names itself."""
+    drop: set[int] = set()
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (
+            "__future__",
+            "orchestrate",
+        ):
+            drop.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    keep = [line for n, line in enumerate(text.splitlines(), 1) if n not in drop]
     return "\n".join(keep) + "\n"
 
 

@@ -208,4 +208,5 @@ def main():
     print(json.dumps(out, sort_keys=True))
 
 
-main()
+if __name__ == "__main__":  # python3 -c runs it as __main__
+    main()

@@ -79,7 +79,7 @@ def _build_base(tag: str, rebuild_rootfs: bool, console: Console) -> str:
     try:
         client = local_client("local", timeout=600)
     except EngineError as exc:
-        raise ImageBuildError(f"Cannot reach the Docker daemon: {exc.detail}") from None
+        raise ImageBuildError(f"Cannot reach this machine's Docker daemon ({exc.detail})") from None
     try:
         return ensure_local_base(
             client, cache_dir(), BuildLog(console), tag=tag, force=True, rebuild_rootfs=rebuild_rootfs

@@ -412,7 +412,7 @@ class Engine:
         """This deployment's containers for inventory host `host` (several local nodes can share
         one engine)."""
         flt = {"label": [f"orchestrate.deployment={deployment}", f"orchestrate.host={host}"]}
-        found = self.call("ps", self.client.containers.list, all=True, filters=flt)
+        found = self.call("ps", self.client.containers.list, all=True, filters=flt, ignore_removed=True)
         return [ContainerInfo.of(c) for c in found]
 
     def container(self, name: str) -> ContainerInfo | None:

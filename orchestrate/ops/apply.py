@@ -237,11 +237,22 @@ class _Timer:
         self.events(phase, None, f"done in {self.report.phases[phase]:.1f}s")
 
 
-def _tail(s: Session, node: NodePlan, lines: int, limit: int = 8000) -> str:
-    """The last `lines` of the node's container log, masked ("" when it is gone or unreachable)."""
+def _quiet_tail(s: Session, node: NodePlan, lines: int) -> str:
+    """_tail for a message already being raised: a lost host only leaves the tail empty."""
     try:
-        c = _container(s, node)
-        raw = s.engine(node).logs(c, tail=lines) if c else b""
+        return _tail(s, node, lines)
+    except OrchestrateError:
+        return ""
+
+
+def _tail(s: Session, node: NodePlan, lines: int, limit: int = 8000) -> str:
+    """The last `lines` of the node's container log, masked ("" when it is gone or its log cannot
+    be read). Looking the container up raises for people when the host itself is lost."""
+    c = _container(s, node)
+    if c is None:
+        return ""
+    try:
+        raw = s.engine(node).logs(c, tail=lines)
     except OrchestrateError:
         return ""
     return secrets.masker(raw.decode("utf-8", "replace"))[-limit:]
@@ -579,7 +590,7 @@ def _wait_serving(s: Session) -> None:
         return
     raise GateError(
         f"vLLM at {plan.endpoint} was not healthy within {plan.startup_timeout:g}s (last: {reason})",
-        tail=_tail(s, plan.head, 40),
+        tail=_quiet_tail(s, plan.head, 40),
         hint="orchestrate logs head -f; raise serve.startup_timeout for big models",
     )
 

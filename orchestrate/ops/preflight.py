@@ -560,15 +560,7 @@ def image_facts(s: Session, node: NodePlan, image_id: str | None = None) -> dict
                 return {str(k): str(v) for k, v in facts.items()}
         except (OSError, ValueError):
             pass
-    out = engine.call(
-        "run",
-        engine.client.containers.run,
-        s.plan.image,
-        list(IMAGE_FACTS_ARGV[1:]),
-        entrypoint=IMAGE_FACTS_ARGV[0],
-        remove=True,
-        network_mode="none",
-    )
+    out = engine.run_once(s.plan.image, list(IMAGE_FACTS_ARGV[1:]), entrypoint=IMAGE_FACTS_ARGV[0])
     facts = parse_image_facts(out.decode())
     if cached is not None and set(facts) == {"RAY", "VLLM"}:
         try:
