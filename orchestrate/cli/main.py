@@ -24,6 +24,7 @@ from orchestrate.cli.options import (
     debug_log,
 )
 from orchestrate.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, OrchestrateError
+from orchestrate.waits import catch_sigint
 
 if TYPE_CHECKING:
     from orchestrate.cli.console import Console
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     from orchestrate.cli.console import Console, close_all
 
     console = Console()
+    catch_sigint()  # a Ctrl-C that lands in a finalizer is raised again by the next wait
     try:
         _main(argv, console)
     finally:

@@ -22,6 +22,7 @@ from orchestrate.events import Events, quiet
 from orchestrate.host.engine import ContainerInfo, Engine
 from orchestrate.host.session import Session
 from orchestrate.ops import checks
+from orchestrate.waits import sleep
 
 if TYPE_CHECKING:
     from orchestrate.ops.preflight import Replan
@@ -261,7 +262,7 @@ def watch(
         while True:
             t0 = time.monotonic()
             yield _snapshot(s, [_safe(s, n) for n in plan.nodes], api_key) | {"t": time.time()}
-            time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+            sleep(max(0.0, interval - (time.monotonic() - t0)))
 
 
 def changes(prev: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
