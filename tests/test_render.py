@@ -211,8 +211,15 @@ def test_spec_hash_changes_with_the_spec_only() -> None:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "inventory").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_inventories_are_valid(path: Path) -> None:
-    plan = _plan(path)
-    assert plan.world_size == plan.total_gpus
+    inv = inventory.load(path)
+    if inv.replicas.count > 1:  # tests/test_fleet.py
+        from orchestrate.core.fleet import build_fleet
+
+        plans = build_fleet(inv).replicas
+    else:
+        plans = (build_plan(inv),)
+    assert all(plan.world_size == plan.total_gpus for plan in plans)
+    assert sum(plan.total_gpus for plan in plans) == sum(h.gpus for h in inv.hosts)
 
 
 def test_local_demo_plan_uses_its_own_bridge_addresses() -> None:

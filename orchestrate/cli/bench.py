@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from orchestrate.cli.console import emit_json, emit_table, emit_text
-from orchestrate.cli.options import load_plan, resolve_inventory
+from orchestrate.cli.options import load_fleet, load_plan, resolve_inventory
 from orchestrate.core.secrets import masker
 from orchestrate.errors import OrchestrateError, UsageError
 from orchestrate.loadgen import (
@@ -122,7 +122,11 @@ def _target(
     """(url, served name, API key variable) from the inventory when one is needed."""
     if url and not inventory_file:
         return url, None, None
-    p = load_plan(resolve_inventory(inventory_file, getattr(ctx.obj, "inventory", None)))
+    path = resolve_inventory(inventory_file, getattr(ctx.obj, "inventory", None))
+    if (loaded := load_fleet(path)) is not None:  # replicas: through the router
+        one = loaded[0].replicas[0]
+        return url or loaded[0].endpoint, one.served_name, one.api_key_env
+    p = load_plan(path)
     return url or p.endpoint, p.served_name, p.api_key_env
 
 

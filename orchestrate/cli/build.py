@@ -34,7 +34,7 @@ def image() -> None:
 
 
 @image.command("build")
-@click.argument("kind", type=click.Choice(["vllm-cpu", "ray", "base"]), default="vllm-cpu")
+@click.argument("kind", type=click.Choice(["vllm-cpu", "ray", "smg", "base"]), default="vllm-cpu")
 @click.option(
     "--base",
     help="Base image (default: orchestrate/debian-py:bookworm or "
@@ -43,6 +43,7 @@ def image() -> None:
 @click.option(
     "--tag",
     help="Image tag (default orchestrate/vllm-cpu:0.32.0 / orchestrate/ray:2.60.0 / "
+    "orchestrate/smg:1.13.0 / "
     "orchestrate/debian-py:bookworm).",
 )
 @click.option(
@@ -52,7 +53,8 @@ def image() -> None:
 )
 @click.pass_obj
 def image_build(opts: Options, kind: str, base: str | None, tag: str | None, rebuild_rootfs: bool) -> None:
-    """Build the vLLM-on-CPU image (vllm-cpu + ray, with the packaging fixes), a Ray image, or
+    """Build the vLLM-on-CPU image (vllm-cpu + ray, with the packaging fixes), a Ray image, the
+    router (SMG) for replicas, or
     the Debian base they build on (debootstrap, no registry needed; re-imported when present)."""
     from orchestrate import images
 
@@ -61,13 +63,18 @@ def image_build(opts: Options, kind: str, base: str | None, tag: str | None, reb
         image_id = _build_base(tag or images.LOCAL_BASE, rebuild_rootfs, console)
     else:
         image_id = images.build_image(
-            kind,  # type: ignore[arg-type]  # click.Choice: vllm-cpu or ray here
+            kind,  # type: ignore[arg-type]  # click.Choice: vllm-cpu, ray or smg here
             tag=tag,
             base=base,
             cache_dir=cache_dir(),
             on_event=BuildLog(console),
         )
-    default = {"vllm-cpu": images.CPU_IMAGE, "ray": images.RAY_IMAGE, "base": images.LOCAL_BASE}[kind]
+    default = {
+        "vllm-cpu": images.CPU_IMAGE,
+        "ray": images.RAY_IMAGE,
+        "smg": images.SMG_IMAGE,
+        "base": images.LOCAL_BASE,
+    }[kind]
     emit_text(f"{tag or default} {image_id}")
 
 

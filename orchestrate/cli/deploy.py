@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from orchestrate.cli.console import emit_json, emit_table, emit_text
 from orchestrate.cli.options import (
     Options,
+    fleet_of,
     inventory_arg,
+    load_fleet,
     load_for_hosts,
     load_plan,
     plan_of,
     remember,
     resolve_inventory,
 )
-from orchestrate.errors import OrchestrateError
+from orchestrate.errors import OrchestrateError, UsageError
 from orchestrate.render import plan_data, plan_text
+
+if TYPE_CHECKING:
+    from orchestrate.core.fleet import Fleet
+    from orchestrate.core.plan import Plan
+    from orchestrate.ops.preflight import Replan
 
 
 @click.command()
@@ -40,6 +47,9 @@ def up(
 ) -> None:
     """Preflight, start head and workers, wait for Ray and vLLM, prove it serves."""
     path = resolve_inventory(inventory_file, opts.inventory)
+    if (fleet := load_fleet(path)) is not None:
+        _up_fleet(opts, path, fleet, dry_run, no_checks, skip_checks)
+        return
     plan, replan = load_for_hosts(path)
     if dry_run:
         emit_json(plan_data(plan)) if opts.output == "json" else emit_text(plan_text(plan))
@@ -55,6 +65,36 @@ def up(
     emit_text(
         f"ready: {report.endpoint}  model {plan.served_name}  {report.nodes} nodes, "
         f"{report.gpus} GPUs, backend {report.backend}\nphases: {phases}"
+    )
+
+
+def _up_fleet(
+    opts: Options,
+    path: str,
+    loaded: tuple[Fleet, list[Replan]],
+    dry_run: bool,
+    no_checks: bool,
+    skip_checks: tuple[str, ...],
+) -> None:
+    from orchestrate.ops import fleet as fleet_ops
+    from orchestrate.render import fleet_data, fleet_text
+
+    fleet, replans = loaded
+    if dry_run:
+        emit_json(fleet_data(fleet)) if opts.output == "json" else emit_text(fleet_text(fleet))
+        return
+    remember(path)
+    report = fleet_ops.up(
+        fleet, opts.console(), run_checks=not no_checks, skip_checks=skip_checks, replans=replans
+    )
+    if opts.output == "json":
+        emit_json(report.as_dict())
+        return
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items())
+    emit_text(
+        f"ready: {report.endpoint}  model {fleet.replicas[0].served_name}  {len(fleet.replicas)} "
+        f"replicas behind the router ({fleet.policy}), {report.nodes} nodes, {report.gpus} GPUs\n"
+        f"phases: {phases}"
     )
 
 
@@ -96,19 +136,24 @@ def preflight_cmd(opts: Options, inventory_file: str | None, skip: tuple[str, ..
     from orchestrate.host.session import Session
     from orchestrate.ops import preflight
 
-    plan, replan = load_for_hosts(resolve_inventory(inventory_file, opts.inventory))
-    with Session(plan, opts.console() if opts.verbose else _quiet) as s:
-        s.plan = preflight.plan_for_image(s, replan)  # as `up` will plan it for this image
-        rows = preflight.run(s, skip=skip)
-        if collective and not preflight.failures(rows):
-            from orchestrate.ops import collective as coll
+    path = resolve_inventory(inventory_file, opts.inventory)
+    loaded = load_fleet(path)
+    targets = list(zip(loaded[0].replicas, loaded[1], strict=True)) if loaded else [load_for_hosts(path)]
+    rows = []
+    for plan, replan in targets:  # replicas one after another: one table
+        with Session(plan, opts.console() if opts.verbose else _quiet) as s:
+            s.plan = preflight.plan_for_image(s, replan)  # as `up` will plan it for this image
+            got = preflight.run(s, skip=skip)
+            if collective and not preflight.failures(got):
+                from orchestrate.ops import collective as coll
 
-            rows += coll.run(s)
+                got += coll.run(s)
+        rows += [r if not loaded else preflight.tagged(r, plan.name) for r in got]
     if opts.output == "json":
         emit_json(preflight.table_dict(rows))
     else:
         emit_table(
-            f"preflight {plan.name}",
+            f"preflight {loaded[0].name if loaded else targets[0][0].name}",
             ["host", "check", "status", "message", "fix"],
             [(r.host, r.check, r.status, r.message, r.fix) for r in rows],
         )
@@ -126,8 +171,13 @@ def _quiet(phase: str, host: str | None, message: str) -> None:
 def down(opts: Options, inventory_file: str | None) -> None:
     """Stop and remove the deployment's containers (workers, then head). Idempotent."""
     from orchestrate.ops import apply
+    from orchestrate.ops import fleet as fleet_ops
 
-    removed = apply.down(plan_of(opts, inventory_file), opts.console())
+    fleet = fleet_of(opts, inventory_file)
+    if fleet is not None:
+        removed = fleet_ops.down(fleet, opts.console())
+    else:
+        removed = apply.down(plan_of(opts, inventory_file), opts.console())
     if opts.output == "json":
         emit_json({"removed": removed})
     else:
@@ -141,15 +191,41 @@ def status(opts: Options, inventory_file: str | None) -> None:
     """Per host: container state; Ray nodes and GPUs; vLLM health and key metrics."""
     from orchestrate.ops import apply, observe
 
-    plan, replan = load_for_hosts(resolve_inventory(inventory_file, opts.inventory))
-    api_key = apply.resolve_secrets(plan).get("VLLM_API_KEY") if plan.api_key_env else None
-    data = observe.status(plan, opts.console(), api_key, replan=replan)
-    if opts.output == "json":
-        emit_json(data)
+    path = resolve_inventory(inventory_file, opts.inventory)
+    if (loaded := load_fleet(path)) is not None:
+        from orchestrate.ops import fleet as fleet_ops
+
+        data = fleet_ops.status(loaded[0], opts.console(), replans=loaded[1])
+        emit_json(data) if opts.output == "json" else _fleet_status_text(data)
     else:
-        _status_text(data)
+        plan, replan = load_for_hosts(path)
+        api_key = apply.resolve_secrets(plan).get("VLLM_API_KEY") if plan.api_key_env else None
+        data = observe.status(plan, opts.console(), api_key, replan=replan)
+        emit_json(data) if opts.output == "json" else _status_text(data)
     if not data["healthy"]:
         sys.exit(1)
+
+
+def _fleet_status_text(data: dict[str, Any]) -> None:
+    """Each replica as `status` shows one, then the router: its container and, per replica, the
+    router's view (in routing or not, requests it sent there)."""
+    for replica in data["replicas"]:
+        _status_text(replica)
+        emit_text("")
+    r = data["router"]
+    host = (r.get("hosts") or [{}])[0]
+    rows = [
+        (url, "in routing" if w.get("health") == 1 else "OUT of routing", f"{w.get('requests', 0):g}")
+        for url, w in sorted((r.get("workers") or {}).items())
+    ]
+    emit_table(
+        f"router {data['endpoint']} ({r['policy']}): container {host.get('state', '?')}, "
+        f"{r.get('healthy_workers', 0)}/{len(data['replicas'])} replicas ready"
+        + (f" ({r['reason']})" if r.get("reason") else ""),
+        ["replica", "router says", "requests routed"],
+        rows,
+    )
+    emit_text(f"deployment {data['deployment']}: {'healthy' if data['healthy'] else 'NOT healthy'}")
 
 
 def _status_text(data: dict[str, Any]) -> None:
@@ -222,7 +298,13 @@ def watch(opts: Options, inventory_file: str | None, interval: float, count: int
 
     from orchestrate.ops import apply, observe
 
-    plan, _ = load_for_hosts(resolve_inventory(inventory_file, opts.inventory))
+    path = resolve_inventory(inventory_file, opts.inventory)
+    if load_fleet(path) is not None:
+        raise UsageError(
+            "watch follows one group; with replicas, watch one of them or the router",
+            hint="orchestrate status (every replica and the router); orchestrate logs router --follow",
+        )
+    plan, _ = load_for_hosts(path)
     api_key = apply.resolve_secrets(plan).get("VLLM_API_KEY") if plan.api_key_env else None
     live = opts.output != "json" and sys.stdout.isatty()
     prev: dict[str, Any] | None = None
@@ -338,7 +420,24 @@ def logs(
     """Container output of NODE (head, worker-N or an inventory host name): Ray and vLLM."""
     from orchestrate.ops import observe
 
-    observe.logs(plan_of(opts, inventory_file), node, follow=follow, tail=tail, since=since)
+    fleet = fleet_of(opts, inventory_file)
+    plan, node = _fleet_node(fleet, node) if fleet is not None else (plan_of(opts, inventory_file), node)
+    observe.logs(plan, node, follow=follow, tail=tail, since=since)
+
+
+def _fleet_node(fleet: Fleet, selector: str) -> tuple[Plan, str]:
+    """`router`, `rK` (replica K's head) or `rK:NODE` (head, worker-N or a host name)."""
+    if selector == "router":
+        return fleet.router, "head"
+    replica, _, node = selector.partition(":")
+    try:
+        return fleet.replica(replica), node or "head"
+    except KeyError:
+        names = ", ".join(["router", *(f"r{k}, r{k}:worker-1" for k in range(len(fleet.replicas)))][:4])
+        raise UsageError(
+            f"no node {selector!r} in {fleet.name} (replicas behind a router)",
+            hint=f"router, rK for replica K's head, rK:NODE for its other nodes (e.g. {names})",
+        ) from None
 
 
 @click.command()
@@ -347,8 +446,13 @@ def logs(
 def check(opts: Options, inventory_file: str | None) -> None:
     """Run the post's curl checks: /health, /v1/models, a chat completion and a streamed one."""
     from orchestrate.ops import apply
+    from orchestrate.ops import fleet as fleet_ops
 
-    results = apply.check(plan_of(opts, inventory_file), opts.console())
+    fleet = fleet_of(opts, inventory_file)
+    if fleet is not None:
+        results = fleet_ops.check(fleet, opts.console())
+    else:
+        results = apply.check(plan_of(opts, inventory_file), opts.console())
     if opts.output == "json":
         emit_json([r.as_dict() for r in results])
 

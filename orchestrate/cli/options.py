@@ -16,6 +16,8 @@ import click
 
 if TYPE_CHECKING:
     from orchestrate.cli.console import Console
+    from orchestrate.core.fleet import Fleet
+    from orchestrate.core.inventory import Inventory
     from orchestrate.core.plan import Plan
     from orchestrate.ops.preflight import Replan
 
@@ -24,7 +26,9 @@ __all__ = [
     "Options",
     "cache_dir",
     "debug_log",
+    "fleet_of",
     "inventory_arg",
+    "load_fleet",
     "load_for_hosts",
     "load_plan",
     "plan_of",
@@ -95,6 +99,31 @@ def load_plan(path: str) -> Plan:
     from orchestrate.core.plan import build_plan
 
     return build_plan(load(path))
+
+
+def load_fleet(path: str) -> tuple[Fleet, list[Replan]] | None:
+    """Replicas behind a router (replicas.count > 1): the fleet and, per replica, how to plan it
+    again for its image (as load_for_hosts); None for an inventory of one group."""
+    from orchestrate.core.fleet import build_fleet
+    from orchestrate.core.inventory import load, replica_inventories
+    from orchestrate.core.plan import build_plan
+
+    inv = load(path)
+    if inv.replicas.count == 1:
+        return None
+
+    def replan_for(sub: Inventory) -> Replan:
+        def replan(version: str | None, has_ray: bool) -> Plan:
+            return build_plan(sub, vllm_version=sub.vllm_version or version, image_has_ray=has_ray)
+
+        return replan
+
+    return build_fleet(inv), [replan_for(sub) for sub in replica_inventories(inv)]
+
+
+def fleet_of(opts: Options, explicit: str | None) -> Fleet | None:
+    loaded = load_fleet(resolve_inventory(explicit, opts.inventory))
+    return loaded[0] if loaded else None
 
 
 def plan_of(opts: Options, explicit: str | None) -> Plan:

@@ -11,15 +11,18 @@ import click
 from orchestrate.cli.console import emit_json, emit_text
 from orchestrate.cli.options import (
     Options,
+    fleet_of,
     inventory_arg,
+    load_fleet,
     load_plan,
     plan_of,
     resolve_inventory,
 )
 from orchestrate.errors import OrchestrateError, UsageError
-from orchestrate.render import plan_data, plan_text, rendered
+from orchestrate.render import fleet_data, fleet_text, plan_data, plan_text, rendered, rendered_fleet
 
 if TYPE_CHECKING:
+    from orchestrate.core.fleet import Fleet
     from orchestrate.core.plan import Plan
 
 
@@ -29,6 +32,25 @@ if TYPE_CHECKING:
 def validate(opts: Options, inventory_file: str | None) -> None:
     """Check an inventory; one line per problem, exit 2 when invalid."""
     path = resolve_inventory(inventory_file, opts.inventory)
+    if (loaded := load_fleet(path)) is not None:
+        fleet = loaded[0]
+        one = fleet.replicas[0]
+        if opts.output == "json":
+            emit_json(
+                {
+                    "inventory": path,
+                    "valid": True,
+                    "world_size": one.world_size,
+                    "replicas": len(fleet.replicas),
+                }
+            )
+        else:
+            emit_text(
+                f"{path}: ok ({len(fleet.replicas)} replicas of TP={one.tensor_parallel} x "
+                f"PP={one.pipeline_parallel}, {sum(p.total_gpus for p in fleet.replicas)} GPUs, "
+                f"router on {fleet.router.head.host}:{fleet.router_port}, {one.backend})"
+            )
+        return
     plan = load_plan(path)
     if opts.output == "json":
         emit_json({"inventory": path, "valid": True, "world_size": plan.world_size})
@@ -65,9 +87,19 @@ def plan_cmd(opts: Options, inventory_file: str | None, model_config: str | None
     """Print what would run on each host (secrets are shown as ${VAR} references)."""
     if compare and not model_config:
         raise UsageError("--compare needs --model-config config.json (the model to lay out)")
-    plan = plan_of(opts, inventory_file)
+    fleet = fleet_of(opts, inventory_file)
+    if fleet is not None and not model_config:
+        if opts.output == "json":
+            emit_json(fleet_data(fleet))
+        elif opts.target == "docker":
+            emit_text(fleet_text(fleet))
+        else:
+            _render_fleet_to(opts, fleet, None, "deployment")
+        return
+    plan = fleet.replicas[0] if fleet is not None else plan_of(opts, inventory_file)
     if model_config and compare:
-        _print_compare(opts, plan, model_config)
+        hosts = len({n.host for p in fleet.replicas for n in p.nodes}) if fleet else len(plan.nodes)
+        _print_compare(opts, plan, model_config, hosts, replicated=fleet is not None)
         return
     if model_config:
         _print_fit(opts, plan, model_config)
@@ -103,7 +135,7 @@ def _print_fit(opts: Options, plan: Plan, config_path: str) -> None:
     emit_text("\n".join([*report.lines(), f"suggested: TP {best.tp} x PP {best.pp}"]))
 
 
-def _print_compare(opts: Options, plan: Plan, config_path: str) -> None:
+def _print_compare(opts: Options, plan: Plan, config_path: str, n_hosts: int, replicated: bool) -> None:
     """`plan --model-config --compare`: fit.compare over all the inventory's GPUs. The inventory's
     own layout is checked by preflight.fit_report, the function behind `plan --model-config` and the
     preflight fit check, and every other row with the same memory, utilization and max_model_len."""
@@ -120,19 +152,19 @@ def _print_compare(opts: Options, plan: Plan, config_path: str) -> None:
         report = preflight.fit_report(plan, config, plan.gpu_memory_gib)
         rows = fit.compare(
             report.shape,
-            n_hosts=len(plan.nodes),
+            n_hosts=n_hosts,
             gpus_per_host=plan.head.gpus,
             gpu_memory_gib=report.gpu_memory_gib,
             gpu_memory_utilization=report.gpu_memory_utilization,
             max_model_len=report.max_model_len,
-            current=(report.tp, report.pp),
+            current=None if replicated else (report.tp, report.pp),
             interconnect="ethernet" if ethernet else "the network",
         )
         best = fit.suggest(
             report.shape,
             plan.head.gpus,
             plan.gpu_memory_gib,
-            len(plan.nodes),
+            n_hosts,
             report.max_model_len,
             gpu_memory_utilization=report.gpu_memory_utilization,
         )
@@ -142,7 +174,7 @@ def _print_compare(opts: Options, plan: Plan, config_path: str) -> None:
         emit_json(
             {
                 "model": report.shape.name,
-                "hosts": len(plan.nodes),
+                "hosts": n_hosts,
                 "gpus_per_host": plan.head.gpus,
                 "gpu_memory_gib": report.gpu_memory_gib,
                 "gpu_memory_utilization": report.gpu_memory_utilization,
@@ -166,6 +198,15 @@ def _print_compare(opts: Options, plan: Plan, config_path: str) -> None:
     emit_text("\n".join(lines))
 
 
+def _render_fleet_to(opts: Options, fleet: Fleet, out_dir: str | None, flavor: str) -> None:
+    if opts.target == "k8s":
+        from orchestrate.render import k8s as k8s_r
+
+        for line in dict.fromkeys(x for p in fleet.replicas for x in k8s_r.node_warnings(p)):
+            click.echo(f"warning: {line}", err=True)
+    _write(opts, rendered_fleet(opts.target, fleet, flavor), out_dir)
+
+
 def _render_to(opts: Options, plan: Plan, out_dir: str | None, flavor: str) -> None:
     files = rendered(opts.target, plan, flavor)
     if opts.target == "k8s":
@@ -173,6 +214,10 @@ def _render_to(opts: Options, plan: Plan, out_dir: str | None, flavor: str) -> N
 
         for line in k8s_r.node_warnings(plan):
             click.echo(f"warning: {line}", err=True)
+    _write(opts, files, out_dir)
+
+
+def _write(opts: Options, files: dict[str, str], out_dir: str | None) -> None:
     if out_dir is None:
         emit_text(
             "---\n".join(files.values())
@@ -199,6 +244,10 @@ def _render_to(opts: Options, plan: Plan, out_dir: str | None, flavor: str) -> N
 @click.pass_obj
 def render(opts: Options, inventory_file: str | None, out_dir: str | None, flavor: str) -> None:
     """Render the plan for --target (k8s manifests, compose files, docker commands)."""
+    fleet = fleet_of(opts, inventory_file)
+    if fleet is not None:
+        _render_fleet_to(opts, fleet, out_dir, flavor)
+        return
     _render_to(opts, plan_of(opts, inventory_file), out_dir, flavor)
 
 

@@ -176,6 +176,11 @@ class Host(Strict):
     # ssh.host when that is a name, else the address (render warns)
     k8s_node: Text | None = None
     env: dict[EnvName, EnvValue] = {}  # added to (and overriding) the deployment's env on this host
+    # pin these GPU indices (NVIDIA's device ids) instead of asking the runtime for `gpus` of any;
+    # replicas that share a host get theirs from orchestrate
+    gpu_ids: Annotated[list[Annotated[int, Field(ge=0, le=63, strict=True)]], Field(max_length=64)] | None = (
+        None
+    )
 
 
 def _subnet(value: str) -> str:
@@ -336,6 +341,49 @@ class Images(Strict):
     head_registry: HeadRegistry = HeadRegistry()
 
 
+ROUTER_IMAGE = "orchestrate/smg:1.13.0"  # `orchestrate image build smg`: SMG from PyPI, offline
+ROUTER_POLICIES = (
+    "cache_aware",
+    "round_robin",
+    "power_of_two",
+    "least_load",
+    "prefix_hash",
+    "consistent_hashing",
+    "random",
+)
+
+
+class Router(Strict):
+    """The router in front of the replicas: SMG (`smg launch`), one container, host networking."""
+
+    image: Image = ROUTER_IMAGE
+    host: Name | None = None  # the inventory host that runs it; default: the first host
+    port: Port = 30000  # the endpoint users get
+    metrics_port: Port = 29000  # Prometheus: smg_worker_requests_total{worker}, smg_worker_health
+    policy: Literal[
+        "cache_aware",
+        "round_robin",
+        "power_of_two",
+        "least_load",
+        "prefix_hash",
+        "consistent_hashing",
+        "random",
+    ] = "cache_aware"
+    health_interval: Annotated[float, Field(ge=1, le=3600)] = 5  # a probe of each replica's /health
+    health_failures: Annotated[int, Field(ge=1, le=100, strict=True)] = 3  # in a row: out of routing
+    health_successes: Annotated[int, Field(ge=1, le=100, strict=True)] = 2  # in a row: back in
+    retries: Annotated[int, Field(ge=0, le=20, strict=True)] = 3  # another replica, on 5xx or refused
+    request_timeout: Seconds = 600
+    extra_args: Annotated[list[Arg], Field(max_length=256)] = []
+
+
+class Replicas(Strict):
+    """N copies of the serve group (each TP x PP on its own hosts or GPUs) behind one router."""
+
+    count: Annotated[int, Field(ge=1, le=256, strict=True)] = 1
+    router: Router = Router()
+
+
 class Inventory(Strict):
     version: Literal[1] = 1
     name: Name
@@ -360,11 +408,13 @@ class Inventory(Strict):
     checks: Checks = Checks()
     env: dict[EnvName, EnvValue] = {}
     secrets: dict[EnvName, SecretRef] = {}
+    replicas: Replicas = Replicas()
     hosts: Annotated[list[Host], Field(min_length=1, max_length=256)]
 
     @property
     def head(self) -> Host:
-        return next(h for h in self.hosts if h.role == "head")
+        """The head (with replicas: the first replica's head, which is the first host)."""
+        return next((h for h in self.hosts if h.role == "head"), self.hosts[0])
 
     @property
     def workers(self) -> list[Host]:
@@ -390,7 +440,14 @@ def cross_check(inv: Inventory) -> list[str]:
     """Rules that span fields; each problem names a field path."""
     problems: list[str] = []
     heads = [i for i, h in enumerate(inv.hosts) if h.role == "head"]
-    if len(heads) != 1:
+    if inv.replicas.count > 1:
+        problems += [
+            f"hosts[{i}].role: with replicas, the first host of each replica is its head; "
+            "remove role (or keep role: head on hosts[0] only)"
+            for i in heads
+            if i
+        ]
+    elif len(heads) != 1:
         where = ", ".join(f"hosts[{i}]" for i in heads) or "no host"
         problems.append(f"hosts: exactly one host needs role: head (found {len(heads)}: {where})")
     for key in ("name", "address"):
@@ -400,8 +457,12 @@ def cross_check(inv: Inventory) -> list[str]:
             if value in seen:
                 problems.append(f"hosts[{i}].{key}: {value!r} is already used by hosts[{seen[value]}]")
             seen.setdefault(value, i)
-    problems += _check_gpus(inv)
-    problems += _check_ports(inv)
+    problems += [p for i, h in enumerate(inv.hosts) for p in _check_gpu_ids(i, h)]
+    if inv.replicas.count > 1:
+        problems += _check_replicas(inv)
+    else:
+        problems += _check_gpus(inv)
+        problems += _check_ports(inv)
     problems += _check_network(inv)
     if not inv.serve.start and inv.backend == "mp":
         problems.append("serve.start: false needs backend: ray (with mp, the containers are vLLM)")
@@ -433,6 +494,152 @@ def _check_gpus(inv: Inventory) -> list[str]:
             "each; a tensor-parallel group must fill whole hosts or divide one host"
         ]
     return []
+
+
+def _check_gpu_ids(i: int, host: Host) -> list[str]:
+    if host.gpu_ids is None:
+        return []
+    if len(host.gpu_ids) != host.gpus or len(set(host.gpu_ids)) != host.gpus:
+        return [f"hosts[{i}].gpu_ids: give {host.gpus} different GPU indices (gpus: {host.gpus})"]
+    return []
+
+
+def replica_layout(inv: Inventory) -> tuple[int, int, str | None]:
+    """(replicas per host, hosts per replica, problem) for replicas.count groups of TP x PP GPUs
+    laid out in host order: several replicas on a host (each pinned to its own GPUs) when one
+    replica fits in a host, else each replica on its own consecutive hosts."""
+    n = inv.replicas.count
+    tp, pp = inv.serve.tensor_parallel_size, inv.serve.pipeline_parallel_size
+    world, total = tp * pp, sum(h.gpus for h in inv.hosts)
+    counts = sorted({h.gpus for h in inv.hosts})
+    if n * world != total:
+        return (
+            0,
+            0,
+            (
+                f"replicas.count x tensor_parallel_size x pipeline_parallel_size = {n} x {tp} x {pp} "
+                f"= {n * world} but the hosts have {total} GPUs in total; they must be equal"
+            ),
+        )
+    if len(counts) > 1:
+        return 0, 0, f"hosts: every host must have the same number of gpus (found {counts})"
+    g = counts[0]
+    if world <= g:
+        if g % world:
+            return (
+                0,
+                0,
+                (
+                    f"serve: a replica needs {world} GPUs, which do not divide a host's {g}; "
+                    "replicas that share a host split its GPUs evenly"
+                ),
+            )
+        return g // world, 1, None
+    if world % g or (tp % g and g % tp):
+        return (
+            0,
+            0,
+            (
+                f"serve.tensor_parallel_size: {tp} x pipeline {pp} cannot be laid out on hosts with "
+                f"{g} GPUs each; a replica must fill whole hosts or divide one host"
+            ),
+        )
+    return 1, world // g, None
+
+
+def replica_inventories(inv: Inventory) -> list[Inventory]:
+    """One inventory per replica, named NAME-rK: its hosts (the first is its head), its GPUs
+    (pinned when replicas share a host) and its ports (shifted by the replica's place on a
+    shared host: serve.port + j, watchdog.port + j, mp.master_port + j, network.vllm_port + 16 j).
+    Pure; each one is what `orchestrate up` would be given for that replica alone."""
+    per_host, hosts_per, problem = replica_layout(inv)
+    if problem:
+        raise InventoryError([problem])
+    world = inv.serve.tensor_parallel_size * inv.serve.pipeline_parallel_size
+    out = []
+    for k in range(inv.replicas.count):
+        j = k % per_host  # this replica's place on a shared host
+        first = (k // per_host) * hosts_per
+        hosts = []
+        for n, host in enumerate(inv.hosts[first : first + hosts_per]):
+            update: dict[str, Any] = {"role": "head" if n == 0 else "worker"}
+            if per_host > 1:
+                base = host.gpu_ids or list(range(host.gpus))
+                update |= {"gpus": world, "gpu_ids": base[j * world : (j + 1) * world]}
+            hosts.append(host.model_copy(update=update))
+        out.append(
+            inv.model_copy(
+                update={
+                    "name": f"{inv.name}-r{k}",
+                    "namespace": inv.namespace or inv.name,
+                    "replicas": Replicas(),
+                    "hosts": hosts,
+                    # one node each: auto means mp (and its ports, not Ray's, are reserved)
+                    "backend": "mp" if per_host > 1 else inv.backend,
+                    "serve": inv.serve.model_copy(update={"port": inv.serve.port + j}),
+                    "watchdog": inv.watchdog.model_copy(update={"port": inv.watchdog.port + j}),
+                    "mp": inv.mp.model_copy(update={"master_port": inv.mp.master_port + j}),
+                    "network": inv.network.model_copy(
+                        update={"vllm_port": inv.network.vllm_port + VLLM_PORT_SPAN * j}
+                    ),
+                }
+            )
+        )
+    return out
+
+
+def router_host(inv: Inventory) -> Host:
+    want = inv.replicas.router.host
+    return next((h for h in inv.hosts if h.name == want), inv.hosts[0])
+
+
+def _check_replicas(inv: Inventory) -> list[str]:
+    per_host, _, problem = replica_layout(inv)
+    if problem:
+        return [problem]
+    r = inv.replicas.router
+    problems = []
+    if r.host is not None and r.host not in {h.name for h in inv.hosts}:
+        problems.append(f"replicas.router.host: {r.host!r} is not one of the hosts' names")
+    if per_host > 1 and (inv.backend == "ray" or not inv.serve.start):
+        problems.append(
+            "backend: ray: replicas that share a host run one node each; use backend: auto or mp "
+            "(two Ray clusters on one host would need disjoint port ranges)"
+            if inv.serve.start
+            else "serve.start: false (a Ray cluster only) cannot be replicated"
+        )
+    if len(f"{inv.name}-r{inv.replicas.count - 1}") > 42:
+        problems.append(f"name: {inv.name!r} is too long for replica names like {inv.name}-r0")
+    if problems:
+        return problems
+    subs = replica_inventories(inv)
+    for k, sub in enumerate(subs):
+        problems += [f"replicas[{k}]: {p}" for p in _check_gpus(sub) + _check_ports(sub)]
+    return problems + _check_shared_ports(inv, subs)
+
+
+def _check_shared_ports(inv: Inventory, subs: list[Inventory]) -> list[str]:
+    """Replicas on one host, and the router on its host, must not share a port."""
+    r = inv.replicas.router
+    taken: dict[tuple[str, int], str] = {}
+    where = router_host(inv).name
+    problems = []
+    if r.port == r.metrics_port:
+        problems.append(f"replicas.router.metrics_port: {r.port} is also replicas.router.port")
+    taken[(where, r.port)] = "replicas.router.port"
+    taken[(where, r.metrics_port)] = "replicas.router.metrics_port"
+    for k, sub in enumerate(subs):
+        singles, ranges = port_fields(sub)
+        ports = [(f, p) for f, p in singles.items()]
+        ports += [(f, p) for f, (a, b) in ranges.items() for p in (a, b) if b - a < 1000]
+        for host in sub.hosts:
+            for field, port in ports:
+                other = taken.setdefault((host.name, port), f"replicas[{k}].{field}")
+                if other != f"replicas[{k}].{field}" and not other.startswith(f"replicas[{k}]."):
+                    problems.append(
+                        f"replicas[{k}].{field}: port {port} on {host.name} is already used by {other}"
+                    )
+    return problems
 
 
 def _check_network(inv: Inventory) -> list[str]:

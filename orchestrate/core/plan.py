@@ -90,10 +90,15 @@ class ContainerSpec:
     ipv4_address: str | None = None  # ... with this container's address on it
     # PID 1 around entrypoint + command, with restart policy always (watchdog.enabled)
     supervisor: SupervisorSpec | None = None
+    gpu_ids: tuple[str, ...] = ()  # these GPUs (device ids) instead of `gpus` of any
+    restart_always: bool = False  # restart policy always without a supervisor (the router)
 
     def spec_hash(self) -> str:
         data = asdict(self)
         data["labels"] = [kv for kv in self.labels if kv[0] != LABEL_HASH]
+        for key in ("gpu_ids", "restart_always"):  # added later: a spec without them hashes as
+            if not data[key]:  # before, so an upgrade re-creates nothing
+                del data[key]
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -306,6 +311,11 @@ def check_flags(plan: Plan) -> None:
 
 def build_plan(inv: Inventory, *, vllm_version: str | None = None, image_has_ray: bool | None = None) -> Plan:
     """vllm_version / image_has_ray: what preflight read from the image (overrides the inventory)."""
+    if inv.replicas.count > 1:
+        raise UsageError(
+            f"{inv.name}: replicas.count {inv.replicas.count}: this is a fleet of replicas, not one group",
+            hint="orchestrate.core.fleet.build_fleet plans it (the CLI does so by itself)",
+        )
     version = vllm_version or inv.vllm_version
     backend, reason = choose_backend(inv, version, image_has_ray)
     if backend != inv.backend:
@@ -507,6 +517,7 @@ def _container(inv: Inventory, host: Host, rank: int, role: Role, nic: str) -> C
         mounts=(Mount(inv.model.host_dir, inv.model.container_dir, read_only=True),),
         shm_size=inv.container.shm_size,
         gpus=host.gpus if inv.accelerator == "nvidia" else 0,
+        gpu_ids=tuple(str(g) for g in host.gpu_ids or ()) if inv.accelerator == "nvidia" else (),
         privileged=inv.container.privileged,
         ipc=inv.container.ipc,
         stop_timeout=inv.container.stop_timeout,

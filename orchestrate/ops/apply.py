@@ -324,6 +324,21 @@ def up(
     return report
 
 
+def diff(s: Session) -> Changes:
+    """What reconcile says to do with the session's plan (create, replace, keep) per node."""
+    return _diff(s)
+
+
+def start_container(s: Session, node: NodePlan, secret_values: dict[str, str]) -> None:
+    """Create and start the node's planned container (its old one already removed)."""
+    _start(s, node, secret_values)
+
+
+def quiet_tail(s: Session, node: NodePlan, lines: int) -> str:
+    """The node's last log lines, masked; "" when they cannot be read."""
+    return _quiet_tail(s, node, lines)
+
+
 def _diff(s: Session) -> Changes:
     observed = dict(
         zip(
@@ -610,7 +625,13 @@ def _serve_progress(s: Session, shown: dict[str, str]) -> dict[str, str]:
 
 
 def _checks(plan: Plan, events: Events, api_key: str | None) -> list[checks.CheckResult]:
-    results = checks.run_checks(plan, plan.endpoint, api_key)
+    return run_checks_at(plan, plan.endpoint, events, api_key)
+
+
+def run_checks_at(plan: Plan, endpoint: str, events: Events, api_key: str | None) -> list[checks.CheckResult]:
+    """The serving checks of this plan's model at `endpoint` (its own, or the router in front);
+    ChecksError when one fails."""
+    results = checks.run_checks(plan, endpoint, api_key)
     for r in results:
         extra = f", first token {r.ttft_ms:.0f} ms" if r.ttft_ms is not None else ""
         events(

@@ -33,6 +33,11 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+def why(exc: httpx.HTTPError) -> str:
+    """One line for people: what an HTTP call ran into."""
+    return _why(exc)
+
+
 def _why(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__})"

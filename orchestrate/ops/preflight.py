@@ -18,7 +18,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +42,11 @@ class Row:
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
+
+
+def tagged(row: Row, replica: str) -> Row:
+    """A replica's row in one table of several replicas: the host is named with its replica."""
+    return replace(row, host=f"{row.host} ({replica})")
 
 
 CheckFn = Callable[[Session, NodePlan], Row]

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from orchestrate.core.fleet import Fleet
     from orchestrate.core.plan import Plan
 
-__all__ = ["plan_data", "plan_text", "rendered"]
+__all__ = ["fleet_data", "fleet_text", "plan_data", "plan_text", "rendered", "rendered_fleet"]
 
 
 def plan_data(plan: Plan) -> dict[str, Any]:
@@ -77,3 +78,47 @@ def rendered(target: str, plan: Plan, flavor: str) -> dict[str, str]:
             files[compose_r.SUPERVISOR_FILE] = bundle("supervisor")
         return files
     return {f"{plan.name}.sh": "#!/bin/sh\n" + plan_text(plan) + "\n"}
+
+
+def fleet_data(fleet: Fleet) -> dict[str, Any]:
+    """Replicas and router as JSON-able data (`orchestrate plan --output json` with replicas)."""
+    from orchestrate.render import fleet as fleet_r
+
+    return fleet_r.data(fleet, plan_data)
+
+
+def fleet_text(fleet: Fleet) -> str:
+    from orchestrate.render import fleet as fleet_r
+
+    return fleet_r.text(fleet, plan_text)
+
+
+def rendered_fleet(target: str, fleet: Fleet, flavor: str) -> dict[str, str]:
+    """`rendered` for replicas behind a router: one k8s file (every replica and the router),
+    one compose file per host (the router in its host's file), or the plan text as a script."""
+    from orchestrate.render import compose as compose_r
+    from orchestrate.render import fleet as fleet_r
+    from orchestrate.render.yamlio import dump, dump_all
+
+    header = f"# Rendered by orchestrate from deployment {fleet.name!r}. Do not edit by hand.\n"
+    if target == "k8s":
+        suffix = "-lws" if flavor == "lws" else ""
+        docs = fleet_r.k8s(fleet, "lws" if flavor == "lws" else "deployment")
+        files = {f"{fleet.name}{suffix}.yaml": dump_all(docs, header)}
+        secrets = fleet_r.k8s_secrets(fleet)
+        if secrets:
+            files[f"{fleet.name}-secrets.yaml"] = dump_all(
+                secrets, header + "# TEMPLATES: replace every placeholder before applying.\n"
+            )
+        return files
+    if target == "compose":
+        files = {
+            f"{host}.yaml": dump(doc, header + f"# docker compose -f {host}.yaml up -d  (on host {host})\n")
+            for host, doc in fleet_r.compose(fleet).items()
+        }
+        if any(n.container.supervisor for p in fleet.replicas for n in p.nodes):
+            from orchestrate.agents import bundle
+
+            files[compose_r.SUPERVISOR_FILE] = bundle("supervisor")
+        return files
+    return {f"{fleet.name}.sh": "#!/bin/sh\n" + fleet_text(fleet) + "\n"}

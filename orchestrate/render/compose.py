@@ -41,6 +41,11 @@ def _network(spec: ContainerSpec) -> dict[str, Any]:
     return {"network_mode": spec.network_mode}
 
 
+def service(node: NodePlan) -> dict[str, Any]:
+    """The compose service of one node's container (the router's too)."""
+    return _service(node)
+
+
 def _service(node: NodePlan) -> dict[str, Any]:
     spec = node.container
     env = {k: _lit(v) for k, v in spec.env}
@@ -70,13 +75,14 @@ def _service(node: NodePlan) -> dict[str, Any]:
         "volumes": volumes,
         "labels": dict(spec.labels),
         "stop_grace_period": f"{spec.stop_timeout}s",
-        "restart": RESTART_POLICY if spec.supervisor is not None else "no",
+        "restart": RESTART_POLICY if spec.supervisor is not None or spec.restart_always else "no",
     }
     if spec.ipc == "host":
         svc["ipc"] = "host"
     if spec.privileged:
         svc["privileged"] = True
-    if spec.gpus:
-        device = {"driver": "nvidia", "count": spec.gpus, "capabilities": ["gpu"]}
+    if spec.gpu_ids or spec.gpus:  # compose: count and device_ids are mutually exclusive
+        which = {"device_ids": list(spec.gpu_ids)} if spec.gpu_ids else {"count": spec.gpus}
+        device: dict[str, Any] = {"driver": "nvidia", **which, "capabilities": ["gpu"]}
         svc["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
     return svc

@@ -47,14 +47,16 @@ def run_kwargs(spec: ContainerSpec, secrets: Mapping[str, str]) -> dict[str, Any
         ],
         "detach": True,
     }
-    if spec.supervisor is not None:
+    if spec.supervisor is not None or spec.restart_always:
         kwargs["restart_policy"] = {"Name": RESTART_POLICY}
     if spec.ipc == "host":
         kwargs["ipc_mode"] = "host"
     if spec.ipv4_address:
         kwargs["network"] = spec.network_mode
         kwargs["networking_config"] = {spec.network_mode: {"ipv4_address": spec.ipv4_address}}
-    if spec.gpus:
+    if spec.gpu_ids:
+        kwargs["device_requests"] = [{"device_ids": list(spec.gpu_ids), "capabilities": [["gpu"]]}]
+    elif spec.gpus:
         kwargs["device_requests"] = [{"count": spec.gpus, "capabilities": [["gpu"]]}]
     return kwargs
 
@@ -65,13 +67,15 @@ def describe(spec: ContainerSpec) -> list[str]:
     if spec.ipv4_address:
         argv.append(f"--ip={spec.ipv4_address}")
     argv += [f"--shm-size={spec.shm_size}"]
-    if spec.supervisor is not None:
+    if spec.supervisor is not None or spec.restart_always:
         argv.append(f"--restart={RESTART_POLICY}")
     if spec.ipc == "host":
         argv.append("--ipc=host")
     if spec.privileged:
         argv.append("--privileged")
-    if spec.gpus:
+    if spec.gpu_ids:
+        argv.append(f'--gpus="device={",".join(spec.gpu_ids)}"')
+    elif spec.gpus:
         argv.append(f"--gpus={spec.gpus}")
     for m in spec.mounts:
         argv += ["-v", f"{m.source}:{m.target}{':ro' if m.read_only else ''}"]
