@@ -41,6 +41,10 @@ BENCHMARKS: dict[str, tuple[str, list[str] | None]] = {
         "self-healing: faults on a serving 2-host group, time to detect and to serve again",
         ["bench/p7_heal.py"],
     ),
+    "P8": (
+        "2 replicas behind the router vs 1 pipeline (PP 2) over the same 2 hosts; router overhead",
+        ["bench/p8_replicas.py"],
+    ),
 }
 
 

@@ -244,7 +244,7 @@ def base_image() -> str:
 def _build(kind: str, base: str) -> str:
     from orchestrate import images
 
-    tag = images.RAY_IMAGE if kind == "ray" else images.CPU_IMAGE
+    tag = {"ray": images.RAY_IMAGE, "smg": images.SMG_IMAGE}.get(kind, images.CPU_IMAGE)
     images.build_image(
         kind,
         tag=tag,
@@ -258,6 +258,12 @@ def _build(kind: str, base: str) -> str:
 @pytest.fixture(scope="session")
 def ray_image(base_image: str) -> str:
     return _build("ray", base_image)
+
+
+@pytest.fixture(scope="session")
+def smg_image(base_image: str) -> str:
+    """SMG, the router in front of replicas (48 MB wheelhouse from PyPI, cached)."""
+    return _build("smg", base_image)
 
 
 @pytest.fixture(scope="session")
