@@ -325,3 +325,14 @@ def test_plan_data_lists_replicas_and_router() -> None:
     assert data["endpoint"] == "http://192.168.30.4:30000"
     assert [r["name"] for r in data["replicas"]] == ["qwen32b-replicas-r0", "qwen32b-replicas-r1"]
     assert data["router"]["nodes"][0]["container"]["image"] == "orchestrate/smg:1.13.0"
+
+
+def test_firewall_opens_each_replicas_api_port_to_the_router_host() -> None:
+    from orchestrate.core import ports
+
+    fleet = _fleet(_data())
+    needs = ports.fleet_needs(fleet)
+    assert [(n.src, n.dst, n.ports) for n in needs] == [("l20-head", "l20-worker", "8009")]
+    text = ports.fleet_rules_text(fleet, ("iptables",))
+    assert "iptables -I INPUT -p tcp -s 192.168.30.4 --dport 8009" in text
+    assert "tcp 30000 (replicas.router.port)" in text

@@ -266,6 +266,23 @@ def firewall(opts: Options, inventory_file: str | None, formats: tuple[str, ...]
     """Print, per host, the firewall rules the cluster needs between its hosts."""
     from orchestrate.core import ports
 
+    chosen = tuple(f for f in ports.FORMATS if f in formats) or ports.FORMATS
+    fleet = fleet_of(opts, inventory_file)
+    if fleet is not None:
+        every = {n.host for p in fleet.replicas for n in p.nodes}
+        if host is not None and host not in every:
+            raise UsageError(f"--host {host}: no such host in {fleet.name} ({', '.join(sorted(every))})")
+        if opts.output == "json":
+            emit_json(
+                {
+                    "deployment": fleet.name,
+                    "replicas": [ports.rules_data(p) for p in fleet.replicas],
+                    "router": [vars(n) | {"ports": n.ports} for n in ports.fleet_needs(fleet)],
+                }
+            )
+            return
+        emit_text(ports.fleet_rules_text(fleet, chosen, host).rstrip("\n"))
+        return
     plan = plan_of(opts, inventory_file)
     if host is not None and not any(host in (n.host, n.alias) for n in plan.nodes):
         raise UsageError(
@@ -274,7 +291,6 @@ def firewall(opts: Options, inventory_file: str | None, formats: tuple[str, ...]
     if opts.output == "json":
         emit_json(ports.rules_data(plan))
         return
-    chosen = tuple(f for f in ports.FORMATS if f in formats) or ports.FORMATS
     emit_text(ports.rules_text(plan, chosen, host).rstrip("\n"))
 
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 import ipaddress
 import shlex
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from orchestrate.core.plan import NodePlan, Plan
+
+if TYPE_CHECKING:
+    from orchestrate.core.fleet import Fleet
 
 EPHEMERAL = (32768, 60999)  # Linux's default net.ipv4.ip_local_port_range
 Format = Literal["firewalld", "iptables", "nftables", "ufw"]
@@ -313,3 +316,54 @@ def container_ports(plan: Plan, node: NodePlan) -> list[tuple[str, int]]:
         ("dash-agent-http", plan.dashboard_agent_listen_port),
         ("metrics", plan.metrics_export_port),
     ]
+
+
+# ---------------------------------------------------------------- replicas behind a router
+
+
+def fleet_needs(fleet: Fleet) -> list[Need]:
+    """Between the groups: the router's host to each replica's API port (requests and /health)."""
+    router = fleet.router.head
+    return [
+        Need(
+            "tcp",
+            p.api_port,
+            p.api_port,
+            router.host,
+            router.address,
+            p.head.host,
+            p.head.address,
+            f"serve.port ({p.name})",
+            "the router forwards requests and probes /health",
+        )
+        for p in fleet.replicas
+        if p.head.host != router.host
+    ]
+
+
+def fleet_rules_text(fleet: Fleet, formats: tuple[Format, ...] = FORMATS, host: str | None = None) -> str:
+    """Each replica's rules, then what the router needs: its host to every replica's API port,
+    and its own ports open to clients and monitoring."""
+    router = fleet.router.head
+    parts = [rules_text(p, formats, host) for p in fleet.replicas]
+    lines = [f"# router {fleet.router.name} on {router.host} ({router.address})"]
+    lines.append(
+        f"# also from API clients: tcp {fleet.router_port} (replicas.router.port); open it to where they are"
+    )
+    lines.append(f"# also from Prometheus: tcp {fleet.metrics_port} (replicas.router.metrics_port)")
+    by_dst: dict[str, list[Need]] = {}
+    for need in fleet_needs(fleet):
+        if host is None or host == need.dst:
+            by_dst.setdefault(need.dst, []).append(need)
+    for dst, mine in by_dst.items():
+        lines += ["", f"## {dst}: from the router"]
+        lines += [f"#   tcp {n.ports:<12} from {n.src:<16} {n.field}: {n.why}" for n in mine]
+        for fmt in formats:
+            lines += [
+                "",
+                f"# {fmt}",
+                *_PREAMBLE[fmt],
+                *(rule(n, fmt, fleet.name) for n in mine),
+                *_APPLY[fmt],
+            ]
+    return "".join(parts) + "\n" + "\n".join(lines) + "\n"
