@@ -30,17 +30,26 @@ PLACEHOLDER = "REPLACE-ME"
 
 
 def _docs(path: Path, flavor: str, fill_secret: bool = True) -> list[dict[str, Any]]:
-    """The rendered files as `kubectl apply` would read them; the Secret template filled in."""
-    plan = build_plan(inventory.load(path))
+    """The rendered files as `kubectl apply` would read them; the Secret template filled in.
+    Replicas: every replica's objects in one cluster (the router, SMG, is not played: the sim
+    knows vLLM's and Ray's commands, not SMG's; tests/test_fleet.py checks its objects)."""
+    inv = inventory.load(path)
+    if inv.replicas.count > 1:
+        from orchestrate.core.fleet import build_fleet
+        from orchestrate.render import rendered_fleet
+
+        files = rendered_fleet("k8s", build_fleet(inv), flavor)
+    else:
+        files = rendered("k8s", build_plan(inv), flavor)
     docs: list[dict[str, Any]] = []
-    for name, text in rendered("k8s", plan, flavor).items():
+    for name, text in files.items():
         for doc in yaml.safe_load_all(text):
             if doc and doc["kind"] == "Secret":
                 if not fill_secret:
                     continue
                 assert set(doc["stringData"].values()) == {PLACEHOLDER}, name
                 doc["stringData"] = {k: "s3cret" for k in doc["stringData"]}
-            if doc:
+            if doc and doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "router":
                 docs.append(doc)
     return docs
 

@@ -235,9 +235,9 @@ def test_cache_aware_keeps_a_shared_prefix_on_one_replica(
 
 def test_a_killed_replica_leaves_routing_and_comes_back(bed: TestBed, up: Any, inv: Path) -> None:
     r1 = _replica_urls(bed)[1]
-    # Poisson arrivals at 4/s for about 225 s: traffic before the kill, while r1 restarts (a
+    # Poisson arrivals at 6/s for about 150 s: traffic before the kill, while r1 restarts (a
     # vLLM start, 30-120 s on a loaded 2-core machine) and after it is back
-    argv = ["bench", str(inv), "--request-rate", "4", "--num-prompts", str(KILL_REQUESTS)]
+    argv = ["bench", str(inv), "--request-rate", "6", "--num-prompts", str(KILL_REQUESTS)]
     argv += ["--input-len", "16", "--output-len", "8", "--timeout", "60", "--output", "json"]
     with Watched(*argv) as bench:
         bench.wait_for(r"bench .*: \d+/\d+ requests", 120)

@@ -59,27 +59,38 @@ def _accepted(version: str, argv: tuple[str, ...]) -> list[str]:
 def test_every_emitted_argv_is_accepted_or_one_clear_error(path: Path, backend: str, version: str) -> None:
     inv = inventory.parse(_data(path, backend, version))
     c = vllm_caps.caps(version)
-    impossible = backend == "mp" and len(inv.hosts) > 1 and not c.has_mp_multinode
+    hosts_per_group = len(inv.hosts) // inv.replicas.count  # replicas: each its own group
+    impossible = backend == "mp" and hosts_per_group > 1 and not c.has_mp_multinode
     if impossible:
         with pytest.raises(UsageError) as err:
-            build_plan(inv)
+            _plans(inv)
         assert "--nnodes" in err.value.message and version in err.value.message
         assert "\n" not in err.value.message
         return
     try:
-        plan = build_plan(inv)
+        plans = _plans(inv)
     except UsageError as exc:  # only a serve.extra_args flag that version lacks may refuse
         assert exc.message.startswith("serve.extra_args: ") and version in exc.message, exc.message
         flag = exc.message.split()[1]
         assert _accepted(version, ("vllm", "serve", "m", flag, "x")) != []
         return
-    if backend == "auto":
-        assert plan.backend == ("mp" if c.has_mp_multinode or len(inv.hosts) == 1 else "ray")
-        assert plan.backend_reason.startswith("backend: auto")
-    for argv in _argvs(plan):
-        assert _accepted(version, argv) == [], (version, argv)
-    if plan.backend == "ray":
-        assert "--distributed-executor-backend" in plan.serve_argv
+    for plan in plans:
+        if backend == "auto":
+            assert plan.backend == ("mp" if c.has_mp_multinode or len(plan.nodes) == 1 else "ray")
+            assert plan.backend_reason.startswith("backend: auto")
+        for argv in _argvs(plan):
+            assert _accepted(version, argv) == [], (version, argv)
+        if plan.backend == "ray":
+            assert "--distributed-executor-backend" in plan.serve_argv
+
+
+def _plans(inv: inventory.Inventory) -> list[Plan]:
+    """The plan, or with replicas each replica's (tests/test_fleet.py has the rest)."""
+    if inv.replicas.count > 1:
+        from orchestrate.core.fleet import build_fleet
+
+        return list(build_fleet(inv).replicas)
+    return [build_plan(inv)]
 
 
 def test_mp_on_0_8_5_is_refused_before_any_container() -> None:

@@ -303,6 +303,10 @@ def _extra_args(args: list[str]) -> list[str]:
 class Serve(Strict):
     tensor_parallel_size: Annotated[int, Field(ge=1, le=512, strict=True)]
     pipeline_parallel_size: Annotated[int, Field(ge=1, le=512, strict=True)] = 1
+    # vLLM's own data parallel (MoE models: one API, DP engines of TP GPUs each, experts across
+    # them with --enable-expert-parallel in extra_args); vLLM >= 0.11 across hosts
+    data_parallel_size: Annotated[int, Field(ge=1, le=512, strict=True)] = 1
+    data_parallel_rpc_port: Port = 13345  # on the head: the DP coordinator's RPC
     max_model_len: Annotated[int, Field(ge=16, le=10_000_000, strict=True)] | None = None
     quantization: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
     dtype: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")] | None = None
@@ -458,6 +462,7 @@ def cross_check(inv: Inventory) -> list[str]:
                 problems.append(f"hosts[{i}].{key}: {value!r} is already used by hosts[{seen[value]}]")
             seen.setdefault(value, i)
     problems += [p for i, h in enumerate(inv.hosts) for p in _check_gpu_ids(i, h)]
+    problems += _check_data_parallel(inv)
     if inv.replicas.count > 1:
         problems += _check_replicas(inv)
     else:
@@ -476,10 +481,51 @@ def cross_check(inv: Inventory) -> list[str]:
     return problems
 
 
+def _check_data_parallel(inv: Inventory) -> list[str]:
+    s = inv.serve
+    if s.data_parallel_size == 1:
+        return []
+    problems = []
+    if s.pipeline_parallel_size > 1:
+        problems.append("serve.data_parallel_size: needs pipeline_parallel_size 1 (DP ranks of TP GPUs each)")
+    if inv.backend == "ray":
+        problems.append(
+            "serve.data_parallel_size: vLLM's data parallel runs its own engines; use backend: mp or auto"
+        )
+    if inv.replicas.count > 1:
+        problems.append("serve.data_parallel_size: replicas.count is also set; use one of them")
+    if not s.start:
+        problems.append("serve.data_parallel_size: needs serve.start: true")
+    counts = {h.gpus for h in inv.hosts}
+    if len(counts) == 1 and (g := counts.pop()) % s.tensor_parallel_size == 0 and len(inv.hosts) > 1:
+        local = g // s.tensor_parallel_size
+        if s.data_parallel_size != local * len(inv.hosts):
+            problems.append(
+                f"serve.data_parallel_size: {s.data_parallel_size} ranks over {len(inv.hosts)} hosts of "
+                f"{local} ranks each (TP {s.tensor_parallel_size} on {g} GPUs); they must be equal"
+            )
+    return problems
+
+
 def _check_gpus(inv: Inventory) -> list[str]:
     tp, pp = inv.serve.tensor_parallel_size, inv.serve.pipeline_parallel_size
     total = sum(h.gpus for h in inv.hosts)
     counts = sorted({h.gpus for h in inv.hosts})
+    if inv.serve.data_parallel_size > 1:
+        dp = inv.serve.data_parallel_size
+        if tp * dp != total:
+            return [
+                f"serve: tensor_parallel_size x data_parallel_size = {tp} x {dp} = {tp * dp} "
+                f"but the hosts have {total} GPUs in total; they must be equal"
+            ]
+        if len(counts) > 1:
+            return [f"hosts: every host must have the same number of gpus (found {counts})"]
+        if counts[0] % tp:
+            return [
+                f"serve.tensor_parallel_size: {tp} does not divide a host's {counts[0]} GPUs "
+                "(each DP rank stays in one host)"
+            ]
+        return []
     if tp * pp != total:
         return [
             f"serve: tensor_parallel_size x pipeline_parallel_size = {tp} x {pp} = {tp * pp} "
@@ -683,11 +729,14 @@ def port_fields(inv: Inventory) -> tuple[dict[str, int], dict[str, tuple[int, in
     """The single ports and the (first, last) ranges this deployment pins, by field path."""
     singles = {"serve.port": inv.serve.port}
     ranges = {"network.vllm_port": (inv.network.vllm_port, inv.network.vllm_port + VLLM_PORT_SPAN - 1)}
-    if inv.backend != "mp":  # ray, or auto (which may pick either)
+    if inv.backend == "ray" or (inv.backend == "auto" and inv.serve.data_parallel_size == 1):
+        # ray, or auto (which may pick either; with data parallel it picks mp)
         singles |= {f"ray.{f}": getattr(inv.ray, f) for f in RAY_SINGLE_PORTS}
         ranges["ray.min_worker_port"] = (inv.ray.min_worker_port, inv.ray.max_worker_port)
-    if inv.backend != "ray":
+    if inv.backend != "ray" and inv.serve.data_parallel_size == 1:
         singles["mp.master_port"] = inv.mp.master_port
+    if inv.serve.data_parallel_size > 1:
+        singles["serve.data_parallel_rpc_port"] = inv.serve.data_parallel_rpc_port
     if inv.watchdog.enabled:
         singles["watchdog.port"] = inv.watchdog.port
     if inv.images.source == "head-registry":

@@ -196,6 +196,8 @@ class Plan:
     backend_reason: str = ""  # why this backend (backend: auto decides; orchestrate.core.vllm_caps)
     vllm_version: str | None = None  # the image's vLLM, when known (inventory vllm_version)
     extra_args: tuple[str, ...] = ()  # serve.extra_args: the part of the argv orchestrate did not write
+    data_parallel: int = 1  # vLLM's own DP ranks (serve.data_parallel_size), each TP x PP GPUs
+    data_parallel_rpc_port: int = 0  # the head's DP coordinator RPC (data_parallel > 1)
 
     @property
     def head(self) -> NodePlan:
@@ -207,7 +209,7 @@ class Plan:
 
     @property
     def world_size(self) -> int:
-        return self.tensor_parallel * self.pipeline_parallel
+        return self.tensor_parallel * self.pipeline_parallel * self.data_parallel
 
     @property
     def total_gpus(self) -> int:
@@ -265,6 +267,8 @@ def choose_backend(
         return "ray", "backend: auto, serve.start: false needs the Ray cluster"
     if not multinode:
         return "mp", "backend: auto, one node: vLLM's own mp executor needs no Ray"
+    if inv.serve.data_parallel_size > 1:
+        return "mp", "backend: auto, data parallel: vLLM's own DP engines (--headless on the other hosts)"
     if c is None:
         return vllm_caps.DEFAULT_BACKEND, (
             "backend: auto, vLLM version unknown: mp, the default for vLLM >= 0.11.1 "
@@ -375,6 +379,8 @@ def _build(inv: Inventory, reason: str, version: str | None) -> Plan:
         backend_reason=reason,
         vllm_version=version,
         extra_args=tuple(inv.serve.extra_args),
+        data_parallel=inv.serve.data_parallel_size,
+        data_parallel_rpc_port=inv.serve.data_parallel_rpc_port if inv.serve.data_parallel_size > 1 else 0,
     )
 
 
@@ -395,6 +401,8 @@ def _serve_argv(inv: Inventory, rank: int) -> tuple[str, ...]:
     argv += ["--served-model-name", _served_name(inv)]
     argv += ["--tensor-parallel-size", str(s.tensor_parallel_size)]
     argv += ["--pipeline-parallel-size", str(s.pipeline_parallel_size)]
+    if s.data_parallel_size > 1:
+        argv += ["--data-parallel-size", str(s.data_parallel_size)]
     if s.max_model_len:
         argv += ["--max-model-len", str(s.max_model_len)]
     if s.quantization:
@@ -418,9 +426,24 @@ def _mp_args(inv: Inventory, rank: int) -> list[str]:
     nnodes = len(inv.hosts)
     if nnodes == 1:
         return ["--distributed-executor-backend", "mp"]
+    if inv.serve.data_parallel_size > 1:
+        return _dp_args(inv, rank)
     args = ["--nnodes", str(nnodes), "--node-rank", str(rank)]
     args += ["--master-addr", inv.head.address, "--master-port", str(inv.mp.master_port)]
     return [*args, "--headless"] if rank else args
+
+
+def _dp_args(inv: Inventory, rank: int) -> list[str]:
+    """vLLM's multi-node data parallel (docs/serving/data_parallel_deployment.md): each host runs
+    its `local` DP ranks; the head also serves the API, the others are --headless from their
+    start rank; all of them meet at the head's DP RPC port."""
+    local = inv.hosts[0].gpus // inv.serve.tensor_parallel_size
+    args = ["--data-parallel-size-local", str(local)]
+    args += ["--data-parallel-address", inv.head.address]
+    args += ["--data-parallel-rpc-port", str(inv.serve.data_parallel_rpc_port)]
+    if rank:
+        args += ["--headless", "--data-parallel-start-rank", str(rank * local)]
+    return args
 
 
 def _common_env(inv: Inventory) -> tuple[tuple[str, str], ...]:

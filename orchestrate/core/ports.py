@@ -90,15 +90,27 @@ def _flows(plan: Plan) -> list[_Flow]:
         else []
     )
     if plan.backend == "mp":
-        return [
+        rendezvous = (
             _Flow(
+                plan.data_parallel_rpc_port,
+                plan.data_parallel_rpc_port,
+                "serve.data_parallel_rpc_port",
+                "vLLM's data-parallel coordinator (the headless ranks' handshake)",
+                "head",
+                "workers",
+            )
+            if plan.data_parallel > 1
+            else _Flow(
                 plan.master_port,
                 plan.master_port,
                 "mp.master_port",
                 "vLLM's master (torch.distributed rendezvous)",
                 "head",
                 "workers",
-            ),
+            )
+        )
+        return [
+            rendezvous,
             *watchdog,
             vllm,
             ephemeral,
@@ -304,7 +316,12 @@ def container_ports(plan: Plan, node: NodePlan) -> list[tuple[str, int]]:
     if sup is not None and node.role == "head":  # two heads on one node: the scheduler says no
         out.append(("watchdog", sup.port))
     if plan.backend == "mp":
-        return out + ([("master", plan.master_port)] if node.role == "head" else [])
+        rendezvous = (
+            ("dp-rpc", plan.data_parallel_rpc_port)
+            if plan.data_parallel > 1
+            else ("master", plan.master_port)
+        )
+        return out + ([rendezvous] if node.role == "head" else [])
     if node.role == "head":
         out += [("gcs", plan.ray_port), ("dashboard", plan.dashboard_port)]
     return [

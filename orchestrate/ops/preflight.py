@@ -310,7 +310,12 @@ def node_ports(plan: Plan, node: NodePlan) -> dict[int, str]:
         if node.role == "head":
             ports |= {plan.ray_port: "ray.port", plan.dashboard_port: "ray.dashboard_port"}
     else:
-        ports = {plan.master_port: "mp.master_port"} if node.role == "head" else {}
+        rendezvous = (
+            (plan.data_parallel_rpc_port, "serve.data_parallel_rpc_port")
+            if plan.data_parallel > 1
+            else (plan.master_port, "mp.master_port")
+        )
+        ports = dict([rendezvous]) if node.role == "head" else {}
     if node.role == "head":
         ports[plan.api_port] = "serve.port"
     return ports

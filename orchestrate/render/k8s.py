@@ -165,6 +165,8 @@ def _ports(plan: Plan, peer: bool) -> list[Obj]:
                 {"name": "object-manager", "port": plan.object_manager_port},
             ]
         ports.append({"name": "dashboard", "port": plan.dashboard_port})
+    elif peer and plan.data_parallel > 1:
+        ports.append({"name": "dp-rpc", "port": plan.data_parallel_rpc_port})
     elif peer:
         ports.append({"name": "master", "port": plan.master_port})
     if peer and (sup := plan.head.container.supervisor) is not None:
@@ -219,8 +221,9 @@ def _env(plan: Plan, node: NodePlan, head_addr: str) -> list[Obj]:
 
 def _args(node: NodePlan, head_addr: str) -> list[str]:
     args = list(node.container.command)
-    if "--master-addr" in args:  # the head binds on it: its own pod IP, wherever it is scheduled
-        args[args.index("--master-addr") + 1] = "$(VLLM_HOST_IP)" if node.role == "head" else head_addr
+    for flag in ("--master-addr", "--data-parallel-address"):  # the head binds on it: its own pod
+        if flag in args:  # IP, wherever it is scheduled; the others reach it by its peer Service
+            args[args.index(flag) + 1] = "$(VLLM_HOST_IP)" if node.role == "head" else head_addr
     return args
 
 
