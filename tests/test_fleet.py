@@ -336,3 +336,35 @@ def test_firewall_opens_each_replicas_api_port_to_the_router_host() -> None:
     text = ports.fleet_rules_text(fleet, ("iptables",))
     assert "iptables -I INPUT -p tcp -s 192.168.30.4 --dport 8009" in text
     assert "tcp 30000 (replicas.router.port)" in text
+
+
+def test_model_commands_cover_every_host_of_the_fleet() -> None:
+    plan = _fleet(_four_tp2()).hosts_plan()
+    assert [n.host for n in plan.nodes] == ["l20-head", "l20-worker"]  # once each, shared or not
+    assert plan.head.host == "l20-head" and plan.model_host_path.endswith("Qwen2.5-32B-Instruct-GPTQ-Int4")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrate", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+def test_cli_validates_plans_and_renders_a_fleet_without_touching_a_host(tmp_path: Path) -> None:
+    res = _cli("validate", str(REPLICAS))
+    assert res.returncode == 0 and "2 replicas of TP=4 x PP=1" in res.stdout, res.stderr
+    res = _cli("up", "--dry-run", str(REPLICAS))
+    assert res.returncode == 0 and "# ==== router on l20-head" in res.stdout, res.stderr
+    res = _cli("--target", "compose", "render", str(REPLICAS), "-o", str(tmp_path))
+    assert res.returncode == 0 and (tmp_path / "l20-head.yaml").exists(), res.stderr
+    assert "router" in yaml.safe_load((tmp_path / "l20-head.yaml").read_text())["services"]
+
+
+def test_cli_names_the_nodes_of_a_fleet_and_refuses_watch_in_one_line() -> None:
+    res = _cli("logs", "r5", str(REPLICAS))
+    assert res.returncode == 2 and "no node 'r5'" in res.stderr and "r0 .. r1" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = _cli("watch", str(REPLICAS))
+    assert res.returncode == 2 and "does not follow replicas" in res.stderr

@@ -13,6 +13,7 @@ from orchestrate.cli.console import emit_json, emit_text
 from orchestrate.cli.options import (
     Options,
     cache_dir,
+    fleet_of,
     inventory_arg,
     load_for_hosts,
     plan_of,
@@ -23,6 +24,7 @@ from orchestrate.ops.progress import BuildLog
 
 if TYPE_CHECKING:
     from orchestrate.cli.console import Console
+    from orchestrate.core.plan import Plan
 from orchestrate.cli.group import OrchestrateGroup
 
 DEMO_INVENTORY = "inventory/local-cpu.yaml"
@@ -130,7 +132,7 @@ def model_verify(opts: Options, inventory_file: str | None, manifest: str | None
     from orchestrate.host.session import Session
     from orchestrate.ops import modelcheck
 
-    plan = plan_of(opts, inventory_file)
+    plan = _hosts_plan(opts, inventory_file)
     with Session(plan, opts.console()) as s:
         report = modelcheck.verify(
             s, manifest=Path(manifest) if manifest else None, rehash=rehash, check=False
@@ -141,6 +143,12 @@ def model_verify(opts: Options, inventory_file: str | None, manifest: str | None
         emit_text("\n".join(report.lines()))
     if not report.ok:
         sys.exit(1)
+
+
+def _hosts_plan(opts: Options, inventory_file: str | None) -> Plan:
+    """The plan whose hosts hold the model: the group's, or with replicas every replica's."""
+    fleet = fleet_of(opts, inventory_file)
+    return fleet.hosts_plan() if fleet is not None else plan_of(opts, inventory_file)
 
 
 @model.command("sync")
@@ -167,7 +175,7 @@ def model_sync(opts: Options, inventory_file: str | None, source: str, local_dir
 
     if source == "local" and not local_dir:
         raise UsageError("--from local needs --dir DIR (the model directory on this machine)")
-    plan = plan_of(opts, inventory_file)
+    plan = _hosts_plan(opts, inventory_file)
     with Session(plan, opts.console()) as s:
         report = modelcheck.sync(
             s,

@@ -301,7 +301,7 @@ def watch(opts: Options, inventory_file: str | None, interval: float, count: int
     path = resolve_inventory(inventory_file, opts.inventory)
     if load_fleet(path) is not None:
         raise UsageError(
-            "watch follows one group; with replicas, watch one of them or the router",
+            "watch follows one group of hosts; it does not follow replicas behind a router yet",
             hint="orchestrate status (every replica and the router); orchestrate logs router --follow",
         )
     plan, _ = load_for_hosts(path)
@@ -433,10 +433,10 @@ def _fleet_node(fleet: Fleet, selector: str) -> tuple[Plan, str]:
     try:
         return fleet.replica(replica), node or "head"
     except KeyError:
-        names = ", ".join(["router", *(f"r{k}, r{k}:worker-1" for k in range(len(fleet.replicas)))][:4])
+        last = len(fleet.replicas) - 1
         raise UsageError(
             f"no node {selector!r} in {fleet.name} (replicas behind a router)",
-            hint=f"router, rK for replica K's head, rK:NODE for its other nodes (e.g. {names})",
+            hint=f"router; r0 .. r{last} for a replica's head; rK:NODE for its other nodes (rK:worker-1)",
         ) from None
 
 

@@ -63,6 +63,15 @@ class Fleet:
         """Every plan: the replicas, then the router."""
         return (*self.replicas, self.router)
 
+    def hosts_plan(self) -> Plan:
+        """One node per host of the fleet (the first replica's head first), for what concerns
+        hosts rather than groups: `model verify` and `model sync` (the model is on every host)."""
+        seen: dict[str, NodePlan] = {}
+        for plan in self.replicas:
+            for node in plan.nodes:
+                seen.setdefault(node.host, node)
+        return replace(self.replicas[0], name=self.name, nodes=tuple(seen.values()))
+
     def replica(self, selector: str) -> Plan:
         """`rK`, `K` or the replica's full name (NAME-rK)."""
         for k, plan in enumerate(self.replicas):
