@@ -368,3 +368,12 @@ def test_cli_names_the_nodes_of_a_fleet_and_refuses_watch_in_one_line() -> None:
     assert "Traceback" not in res.stderr
     res = _cli("watch", str(REPLICAS))
     assert res.returncode == 2 and "does not follow replicas" in res.stderr
+
+
+def test_the_router_image_can_travel_another_way_than_the_vllm_image() -> None:
+    data = _data()
+    data["images"] = {"source": "registry"}
+    assert _fleet(data).router.image_source == "registry"
+    data["replicas"]["router"]["image_source"] = "local"  # built here, streamed over SSH
+    fleet = _fleet(data)
+    assert fleet.router.image_source == "local" and fleet.replicas[0].image_source == "registry"

@@ -160,7 +160,7 @@ def _router_plan(inv: Inventory, replicas: tuple[Plan, ...]) -> Plan:
         backend="mp",  # no Ray gate, no Ray table in status
         nodes=(node,),
         image=r.image,
-        image_registry=None if first.image_source != "head-registry" else first.image_registry,
+        image_source=r.image_source or first.image_source,
         serve_argv=(),
         serve_start=False,
         model_manifest=None,

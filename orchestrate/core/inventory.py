@@ -361,6 +361,9 @@ class Router(Strict):
     """The router in front of the replicas: SMG (`smg launch`), one container, host networking."""
 
     image: Image = ROUTER_IMAGE
+    # how its image reaches the router host (as images.source; default: the same). `local`
+    # streams this machine's `orchestrate image build smg` over SSH, no registry needed
+    image_source: Literal["registry", "local", "head", "head-registry"] | None = None
     host: Name | None = None  # the inventory host that runs it; default: the first host
     port: Port = 30000  # the endpoint users get
     metrics_port: Port = 29000  # Prometheus: smg_worker_requests_total{worker}, smg_worker_health

@@ -216,8 +216,12 @@ def down(fleet: Fleet, events: Events = quiet) -> dict[str, int]:
         try:
             for host, n in apply.down(plan, _tagged(events, plan)).items():
                 removed[host] = removed.get(host, 0) + n
-        except OrchestrateError as exc:  # every replica is tried; the failures are kept
-            failures.append(exc if isinstance(exc, HostError) else HostError(plan.name, exc.message))
+        except PhaseError as exc:  # every replica is tried; the failures are kept
+            failures += exc.failures
+        except OrchestrateError as exc:
+            failures.append(
+                exc if isinstance(exc, HostError) else HostError(plan.name, exc.message, hint=exc.hint)
+            )
     if failures:
         raise PhaseError("down", failures)
     return removed
