@@ -67,7 +67,7 @@ SERVE = {
 BIND = [{"VLLM_CPU_OMP_THREADS_BIND": "0"}, {"VLLM_CPU_OMP_THREADS_BIND": "1"}]
 
 
-def _inventories(bed: Any, model: Path) -> dict[str, Path]:
+def _inventories(bed: Any, model: Path, router_args: list[str]) -> dict[str, Path]:
     common = {
         "image": CPU_IMAGE,
         "model": {"host_dir": str(model.parent), "name": "tiny", "served_name": "tiny"},
@@ -76,7 +76,13 @@ def _inventories(bed: Any, model: Path) -> dict[str, Path]:
     a = base_inventory(bed, 2, "p8a", backend="auto", serve={**SERVE, "pipeline_parallel_size": 1}, **common)
     a["replicas"] = {
         "count": 2,
-        "router": {"image": SMG_IMAGE, "port": ROUTER_PORT, "metrics_port": 29008, "policy": "round_robin"},
+        "router": {
+            "image": SMG_IMAGE,
+            "port": ROUTER_PORT,
+            "metrics_port": 29008,
+            "policy": "round_robin",
+            "extra_args": router_args,
+        },
     }
     b = base_inventory(bed, 2, "p8b", backend="mp", serve={**SERVE, "pipeline_parallel_size": 2}, **common)
     for data in (a, b):
@@ -112,6 +118,32 @@ def _bench(path: Path, url: str | None, a: argparse.Namespace) -> list[dict[str,
     return json.loads(res.stdout)["levels"]  # type: ignore[no-any-return]
 
 
+def _bench_both(path: Path, urls: list[str], a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Both replicas straight, no router: one bench per replica at once, each at half of each
+    concurrency; merged per level (throughputs add up, latency percentiles: the worse one). The
+    control that tells the router's cost from two engines sharing this machine's cores."""
+    import threading
+
+    halves = ",".join(str(max(1, int(c) // 2)) for c in a.concurrency.split(","))
+    half = argparse.Namespace(**{**vars(a), "concurrency": halves, "num_prompts": max(1, a.num_prompts // 2)})
+    out: list[list[dict[str, Any]]] = [[], []]
+    threads = [
+        threading.Thread(target=lambda i=i: out[i].extend(_bench(path, urls[i], half)), daemon=True)
+        for i in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    merged = []
+    for x, y in zip(*out, strict=True):
+        level = {k: x[k] + y[k] for k in ("request_throughput", "output_throughput", "failed")}
+        for key in ("ttft_ms", "tpot_ms"):
+            level[key] = {s: max(x[key][s] or 0, y[key][s] or 0) for s in ("p50", "p99")}
+        merged.append(level)
+    return merged
+
+
 def _served(urls: list[str]) -> list[float]:
     import httpx
 
@@ -135,14 +167,22 @@ def main() -> None:
     p.add_argument("--num-prompts", type=int, default=32)
     p.add_argument("--input-len", type=int, default=64)
     p.add_argument("--output-len", type=int, default=32)
+    p.add_argument(
+        "--router-arg", action="append", default=[], help="an extra `smg launch` flag (repeatable)"
+    )
     p.add_argument("--json", metavar="PATH")
     a = p.parse_args()
     levels = [int(c) for c in a.concurrency.split(",")]
-    runs: dict[str, list[list[dict[str, Any]]]] = {"A router": [], "A direct r0": [], "B pipeline": []}
+    runs: dict[str, list[list[dict[str, Any]]]] = {
+        "A router": [],
+        "A direct r0": [],
+        "A direct both": [],
+        "B pipeline": [],
+    }
     shares: list[list[float]] = []
     with bench_bed(2, [CPU_IMAGE, SMG_IMAGE]) as bed:
         model = put_tiny_model(bed)
-        inv = _inventories(bed, model)
+        inv = _inventories(bed, model, a.router_arg)
         replicas = [f"http://{h.address}:{PORT}" for h in bed.hosts[:2]]
         for r in range(a.rounds):
             log(f"round {r + 1}/{a.rounds}: A (2 replicas behind the router)")
@@ -152,6 +192,7 @@ def main() -> None:
                 runs["A router"].append(_bench(inv["A"], None, a))
                 shares.append([x - y for x, y in zip(_served(replicas), before, strict=True)])
                 runs["A direct r0"].append(_bench(inv["A"], replicas[0], a))
+                runs["A direct both"].append(_bench_both(inv["A"], replicas, a))
             finally:
                 _down(inv["A"])
             log(f"round {r + 1}/{a.rounds}: B (one pipeline over both hosts)")
@@ -214,6 +255,7 @@ def _report(
     print(
         f"command: python bench/p8_replicas.py --rounds {a.rounds} --concurrency {a.concurrency} "
         f"--num-prompts {a.num_prompts} --input-len {a.input_len} --output-len {a.output_len}"
+        + "".join(f" --router-arg={x}" for x in a.router_arg)
     )
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": runs, "shares": shares, "machine": info}, indent=1))
