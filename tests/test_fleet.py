@@ -113,6 +113,7 @@ def test_a_replica_across_two_hosts_keeps_its_own_head() -> None:
         (lambda d: d["replicas"]["router"].update(metrics_port=30000), "metrics_port: 30000 is also"),
         (lambda d: d["hosts"][1].update(role="head"), "hosts[1].role: with replicas"),
         (lambda d: d["replicas"]["router"].update(policy="manual"), "replicas.router.policy"),
+        (lambda d: d["serve"].update(start=False), "serve.start: false (a Ray cluster only) cannot"),
     ],
 )
 def test_bad_replica_layouts_name_the_field(change: Any, want: str) -> None:

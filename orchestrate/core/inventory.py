@@ -650,12 +650,12 @@ def _check_replicas(inv: Inventory) -> list[str]:
     problems = []
     if r.host is not None and r.host not in {h.name for h in inv.hosts}:
         problems.append(f"replicas.router.host: {r.host!r} is not one of the hosts' names")
-    if per_host > 1 and (inv.backend == "ray" or not inv.serve.start):
+    if not inv.serve.start:
+        problems.append("serve.start: false (a Ray cluster only) cannot be replicated behind a router")
+    elif per_host > 1 and inv.backend == "ray":
         problems.append(
             "backend: ray: replicas that share a host run one node each; use backend: auto or mp "
             "(two Ray clusters on one host would need disjoint port ranges)"
-            if inv.serve.start
-            else "serve.start: false (a Ray cluster only) cannot be replicated"
         )
     if len(f"{inv.name}-r{inv.replicas.count - 1}") > 42:
         problems.append(f"name: {inv.name!r} is too long for replica names like {inv.name}-r0")
