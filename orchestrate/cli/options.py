@@ -93,32 +93,53 @@ def remember(path: str) -> None:
         pass  # a read-only checkout is fine; this is only a convenience
 
 
-def load_plan(path: str) -> Plan:
-    """Inventory file -> Plan (pydantic is imported here, not when the CLI starts)."""
+def _inventory(path: str) -> Inventory:
+    """The inventory file, read and validated once per command: a command that first asks
+    whether it holds replicas and then plans it reads the file once (keyed by its size and
+    mtime, so a file that changed is read again)."""
     from orchestrate.core.inventory import load
+
+    try:
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+    except OSError:
+        return load(path)  # load says what is wrong with the path
+    if key not in _LOADED:
+        _LOADED[key] = load(path)
+    return _LOADED[key]
+
+
+_LOADED: dict[tuple[str, int, int], Inventory] = {}
+
+
+def _replan_for(inv: Inventory) -> Replan:
+    """How to plan `inv` again for the vLLM version and Ray the image holds (a vllm_version in
+    the inventory stays as written)."""
     from orchestrate.core.plan import build_plan
 
-    return build_plan(load(path))
+    def replan(version: str | None, has_ray: bool) -> Plan:
+        return build_plan(inv, vllm_version=inv.vllm_version or version, image_has_ray=has_ray)
+
+    return replan
+
+
+def load_plan(path: str) -> Plan:
+    """Inventory file -> Plan (pydantic is imported here, not when the CLI starts)."""
+    from orchestrate.core.plan import build_plan
+
+    return build_plan(_inventory(path))
 
 
 def load_fleet(path: str) -> tuple[Fleet, list[Replan]] | None:
     """Replicas behind a router (replicas.count > 1): the fleet and, per replica, how to plan it
     again for its image (as load_for_hosts); None for an inventory of one group."""
     from orchestrate.core.fleet import build_fleet
-    from orchestrate.core.inventory import load, replica_inventories
-    from orchestrate.core.plan import build_plan
+    from orchestrate.core.inventory import replica_inventories
 
-    inv = load(path)
+    inv = _inventory(path)
     if inv.replicas.count == 1:
         return None
-
-    def replan_for(sub: Inventory) -> Replan:
-        def replan(version: str | None, has_ray: bool) -> Plan:
-            return build_plan(sub, vllm_version=sub.vllm_version or version, image_has_ray=has_ray)
-
-        return replan
-
-    return build_fleet(inv), [replan_for(sub) for sub in replica_inventories(inv)]
+    return build_fleet(inv), [_replan_for(sub) for sub in replica_inventories(inv)]
 
 
 def fleet_of(opts: Options, explicit: str | None) -> Fleet | None:
@@ -133,15 +154,10 @@ def plan_of(opts: Options, explicit: str | None) -> Plan:
 def load_for_hosts(path: str) -> tuple[Plan, Replan]:
     """The plan, and how to plan again for the vLLM version and Ray that the image turns out
     to hold (`up` and `status` read them; a vllm_version in the inventory stays as written)."""
-    from orchestrate.core.inventory import load
     from orchestrate.core.plan import build_plan
 
-    inv = load(path)
-
-    def replan(version: str | None, has_ray: bool) -> Plan:
-        return build_plan(inv, vllm_version=inv.vllm_version or version, image_has_ray=has_ray)
-
-    return build_plan(inv), replan
+    inv = _inventory(path)
+    return build_plan(inv), _replan_for(inv)
 
 
 def cache_dir() -> Path:

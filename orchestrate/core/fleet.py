@@ -58,11 +58,6 @@ class Fleet:
         host = self.router.head.address
         return f"http://[{host}]:{self.metrics_port}" if ":" in host else f"http://{host}:{self.metrics_port}"
 
-    @property
-    def plans(self) -> tuple[Plan, ...]:
-        """Every plan: the replicas, then the router."""
-        return (*self.replicas, self.router)
-
     def hosts_plan(self) -> Plan:
         """One node per host of the fleet (the first replica's head first), for what concerns
         hosts rather than groups: `model verify` and `model sync` (the model is on every host)."""
@@ -78,10 +73,6 @@ class Fleet:
             if selector in (str(k), f"r{k}", plan.name):
                 return plan
         raise KeyError(selector)
-
-
-def worker_url(plan: Plan) -> str:
-    return plan.endpoint
 
 
 def router_argv(inv: Inventory, urls: list[str]) -> tuple[str, ...]:

@@ -346,7 +346,9 @@ class Images(Strict):
 
 
 ROUTER_IMAGE = "orchestrate/smg:1.13.0"  # `orchestrate image build smg`: SMG from PyPI, offline
-ROUTER_POLICIES = (
+# SMG's --policy choices that route over a static list (not `manual` or `passthrough`: those need
+# routing headers from the client)
+RouterPolicy = Literal[
     "cache_aware",
     "round_robin",
     "power_of_two",
@@ -354,7 +356,7 @@ ROUTER_POLICIES = (
     "prefix_hash",
     "consistent_hashing",
     "random",
-)
+]
 
 
 class Router(Strict):
@@ -367,15 +369,7 @@ class Router(Strict):
     host: Name | None = None  # the inventory host that runs it; default: the first host
     port: Port = 30000  # the endpoint users get
     metrics_port: Port = 29000  # Prometheus: smg_worker_requests_total{worker}, smg_worker_health
-    policy: Literal[
-        "cache_aware",
-        "round_robin",
-        "power_of_two",
-        "least_load",
-        "prefix_hash",
-        "consistent_hashing",
-        "random",
-    ] = "cache_aware"
+    policy: RouterPolicy = "cache_aware"
     health_interval: Annotated[float, Field(ge=1, le=3600)] = 5  # a probe of each replica's /health
     health_failures: Annotated[int, Field(ge=1, le=100, strict=True)] = 3  # in a row: out of routing
     health_successes: Annotated[int, Field(ge=1, le=100, strict=True)] = 2  # in a row: back in

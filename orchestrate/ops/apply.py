@@ -237,7 +237,7 @@ class _Timer:
         self.events(phase, None, f"done in {self.report.phases[phase]:.1f}s")
 
 
-def _quiet_tail(s: Session, node: NodePlan, lines: int) -> str:
+def quiet_tail(s: Session, node: NodePlan, lines: int) -> str:
     """_tail for a message already being raised: a lost host only leaves the tail empty."""
     try:
         return _tail(s, node, lines)
@@ -284,7 +284,7 @@ def up(
         if replan is not None and (facts := preflight.image_facts_if_present(s, s.plan.head)):
             _fit_image(s, replan, facts)
         with timer("diff"):
-            changes = _diff(s)
+            changes = diff(s)
         with timer("preflight"):
             _preflight(s, changes, skip_checks)
         with timer("image"):
@@ -293,7 +293,7 @@ def up(
             facts = preflight.image_facts(s, s.plan.head)
             if replan is not None and _fit_image(s, replan, facts):
                 with timer("diff"):  # the image was not here before: plan, diff and check again
-                    changes = _diff(s)
+                    changes = diff(s)
                 with timer("preflight"):
                     _preflight(s, changes, skip_checks)
         report.changes = dict(changes.actions)
@@ -326,20 +326,6 @@ def up(
 
 def diff(s: Session) -> Changes:
     """What reconcile says to do with the session's plan (create, replace, keep) per node."""
-    return _diff(s)
-
-
-def start_container(s: Session, node: NodePlan, secret_values: dict[str, str]) -> None:
-    """Create and start the node's planned container (its old one already removed)."""
-    _start(s, node, secret_values)
-
-
-def quiet_tail(s: Session, node: NodePlan, lines: int) -> str:
-    """The node's last log lines, masked; "" when they cannot be read."""
-    return _quiet_tail(s, node, lines)
-
-
-def _diff(s: Session) -> Changes:
     observed = dict(
         zip(
             (n.host for n in s.plan.nodes),
@@ -412,15 +398,15 @@ def _replace(s: Session, changes: Changes, secret_values: dict[str, str], timer:
         for node in plan.nodes:  # one after another: local nodes share one engine
             s.engine(node).ensure_network(name, subnet, plan.name)
     with timer("head"):
-        _start(s, plan.head, secret_values)
+        start_container(s, plan.head, secret_values)
         if plan.backend == "ray":
             _wait_gcs(s)
     with timer("workers"):
-        fan_out("workers", plan.workers, lambda n: _start(s, n, secret_values), s.events)
+        fan_out("workers", plan.workers, lambda n: start_container(s, n, secret_values), s.events)
     preflight.shm_in_containers(s)
 
 
-def _start(s: Session, node: NodePlan, secret_values: dict[str, str]) -> None:
+def start_container(s: Session, node: NodePlan, secret_values: dict[str, str]) -> None:
     kwargs = run_kwargs(node.container, secret_values)
     s.events("start", node.host, f"creating {node.container.name} ({node.role})")
     s.engine(node).create_and_start(kwargs)
@@ -605,7 +591,7 @@ def _wait_serving(s: Session) -> None:
         return
     raise GateError(
         f"vLLM at {plan.endpoint} was not healthy within {plan.startup_timeout:g}s (last: {reason})",
-        tail=_quiet_tail(s, plan.head, 40),
+        tail=quiet_tail(s, plan.head, 40),
         hint="orchestrate logs head -f; raise serve.startup_timeout for big models",
     )
 

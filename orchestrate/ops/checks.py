@@ -35,10 +35,6 @@ def _headers(api_key: str | None) -> dict[str, str]:
 
 def why(exc: httpx.HTTPError) -> str:
     """One line for people: what an HTTP call ran into."""
-    return _why(exc)
-
-
-def _why(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__})"
     if isinstance(exc, httpx.ConnectError):
@@ -51,7 +47,7 @@ def health(base_url: str, timeout: float = 5) -> tuple[int | None, str]:
     try:
         resp = httpx.get(f"{base_url}/health", timeout=timeout)
     except httpx.HTTPError as exc:
-        return None, _why(exc)
+        return None, why(exc)
     return resp.status_code, resp.text[:200]
 
 
@@ -73,7 +69,7 @@ def _timed(name: str, fn: Any) -> CheckResult:
     try:
         ok, detail, ttft = fn()
     except httpx.HTTPError as exc:
-        ok, detail, ttft = False, _why(exc), None
+        ok, detail, ttft = False, why(exc), None
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         ok, detail, ttft = False, f"unexpected response: {exc}", None
     return CheckResult(name, ok, (time.perf_counter() - t0) * 1000, detail, ttft)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 
 from orchestrate.core.fleet import Fleet
-from orchestrate.core.plan import NodePlan, Plan
+from orchestrate.core.plan import Plan
 from orchestrate.errors import GateError, HostError, OrchestrateError, PhaseError
 from orchestrate.events import Events, quiet
 from orchestrate.host.session import Session, fan_out
@@ -253,7 +253,3 @@ def status(
         "router": router,
         "replicas": replicas,
     }
-
-
-def router_node(fleet: Fleet) -> NodePlan:
-    return fleet.router.head

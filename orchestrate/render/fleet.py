@@ -23,10 +23,6 @@ __all__ = ["compose", "data", "k8s", "k8s_secrets", "text"]
 Obj = dict[str, Any]
 
 
-def _worker_urls(fleet: Fleet) -> list[str]:
-    return [p.endpoint for p in fleet.replicas]
-
-
 def _k8s_urls(fleet: Fleet) -> list[str]:
     return [f"http://{p.name}-head.{p.namespace}.svc.cluster.local:{p.api_port}" for p in fleet.replicas]
 
