@@ -1,7 +1,7 @@
 """Benchmark (not a test): `orchestrate.ops.modelcheck.verify` vs the seed's sha256sum, host by host.
 
 On its own 3-host test bed (10.125.0.0/24, bridge orchmc0, /var/tmp/orchestrate-bed-mc: the bed of
-tests/test_modelcheck.py, so do not run both at once), each host gets its OWN copy of
+tests/bed/test_modelcheck.py, so do not run both at once), each host gets its OWN copy of
 FILES x SIZE random "shards" (+ config.json + sum.txt) in its private /srv/bed-private/bench.
 Then it times:
 

@@ -8,7 +8,7 @@
             `stream` does, one host), then pushed to a registry container on the head and pulled
             by the workers through SSH tunnels (pull: tunnel), layers in parallel
 
-The image is a base image plus N layers of /dev/urandom (incompressible; tests/imagetools.py),
+The image is a base image plus N layers of /dev/urandom (incompressible; tests/support/imagetools.py),
 4 GiB by default. It is removed from every host before each run (and the registry's volume
 with the registry), so every run moves every byte. Runs alternate by mode (hand, stream,
 registry, registry, stream, hand, ...); medians count. Ratio = median(mode) / median(hand):
@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.p2_overhead import WORK, base_inventory, fmt, log, machine, machine_line, med, table, write_yaml
-from tests.imagetools import blob_image, registry_image
+from tests.support.imagetools import blob_image, registry_image
 from tests.testbed import TestBed, bed_unavailable_reason, ensure_root_dockerd
 
 BED = {"base": Path("/var/tmp/orchestrate-bed-bench-p5"), "net": "10.127.0", "bridge": "orchbn5"}

@@ -18,7 +18,7 @@
 Boundary modules (host/remote.py, host/engine.py, host/tunnel.py, host/files.py for paramiko and
 docker; ops/checks.py, ops/observe.py and loadgen/ for httpx; images/ for the local image builds)
 map library errors into this tree once; nothing above them catches library exceptions
-(tests/test_architecture.py enforces it).
+(tests/unit/test_architecture.py enforces it).
 """
 
 from __future__ import annotations

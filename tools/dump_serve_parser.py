@@ -1,7 +1,7 @@
 """Run INSIDE an image with vLLM installed: build the real `vllm serve` parser and print its options.
 
-Used by tests/test_vllm_versions.py against orchestrate/vllm-cpu:0.32.0; its output is committed in
-tests/data/vllm-0.32.0-serve-parser.json.
+Used by tests/unit/core/test_vllm_versions.py against orchestrate/vllm-cpu:0.32.0; its output is committed in
+tests/fixtures/vllm/vllm-0.32.0-serve-parser.json.
 """
 
 import json

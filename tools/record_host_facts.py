@@ -20,7 +20,7 @@ and 10g, and hostname/getent in a container on Docker's bridge (its name maps to
 the shape of a host whose /etc/hosts is right); the local dockerd, and the orchestrate package.
 
 Runs with python3 alone: where the package cannot be imported (a bare GPU host) the argv constants
-are read from orchestrate/ops/preflight.py's source; tests/test_preflight_parsers.py asserts that
+are read from orchestrate/ops/preflight.py's source; tests/unit/ops/test_preflight_parsers.py asserts that
 each fixture's command is the argv preflight runs. Nothing is masked: do not record where the
 outputs would hold secrets. Copy the cases you keep into tests/fixtures/hosts/<check>/. A command
 the host lacks (a GPU VM without iproute2 has no `ip`, no `ss`) is reported, not recorded. Every

@@ -8,7 +8,7 @@ Flags that newer versions derive from config dataclass fields (`get_kwargs(Model
 the way that version's `get_kwargs` does: bool fields become `BooleanOptionalAction` (`--x/--no-x`),
 `Literal` fields give choices, and so on; the rules are switched by the text of the wheel's own
 `get_kwargs`. Anything that could add options and cannot be followed is an error, never a silent
-omission. `tests/test_vllm_versions.py` compares the 0.32.0 table with the real parser built
+omission. `tests/unit/core/test_vllm_versions.py` compares the 0.32.0 table with the real parser built
 inside orchestrate/vllm-cpu:0.32.0.
 
     python tools/vllm_options.py                 # download (cached) and regenerate every table

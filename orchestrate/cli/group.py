@@ -17,7 +17,7 @@ from orchestrate.cli.options import (
     debug_log,
 )
 
-# Commands that touch no host: they import neither paramiko, docker nor httpx (tests/test_cli.py)
+# Commands that touch no host: they import neither paramiko, docker nor httpx (tests/unit/cli/test_cli.py)
 PURE_COMMANDS = frozenset({"validate", "schema", "plan", "render", "completion", "firewall"})
 
 

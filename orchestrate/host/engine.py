@@ -424,7 +424,7 @@ class Engine:
     def create_and_start(self, kwargs: Mapping[str, Any]) -> ContainerInfo:
         """Create and start a container from plain `docker run`-like kwargs (render/docker.py):
         the SDK's own types are made here, at the boundary."""
-        kwargs = _sdk_kwargs(kwargs)
+        kwargs = sdk_kwargs(kwargs)
         kwargs.pop("detach", None)
         try:
             container: Container = self.call("create", self.client.containers.create, **kwargs)
@@ -557,7 +557,7 @@ class Engine:
             raise LogStreamBroken(self.name, f"the log stream broke: {type(exc).__name__}") from None
 
 
-def _sdk_kwargs(plain: Mapping[str, Any]) -> dict[str, Any]:
+def sdk_kwargs(plain: Mapping[str, Any]) -> dict[str, Any]:
     """docker-py's types for the plain data render/docker.py makes (the same JSON on the wire)."""
     from docker.types import DeviceRequest, EndpointConfig, Mount
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrate.errors import ImageBuildError
+from orchestrate.waits import poll
 
 if TYPE_CHECKING:
     import docker
@@ -39,6 +40,7 @@ __all__ = [
     "REGISTRY_BASE",
     "ensure_local_base",
     "fingerprint",
+    "pull_base",
     "resolve_base",
     "rootfs_tarball",
 ]
@@ -69,19 +71,20 @@ def file_lock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
     """An exclusive flock on path, waited for at most timeout seconds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def take() -> bool | None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ImageBuildError(
-                        f"Timed out after {timeout:.0f} s waiting for another process that is "
-                        f"preparing {what} (lock file {path}). What to do: wait for it to finish, "
-                        "or remove the lock file if no such process is running."
-                    ) from None
-                time.sleep(0.5)
+                return None
+
+        if not poll(take, timeout=timeout, every=0.5):
+            raise ImageBuildError(
+                f"Timed out after {timeout:.0f} s waiting for another process that is "
+                f"preparing {what} (lock file {path}). What to do: wait for it to finish, "
+                "or remove the lock file if no such process is running."
+            )
         try:
             yield
         finally:
@@ -112,7 +115,7 @@ def _present(client: docker.DockerClient, tag: str) -> Any:
         raise _error(f"Docker could not inspect image {tag!r}: {exc}") from None
 
 
-def _pull(client: docker.DockerClient, tag: str) -> str | None:
+def pull_base(client: docker.DockerClient, tag: str) -> str | None:
     """None when pulled, else why not (one line)."""
     repo, _, version = tag.partition(":")
     saved = client.api.timeout  # APIClient.pull takes no timeout: bound each read of this one
@@ -133,7 +136,7 @@ def resolve_base(client: docker.DockerClient, cache_dir: Path, emit: Emit) -> st
             emit(f"base image {tag}: already here")
             return tag
     emit(f"base image: trying the registry for {REGISTRY_BASE}")
-    problem = _pull(client, REGISTRY_BASE)
+    problem = pull_base(client, REGISTRY_BASE)
     if problem is None:
         emit(f"base image {REGISTRY_BASE}: pulled from the registry")
         return REGISTRY_BASE

@@ -48,7 +48,7 @@ def _text(choice: dict[str, Any], chat: bool) -> Any:
     return delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
 
 
-async def _read_stream(resp: httpx.Response, rec: RequestResult, chat: bool) -> None:
+async def read_stream(resp: httpx.Response, rec: RequestResult, chat: bool) -> None:
     body = resp.extensions.get(ARRIVAL)  # StreamTransport's: when each read came off the socket
     await read_sse(resp.aiter_bytes(), rec, chat, (lambda: body.arrived) if body else time.perf_counter)
 
@@ -122,7 +122,7 @@ async def send_one(
                     await resp.aread()
                     rec.error = _http_error(resp)
                 else:
-                    await _read_stream(resp, rec, chat)
+                    await read_stream(resp, rec, chat)
             finally:
                 await resp.aclose()
     except TimeoutError:

@@ -28,7 +28,7 @@ class StreamTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(self, max_idle: int = 1024) -> None:
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._max_idle = max_idle
         self._ssl: ssl.SSLContext | None = None
 
@@ -62,7 +62,7 @@ class StreamTransport(httpx.AsyncBaseTransport):
             except BaseException:  # cancelled (a deadline, Ctrl-C): the connection is mid-request
                 conn.close()
                 raise
-        stream = _Body(
+        stream = Body(
             self,
             conn,
             key,
@@ -80,7 +80,7 @@ class StreamTransport(httpx.AsyncBaseTransport):
 
     async def _connection(
         self, key: tuple[str, str, int], request: httpx.Request, timeout: float | None
-    ) -> tuple[_Connection, bool]:
+    ) -> tuple[Connection, bool]:
         idle = self._idle.get(key, [])
         while idle:
             conn = idle.pop()
@@ -91,7 +91,7 @@ class StreamTransport(httpx.AsyncBaseTransport):
         if scheme == "https" and self._ssl is None:
             self._ssl = httpx.create_ssl_context()
         loop = asyncio.get_running_loop()
-        reader = _TimedReader(limit=1 << 20)
+        reader = TimedReader(limit=1 << 20)
         protocol = asyncio.StreamReaderProtocol(reader)
         try:
             async with asyncio.timeout(timeout):
@@ -102,9 +102,9 @@ class StreamTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectTimeout(f"connect to {host}:{port} timed out", request=request) from None
         except OSError as exc:
             raise httpx.ConnectError(_os_error(exc), request=request) from None
-        return _Connection(reader, asyncio.StreamWriter(transport, protocol, reader, loop)), False
+        return Connection(reader, asyncio.StreamWriter(transport, protocol, reader, loop)), False
 
-    def release(self, key: tuple[str, str, int], conn: _Connection) -> None:
+    def release(self, key: tuple[str, str, int], conn: Connection) -> None:
         idle = self._idle.setdefault(key, [])
         if len(idle) < self._max_idle and not conn.writer.is_closing():
             idle.append(conn)
@@ -125,7 +125,7 @@ def _os_error(exc: OSError) -> str:
     return os.strerror(exc.errno)
 
 
-class _TimedReader(asyncio.StreamReader):
+class TimedReader(asyncio.StreamReader):
     """Notes when bytes came off the socket: latency is measured to arrival, not to our parsing."""
 
     arrived = 0.0
@@ -135,10 +135,12 @@ class _TimedReader(asyncio.StreamReader):
         super().feed_data(data)
 
 
-class _Connection:
+class Connection:
+    """One kept-alive HTTP/1.1 connection: the reader that timestamps arrivals, and its writer."""
+
     __slots__ = ("reader", "writer")
 
-    def __init__(self, reader: _TimedReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: TimedReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
 
     def close(self) -> None:
@@ -163,13 +165,13 @@ class _Connection:
         return code, reason[0] if reason else b"", headers
 
 
-class _Body(httpx.AsyncByteStream):
+class Body(httpx.AsyncByteStream):
     """A response body: chunked, Content-Length or until close; the connection is reused when read out."""
 
     def __init__(
         self,
         transport: StreamTransport,
-        conn: _Connection,
+        conn: Connection,
         key: tuple[str, str, int],
         headers: list[tuple[bytes, bytes]],
         request: httpx.Request,

@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrate.core.plan import LABEL_DEPLOYMENT, NodePlan
+from orchestrate.core.plan import LABEL_DEPLOYMENT, ContainerSpec, NodePlan
 from orchestrate.errors import HostError
 from orchestrate.host.engine import ContainerInfo
 from orchestrate.host.session import Session, fan_out
@@ -22,7 +22,9 @@ from orchestrate.waits import poll
 WORKER = Path(__file__).resolve().parent.parent / "agents" / "collective_worker.py"
 
 
-def _spec(s: Session, node: NodePlan, port: int, timeout: float):  # type: ignore[no-untyped-def]
+def worker_spec(s: Session, node: NodePlan, port: int, timeout: float) -> ContainerSpec:
+    """The one-shot container that runs agents/collective_worker.py on this node: the node's own
+    image, GPUs and network, no supervisor, a name and label of its own."""
     plan = s.plan
     env = dict(node.container.env) | {
         "ORCH_COLL_BACKEND": "nccl" if plan.accelerator == "nvidia" else "gloo",
@@ -49,7 +51,7 @@ def run(s: Session, timeout: float = 60) -> list[Row]:
     """One row per host: ok with the measured bus bandwidth, or what failed."""
     plan = s.plan
     port = plan.master_port + 100  # not the serving ports: a deployment may be up
-    specs = {n.host: _spec(s, n, port, timeout) for n in plan.nodes}
+    specs = {n.host: worker_spec(s, n, port, timeout) for n in plan.nodes}
 
     def start(node: NodePlan) -> None:
         engine = s.engine(node)

@@ -226,7 +226,7 @@ def _snapshot(s: Session, hosts: list[dict[str, Any]], api_key: str | None) -> d
         ips = {n["ip"] for n in ray["nodes"] if n["alive"]}
         ray["missing"] = [n.address for n in plan.nodes if n.address not in ips]
     vllm = _vllm_status(plan, api_key) if plan.serve_start else {"healthy": True, "serving": False}
-    _mark_lost_members(plan, hosts)
+    mark_lost_members(plan, hosts)
     healthy = (
         vllm["healthy"]
         and all(member_ok(h) for h in hosts)
@@ -235,7 +235,7 @@ def _snapshot(s: Session, hosts: list[dict[str, Any]], api_key: str | None) -> d
     return {"deployment": plan.name, "healthy": healthy, "hosts": hosts, "ray": ray, "vllm": vllm}
 
 
-def _mark_lost_members(plan: Plan, hosts: list[dict[str, Any]]) -> None:
+def mark_lost_members(plan: Plan, hosts: list[dict[str, Any]]) -> None:
     """The head's supervisor hears every worker each second: a worker it has not heard for the
     watchdog's peer_timeout is lost, seconds before Ray (or a container state) would say so."""
     sup = plan.head.container.supervisor

@@ -11,7 +11,7 @@ Start order: the head is Ready only once every worker has joined, so workers mus
 it is Ready. They do through a headless Service with publishNotReadyAddresses (`<name>-head-peers`,
 as KubeRay's head service and LWS's own headless Service); the API Service `<name>-head` keeps
 routing to a Ready head only. Under LWS, workers use LWS_LEADER_ADDRESS and the leader its own pod
-IP. tests/k8s_sim.py plays these rules against the rendered YAML.
+IP. tests/support/k8s_sim.py plays these rules against the rendered YAML.
 """
 
 from __future__ import annotations

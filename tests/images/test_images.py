@@ -280,10 +280,10 @@ def test_a_registry_pull_that_fails_says_why_in_the_engines_words(client: Any) -
     """The registry step of the base-image search asks the real engine. Here no registry answers,
     so the reason must be the engine's (not a client-side TypeError), and the client's timeout is
     restored afterwards."""
-    from orchestrate.images.base import _pull
+    from orchestrate.images.base import pull_base
 
     before = client.api.timeout
-    why = _pull(client, "orchestrate/no-such-image-anywhere:0")
+    why = pull_base(client, "orchestrate/no-such-image-anywhere:0")
     assert why is not None and "unexpected keyword" not in why and "TypeError" not in why, why
     assert client.api.timeout == before
 
