@@ -102,7 +102,7 @@ def save_cache(path, files, out):
         out["cache_error"] = "cannot write cache %s: %s" % (path, exc)
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser(prog="orchestrate-modelcheck")
     p.add_argument("root")
     p.add_argument("--cache", default="~/.cache/orchestrate/sha256-cache.json")
@@ -111,55 +111,39 @@ def main():
     p.add_argument("--manifest", default="")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--only", action="append", default=[])
-    a = p.parse_args()
-    t0 = time.time()
-    root = os.path.abspath(os.path.expanduser(a.root))
-    threads = a.threads or min(8, os.cpu_count() or 1)
-    out = {
-        "v": 1,
-        "root": root,
-        "exists": os.path.isdir(root),
-        "files": {},
-        "partials": {},
-        "errors": {},
-        "manifest": None,
-        "bytes_read": 0,
-        "hashed": 0,
-        "cached": 0,
-        "threads": threads,
-        "cache": None,
-        "cache_error": None,
-        "python": "%d.%d.%d" % sys.version_info[:3],
-    }
-    if not out["exists"]:
-        out["seconds"] = time.time() - t0
-        print(json.dumps(out, sort_keys=True))
-        return
-    if a.only:
-        entries = []
-        for rel in a.only:
-            path = os.path.join(root, rel)
-            try:
-                entries.append((rel, path, os.stat(path)))
-            except OSError as exc:
-                out["errors"][rel] = exc.strerror or str(exc)
-    else:
-        entries = walk(root, out)
-    use_cache = not a.no_cache and not a.only
-    cache_path = os.path.expanduser(a.cache)
-    cache = load_cache(cache_path, out) if use_cache else {}
-    if use_cache:
-        out["cache"] = cache_path
-    start_ns = int(time.time() * 1e9)
+    return p.parse_args()
+
+
+def listed(root, only, out):
+    """(rel, path, stat) of the files asked for by name; what cannot be read goes to errors."""
+    entries = []
+    for rel in only:
+        path = os.path.join(root, rel)
+        try:
+            entries.append((rel, path, os.stat(path)))
+        except OSError as exc:
+            out["errors"][rel] = exc.strerror or str(exc)
+    return entries
+
+
+def from_cache(entries, cache, rehash, out):
+    """Take what the cache still vouches for; the rest, biggest first, is left to hash."""
     todo = []
     for rel, path, st in entries:
         hit = cache.get(path)
-        if not a.rehash and isinstance(hit, list) and len(hit) == 5 and hit[:4] == sig(st):
+        if not rehash and isinstance(hit, list) and len(hit) == 5 and hit[:4] == sig(st):
             out["files"][rel] = [st.st_size, st.st_mtime_ns, hit[4]]
             out["cached"] += 1
         else:
             todo.append((rel, path, st))
     todo.sort(key=lambda e: -e[2].st_size)  # biggest first: the threads finish together
+    return todo
+
+
+def hash_all(todo, threads, cache, out):
+    """Hash todo on threads into out; cache (None: no cache) learns the stable, settled ones.
+    True when the cache changed."""
+    start_ns = int(time.time() * 1e9)
 
     def work(entry):
         rel, path, st = entry
@@ -182,28 +166,70 @@ def main():
                 continue
             out["files"][rel] = [st.st_size, st.st_mtime_ns, digest]
             # racy: a write within the mtime granularity would not change the key
-            if use_cache and st.st_mtime_ns < start_ns - RACY_NS:
+            if cache is not None and st.st_mtime_ns < start_ns - RACY_NS:
                 cache[path] = sig(st) + [digest]
                 changed = True
-    if use_cache:
-        prefix = root.rstrip("/") + "/"
-        seen = set(os.path.join(root, rel) for rel, _, _ in entries)
-        for path in [k for k in cache if k.startswith(prefix) and k not in seen]:
-            del cache[path]  # files gone from this model directory
-            changed = True
-        if changed:
-            for path in [k for k in cache if k not in seen and not os.path.exists(k)]:
-                del cache[path]  # ... and from anywhere else (deleted models)
+    return changed
+
+
+def prune_cache(cache, root, entries, changed):
+    """Forget files gone from this model directory, and (when the cache is rewritten anyway)
+    from anywhere else; True when the cache must be saved."""
+    prefix = root.rstrip("/") + "/"
+    seen = set(os.path.join(root, rel) for rel, _, _ in entries)
+    for path in [k for k in cache if k.startswith(prefix) and k not in seen]:
+        del cache[path]
+        changed = True
+    if changed:
+        for path in [k for k in cache if k not in seen and not os.path.exists(k)]:
+            del cache[path]  # deleted models
+    return changed
+
+
+def read_manifest(root, name, out):
+    try:
+        with open(os.path.join(root, name), "rb") as f:
+            out["manifest"] = f.read(MAX_MANIFEST).decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        out["errors"][name] = exc.strerror or str(exc)
+
+
+def main():
+    a = parse_args()
+    t0 = time.time()
+    root = os.path.abspath(os.path.expanduser(a.root))
+    threads = a.threads or min(8, os.cpu_count() or 1)
+    out = {
+        "v": 1,
+        "root": root,
+        "exists": os.path.isdir(root),
+        "files": {},
+        "partials": {},
+        "errors": {},
+        "manifest": None,
+        "bytes_read": 0,
+        "hashed": 0,
+        "cached": 0,
+        "threads": threads,
+        "cache": None,
+        "cache_error": None,
+        "python": "%d.%d.%d" % sys.version_info[:3],
+    }
+    if out["exists"]:
+        entries = listed(root, a.only, out) if a.only else walk(root, out)
+        use_cache = not a.no_cache and not a.only
+        cache_path = os.path.expanduser(a.cache)
+        cache = load_cache(cache_path, out) if use_cache else None
+        if use_cache:
+            out["cache"] = cache_path
+        todo = from_cache(entries, cache or {}, a.rehash, out)
+        changed = hash_all(todo, threads, cache, out)
+        if cache is not None and prune_cache(cache, root, entries, changed):
             save_cache(cache_path, cache, out)
-    if a.manifest and not a.only:
-        mpath = os.path.join(root, a.manifest)
-        try:
-            with open(mpath, "rb") as f:
-                out["manifest"] = f.read(MAX_MANIFEST).decode("utf-8", "surrogateescape")
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            out["errors"][a.manifest] = exc.strerror or str(exc)
+        if a.manifest and not a.only:
+            read_manifest(root, a.manifest, out)
     out["seconds"] = time.time() - t0
     print(json.dumps(out, sort_keys=True))
 

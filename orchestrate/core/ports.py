@@ -49,118 +49,62 @@ class Need:
         return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
 
 
+Listens = Literal["head", "all"]
+Callers = Literal["workers", "head", "all"]
+
+
 @dataclass(frozen=True)
 class _Flow:
     first: int
     last: int
     field: str
     why: str
-    listens: Literal["head", "all"]  # where it listens
-    callers: Literal["workers", "head", "all"]  # who connects to it
+    listens: Listens  # where it listens
+    callers: Callers  # who connects to it
+
+
+def _one(port: int, field: str, why: str, listens: Listens, callers: Callers) -> _Flow:
+    return _Flow(port, port, field, why, listens, callers)
 
 
 def _flows(plan: Plan) -> list[_Flow]:
-    vllm = _Flow(
-        *plan.vllm_ports,
-        "network.vllm_port",
-        "vLLM's VLLM_PORT block (torch.distributed init store, data-parallel ports)",
-        "all",
-        "all",
-    )
-    ephemeral = _Flow(
-        *EPHEMERAL,
-        "(ephemeral)",
-        "NCCL, Gloo and vLLM's message queue bind random ports (cannot be pinned)",
-        "all",
-        "all",
-    )
-    sup = plan.head.container.supervisor
-    watchdog = (
-        [
-            _Flow(
-                sup.port,
-                sup.port,
-                "watchdog.port",
-                "the supervisors' heartbeats to the head (orchestrate's self-healing)",
-                "head",
-                "workers",
-            )
-        ]
-        if sup
-        else []
-    )
-    if plan.backend == "mp":
-        rendezvous = (
-            _Flow(
-                plan.data_parallel_rpc_port,
-                plan.data_parallel_rpc_port,
-                "serve.data_parallel_rpc_port",
-                "vLLM's data-parallel coordinator (the headless ranks' handshake)",
-                "head",
-                "workers",
-            )
-            if plan.data_parallel > 1
-            else _Flow(
-                plan.master_port,
-                plan.master_port,
-                "mp.master_port",
-                "vLLM's master (torch.distributed rendezvous)",
-                "head",
-                "workers",
-            )
-        )
-        return [
-            rendezvous,
-            *watchdog,
-            vllm,
-            ephemeral,
-        ]
+    """What the plan's nodes call each other on: port(s), the field that sets them, why."""
     p = plan
-    return [
-        _Flow(p.ray_port, p.ray_port, "ray.port", "Ray GCS", "head", "workers"),
-        _Flow(
-            p.node_manager_port,
-            p.node_manager_port,
-            "ray.node_manager_port",
-            "Ray raylet (called by the GCS and by the other nodes)",
-            "all",
-            "all",
-        ),
-        _Flow(
-            p.object_manager_port,
-            p.object_manager_port,
-            "ray.object_manager_port",
-            "Ray object manager (object transfers between nodes)",
-            "all",
-            "all",
-        ),
-        _Flow(
-            *p.worker_ports,
-            "ray.min_worker_port",
-            "Ray worker processes' gRPC servers (vLLM's RayWorkerWrapper actors and the driver)",
-            "all",
-            "all",
-        ),
-        _Flow(
-            p.dashboard_agent_grpc_port,
-            p.dashboard_agent_grpc_port,
-            "ray.dashboard_agent_grpc_port",
-            "Ray dashboard agent gRPC (called by the head)",
-            "all",
-            "head",
-        ),
-        _Flow(
-            p.dashboard_agent_listen_port,
-            p.dashboard_agent_listen_port,
-            "ray.dashboard_agent_listen_port",
-            "Ray dashboard agent HTTP (called by the head)",
-            "all",
-            "head",
-        ),
-        *watchdog,
-        vllm,
-        ephemeral,
+    common = [
+        _Flow(*p.vllm_ports, "network.vllm_port", VLLM_PORTS_WHY, "all", "all"),
+        _Flow(*EPHEMERAL, "(ephemeral)", EPHEMERAL_WHY, "all", "all"),
     ]
+    sup = p.head.container.supervisor
+    if sup:
+        why = "the supervisors' heartbeats to the head (orchestrate's self-healing)"
+        common.insert(0, _one(sup.port, "watchdog.port", why, "head", "workers"))
+    if p.backend == "mp" and p.data_parallel > 1:
+        why = "vLLM's data-parallel coordinator (the headless ranks' handshake)"
+        return [
+            _one(p.data_parallel_rpc_port, "serve.data_parallel_rpc_port", why, "head", "workers"),
+            *common,
+        ]
+    if p.backend == "mp":
+        why = "vLLM's master (torch.distributed rendezvous)"
+        return [_one(p.master_port, "mp.master_port", why, "head", "workers"), *common]
+    return [
+        _one(p.ray_port, "ray.port", "Ray GCS", "head", "workers"),
+        _one(p.node_manager_port, "ray.node_manager_port", RAYLET_WHY, "all", "all"),
+        _one(p.object_manager_port, "ray.object_manager_port", OBJECTS_WHY, "all", "all"),
+        _Flow(*p.worker_ports, "ray.min_worker_port", RAY_WORKERS_WHY, "all", "all"),
+        _one(p.dashboard_agent_grpc_port, "ray.dashboard_agent_grpc_port", AGENT_GRPC_WHY, "all", "head"),
+        _one(p.dashboard_agent_listen_port, "ray.dashboard_agent_listen_port", AGENT_HTTP_WHY, "all", "head"),
+        *common,
+    ]
+
+
+VLLM_PORTS_WHY = "vLLM's VLLM_PORT block (torch.distributed init store, data-parallel ports)"
+EPHEMERAL_WHY = "NCCL, Gloo and vLLM's message queue bind random ports (cannot be pinned)"
+RAYLET_WHY = "Ray raylet (called by the GCS and by the other nodes)"
+OBJECTS_WHY = "Ray object manager (object transfers between nodes)"
+RAY_WORKERS_WHY = "Ray worker processes' gRPC servers (vLLM's RayWorkerWrapper actors and the driver)"
+AGENT_GRPC_WHY = "Ray dashboard agent gRPC (called by the head)"
+AGENT_HTTP_WHY = "Ray dashboard agent HTTP (called by the head)"
 
 
 def needs(plan: Plan) -> list[Need]:

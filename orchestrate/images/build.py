@@ -140,6 +140,101 @@ def build_image(
         return _build_image(recipe, tag or recipe.tag, base, cache_dir, client, emit, deadline, timeout)
 
 
+class BuildLog:
+    """The build's stream, line by line: each line to the events, the log's tail for an error,
+    and the intermediate images the build made (each ``---> id`` but the FROM step's, which is
+    the base) so that a failed build can remove them."""
+
+    def __init__(self, emit: EventCallback) -> None:
+        self.emit = emit
+        self.tail: deque[str] = deque(maxlen=_LOG_TAIL)
+        self.layers: list[str] = []
+        self._partial = ""
+        self._after_from = False
+
+    def feed(self, text: str) -> None:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def close(self) -> None:
+        if self._partial.strip():
+            self._line(self._partial)
+        self._partial = ""
+
+    def _line(self, line: str) -> None:
+        line = _ANSI.sub("", line).rstrip()
+        if not line:
+            return
+        self.tail.append(line)
+        self.emit(Detail(line))
+        layer = re.match(r" ---> ([0-9a-f]{12,64})$", line)
+        if layer and not self._after_from:
+            self.layers.append(layer.group(1))
+        self._after_from = bool(re.match(r"Step \d+/\d+ : FROM ", line))
+
+
+def chunk_error(chunk: dict[str, object]) -> str | None:
+    """The error a build-stream chunk reports, in one line; None for a chunk that is no error."""
+    if "error" not in chunk and "errorDetail" not in chunk:
+        return None
+    detail = chunk.get("errorDetail")
+    message = detail.get("message") if isinstance(detail, dict) else None
+    error = str(chunk.get("error") or message or chunk).strip()
+    code = re.search(r"returned a non-zero code: (\d+)", error)
+    # docker repeats the whole RUN command line; the log has it
+    return f"a RUN step exited with code {code.group(1)}" if code else error
+
+
+def _run_build(
+    client: docker.DockerClient,
+    context: str,
+    tag: str,
+    buildargs: dict[str, str],
+    labels: dict[str, str],
+    log: BuildLog,
+    deadline: float,
+    timeout: float,
+) -> str | None:
+    """Run the build and read its stream to the end; None when it succeeded, else why not."""
+    import docker as docker_sdk
+    import requests
+
+    try:
+        stream = client.api.build(
+            path=context,
+            tag=tag,
+            buildargs=buildargs,
+            network_mode="host",
+            rm=True,
+            forcerm=True,
+            pull=False,
+            labels=labels,
+            decode=True,
+            timeout=math.ceil(_remaining(deadline, f"building {tag}")),
+        )
+        for chunk in stream:
+            error = chunk_error(chunk)
+            if error is not None:
+                return error
+            text = chunk.get("stream")
+            if isinstance(text, str):
+                log.feed(text)
+            if time.monotonic() > deadline:
+                return f"timed out after {timeout:.0f} s"
+        return None
+    except requests.exceptions.RequestException as exc:
+        error = f"lost the Docker daemon's build stream ({type(exc).__name__}: {exc})"
+        if isinstance(exc, (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError)):
+            error += f"; the build may have run past the {timeout:.0f} s timeout"
+        return error
+    except docker_sdk.errors.APIError as exc:
+        return f"Docker refused the build: {exc.explanation or exc}"
+    finally:
+        log.close()
+
+
 def _build_image(
     recipe: _Recipe,
     tag: str,
@@ -150,9 +245,6 @@ def _build_image(
     deadline: float,
     timeout: float,
 ) -> str:
-    import docker as docker_sdk
-    import requests
-
     kind = recipe.kind
     dockerfile = _dockerfile_text(kind)
 
@@ -179,65 +271,17 @@ def _build_image(
 
     emit(f"{tag}: building from {base} ({base_id[:19]})")
     started = time.monotonic()
-    tail: deque[str] = deque(maxlen=_LOG_TAIL)
-    layers: list[str] = []  # intermediate images this build made
-    error: str | None = None
+    log = BuildLog(emit)
     with tempfile.TemporaryDirectory(prefix="orchestrate-build-") as context:
         Path(context, "Dockerfile").write_text(dockerfile, encoding="utf-8")
         with _serve_directory(wheels) as url:
-            try:
-                stream = client.api.build(
-                    path=context,
-                    tag=tag,
-                    buildargs={"BASE": base, "WHEELS_URL": url, "PIP_WHEEL": pip_wheels[-1].name},
-                    network_mode="host",
-                    rm=True,
-                    forcerm=True,
-                    pull=False,
-                    labels={LABEL_RECIPE: wanted, LABEL_KIND: kind, LABEL_BASE: base},
-                    decode=True,
-                    timeout=math.ceil(_remaining(deadline, f"building {tag}")),
-                )
-                partial = ""
-                after_from = False
-                for chunk in stream:
-                    if "error" in chunk or "errorDetail" in chunk:
-                        detail = chunk.get("errorDetail") or {}
-                        error = str(chunk.get("error") or detail.get("message") or chunk).strip()
-                        code = re.search(r"returned a non-zero code: (\d+)", error)
-                        if code:  # docker repeats the whole RUN command line; the log has it
-                            error = f"a RUN step exited with code {code.group(1)}"
-                        break
-                    text = chunk.get("stream")
-                    if isinstance(text, str):
-                        lines = (partial + text).split("\n")
-                        partial = lines.pop()
-                        for line in lines:
-                            line = _ANSI.sub("", line).rstrip()
-                            if not line:
-                                continue
-                            tail.append(line)
-                            emit(Detail(line))
-                            layer = re.match(r" ---> ([0-9a-f]{12,64})$", line)
-                            if layer and not after_from:  # the first one is the base image
-                                layers.append(layer.group(1))
-                            after_from = bool(re.match(r"Step \d+/\d+ : FROM ", line))
-                    if time.monotonic() > deadline:
-                        error = f"timed out after {timeout:.0f} s"
-                        break
-                if partial.strip():
-                    tail.append(partial.rstrip())
-                    emit(Detail(partial.rstrip()))
-            except requests.exceptions.RequestException as exc:
-                error = f"lost the Docker daemon's build stream ({type(exc).__name__}: {exc})"
-                if isinstance(exc, (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError)):
-                    error += f"; the build may have run past the {timeout:.0f} s timeout"
-            except docker_sdk.errors.APIError as exc:
-                error = f"Docker refused the build: {exc.explanation or exc}"
+            buildargs = {"BASE": base, "WHEELS_URL": url, "PIP_WHEEL": pip_wheels[-1].name}
+            labels = {LABEL_RECIPE: wanted, LABEL_KIND: kind, LABEL_BASE: base}
+            error = _run_build(client, context, tag, buildargs, labels, log, deadline, timeout)
     if error is not None:
-        _remove_untagged(client, layers)
+        _remove_untagged(client, log.layers)
         raise ImageBuildError(
-            f"Building {tag} ({kind}) from {base} failed: {error}{_tail(tail)}\n"
+            f"Building {tag} ({kind}) from {base} failed: {error}{_tail(log.tail)}\n"
             "What to do: read the log lines above; lines starting with ERROR: come from the "
             f"Dockerfile's own checks. The wheelhouse is {wheels}; delete it to download afresh."
         )
@@ -246,7 +290,7 @@ def _build_image(
     if image is None or (image.labels or {}).get(LABEL_RECIPE) != wanted:
         raise ImageBuildError(
             f"The build of {tag} reported success, but the tagged image is missing or unlabelled."
-            f"{_tail(tail)}\nWhat to do: check `docker images {tag}` and retry."
+            f"{_tail(log.tail)}\nWhat to do: check `docker images {tag}` and retry."
         )
     emit(f"{tag}: built {image.short_id} in {time.monotonic() - started:.0f} s")
 

@@ -122,67 +122,11 @@ def wheelhouse(
         work = Path(tempfile.mkdtemp(prefix=f".wheels-{kind}-", dir=cache_dir))
         try:
             work.chmod(0o755)
-            cmd = [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--dest",
-                str(work),
-                "--only-binary=:all:",
-                "--progress-bar",
-                "off",
-                "--disable-pip-version-check",
-                "--no-input",
-                *recipe.requirements,
-                _PIP_BOOTSTRAP,
-            ]
-            code, tail = _run_streaming(
-                cmd,
-                timeout=_remaining(deadline, "downloading the wheelhouse"),
-                on_line=lambda line: emit(Detail(f"pip: {line}")),
-            )
-            if code != 0:
-                what = f"timed out after {timeout:.0f} s" if code is None else f"exited with {code}"
-                hint = ""
-                if "torch==2.13.0+cpu" in "\n".join(tail):
-                    hint = (
-                        " torch 2.13.0+cpu is not on PyPI: set PIP_EXTRA_INDEX_URL="
-                        "https://download.pytorch.org/whl/cpu or PIP_FIND_LINKS to a directory "
-                        "holding the wheel."
-                    )
-                raise ImageBuildError(
-                    f"Downloading the {kind} wheelhouse failed: `pip download` {what}."
-                    f"{_tail(tail)}\nWhat to do: check that this machine reaches the package "
-                    f"index (pip's proxy and certificate settings apply).{hint}"
-                )
-
-            wheels = sorted(p.name for p in work.iterdir() if p.is_file())
-            not_wheels = [n for n in wheels if not n.endswith(".whl")]
-            if not_wheels:
-                raise ImageBuildError(
-                    f"pip download produced files that are not wheels: {', '.join(not_wheels)}. "
-                    "What to do: report this; the images install only wheels."
-                )
-            excluded = {_canonical(n) for n in recipe.exclude}
-            pins: list[str] = []
-            for name in wheels:
-                project, version = name.split("-")[:2]
-                if _canonical(project) in excluded:
-                    (work / name).unlink()
-                elif _canonical(project) != "pip":
-                    pins.append(f"{project}=={version}")
-            (work / "requirements.lock").write_text("\n".join(sorted(pins)) + "\n", encoding="utf-8")
+            _pip_download(recipe, work, emit, deadline, timeout)
+            pins = _lock(recipe, work)
             _fetch_debs(recipe, work, emit)
             (work / ".stamp.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-
-            old = None
-            if dest.exists():
-                old = cache_dir / f".wheels-{kind}-old-{os.getpid()}"
-                dest.rename(old)
-            work.rename(dest)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            _swap_in(work, dest)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -191,3 +135,75 @@ def wheelhouse(
             f"{time.monotonic() - started:.0f} s"
         )
         return dest
+
+
+def _pip_download(recipe: _Recipe, work: Path, emit: EventCallback, deadline: float, timeout: float) -> None:
+    """`pip download` the recipe's requirements (wheels only) into work, its lines to the events."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--dest",
+        str(work),
+        "--only-binary=:all:",
+        "--progress-bar",
+        "off",
+        "--disable-pip-version-check",
+        "--no-input",
+        *recipe.requirements,
+        _PIP_BOOTSTRAP,
+    ]
+    code, tail = _run_streaming(
+        cmd,
+        timeout=_remaining(deadline, "downloading the wheelhouse"),
+        on_line=lambda line: emit(Detail(f"pip: {line}")),
+    )
+    if code == 0:
+        return
+    what = f"timed out after {timeout:.0f} s" if code is None else f"exited with {code}"
+    hint = ""
+    if "torch==2.13.0+cpu" in "\n".join(tail):
+        hint = (
+            " torch 2.13.0+cpu is not on PyPI: set PIP_EXTRA_INDEX_URL="
+            "https://download.pytorch.org/whl/cpu or PIP_FIND_LINKS to a directory "
+            "holding the wheel."
+        )
+    raise ImageBuildError(
+        f"Downloading the {recipe.kind} wheelhouse failed: `pip download` {what}."
+        f"{_tail(tail)}\nWhat to do: check that this machine reaches the package "
+        f"index (pip's proxy and certificate settings apply).{hint}"
+    )
+
+
+def _lock(recipe: _Recipe, work: Path) -> list[str]:
+    """Drop the recipe's excluded wheels and pin the rest in work/requirements.lock (what the
+    Dockerfile installs with --no-deps); the pins, pip's own left out."""
+    wheels = sorted(p.name for p in work.iterdir() if p.is_file())
+    not_wheels = [n for n in wheels if not n.endswith(".whl")]
+    if not_wheels:
+        raise ImageBuildError(
+            f"pip download produced files that are not wheels: {', '.join(not_wheels)}. "
+            "What to do: report this; the images install only wheels."
+        )
+    excluded = {_canonical(n) for n in recipe.exclude}
+    pins: list[str] = []
+    for name in wheels:
+        project, version = name.split("-")[:2]
+        if _canonical(project) in excluded:
+            (work / name).unlink()
+        elif _canonical(project) != "pip":
+            pins.append(f"{project}=={version}")
+    (work / "requirements.lock").write_text("\n".join(sorted(pins)) + "\n", encoding="utf-8")
+    return pins
+
+
+def _swap_in(work: Path, dest: Path) -> None:
+    """Put the finished work directory in dest's place; the old one goes only once it is out."""
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}-old-{os.getpid()}"
+        dest.rename(old)
+    work.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
