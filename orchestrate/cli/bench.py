@@ -116,7 +116,7 @@ class PlainProgress:
 # ---------------------------------------------------------------- the command
 
 
-def _target(
+def resolve_target(
     ctx: click.Context, inventory_file: str | None, url: str | None
 ) -> tuple[str, str | None, str | None]:
     """(url, served name, API key variable) from the inventory when one is needed."""
@@ -261,7 +261,7 @@ def bench_command(
     sends --num-prompts requests) or Poisson arrivals at --request-rate.
     """
     output = getattr(ctx.obj, "output", "text")
-    target_url, served_name, key_env = _target(ctx, inventory_file, url)
+    target_url, served_name, key_env = resolve_target(ctx, inventory_file, url)
     base = _base_url(target_url)
     api_key = _api_key(api_key_env or key_env)
     levels = make_levels(
@@ -299,7 +299,7 @@ def bench_command(
     if plot_file and report.levels:
         write_plot(report.levels, plot_file, f"{cfg.model} at {base}, {PATHS[endpoint]}")
         click.echo(f"wrote {plot_file}", err=True)
-    _exit_status(report)
+    exit_status(report)
 
 
 def _emit(report: BenchReport, output: str, verbose: int) -> None:
@@ -319,7 +319,7 @@ def _emit(report: BenchReport, output: str, verbose: int) -> None:
         emit_text("\n".join(extra))
 
 
-def _exit_status(report: BenchReport) -> None:
+def exit_status(report: BenchReport) -> None:
     total = len(report.config.levels)
     if report.interrupted:
         raise BenchInterrupted(

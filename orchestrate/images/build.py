@@ -27,9 +27,9 @@ from orchestrate.images.recipes import (
     LOCAL_BASE,
     EventCallback,
     ImageKind,
-    _dockerfile_text,
     _Recipe,
     _recipe,
+    dockerfile_text,
     recipe_hash,
 )
 from orchestrate.images.util import (
@@ -61,7 +61,7 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def _serve_directory(path: Path) -> Iterator[str]:
+def serve_directory(path: Path) -> Iterator[str]:
     """Serve path read-only over HTTP on 127.0.0.1:<free port>; yield the base URL."""
     handler = functools.partial(_QuietHandler, directory=str(path))
     server = _QuietServer(("127.0.0.1", 0), handler)
@@ -246,7 +246,7 @@ def _build_image(
     timeout: float,
 ) -> str:
     kind = recipe.kind
-    dockerfile = _dockerfile_text(kind)
+    dockerfile = dockerfile_text(kind)
 
     if base is None:
         base = resolve_base(client, cache_dir, emit)
@@ -274,7 +274,7 @@ def _build_image(
     log = BuildLog(emit)
     with tempfile.TemporaryDirectory(prefix="orchestrate-build-") as context:
         Path(context, "Dockerfile").write_text(dockerfile, encoding="utf-8")
-        with _serve_directory(wheels) as url:
+        with serve_directory(wheels) as url:
             buildargs = {"BASE": base, "WHEELS_URL": url, "PIP_WHEEL": pip_wheels[-1].name}
             labels = {LABEL_RECIPE: wanted, LABEL_KIND: kind, LABEL_BASE: base}
             error = _run_build(client, context, tag, buildargs, labels, log, deadline, timeout)

@@ -84,7 +84,7 @@ class _Recipe:
     debs: tuple[_Deb, ...]  # served under debs/ for bases that lack them
 
 
-_RECIPES: dict[str, _Recipe] = {
+RECIPES: dict[str, _Recipe] = {
     "vllm-cpu": _Recipe(
         kind="vllm-cpu",
         tag=CPU_IMAGE,
@@ -102,10 +102,10 @@ _RECIPES: dict[str, _Recipe] = {
 
 def _recipe(kind: str) -> _Recipe:
     try:
-        return _RECIPES[kind]
+        return RECIPES[kind]
     except KeyError:
         raise ImageBuildError(
-            f"Unknown image kind {kind!r}; choose one of: {', '.join(sorted(_RECIPES))}."
+            f"Unknown image kind {kind!r}; choose one of: {', '.join(sorted(RECIPES))}."
         ) from None
 
 
@@ -113,11 +113,11 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _dockerfile_text(kind: str) -> str:
+def dockerfile_text(kind: str) -> str:
     return resources.files("orchestrate.images").joinpath(kind, "Dockerfile").read_text(encoding="utf-8")
 
 
-def _wheelhouse_spec(recipe: _Recipe) -> dict[str, object]:
+def wheelhouse_spec(recipe: _Recipe) -> dict[str, object]:
     return {
         "format": 1,
         "requirements": list(recipe.requirements),
@@ -136,7 +136,7 @@ def recipe_hash(kind: ImageKind, dockerfile: str, base_image_id: str) -> str:
         {
             "dockerfile": dockerfile,
             "base_image_id": base_image_id,
-            "requirements": _wheelhouse_spec(recipe),
+            "requirements": wheelhouse_spec(recipe),
         },
         sort_keys=True,
     )

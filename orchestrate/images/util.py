@@ -63,7 +63,7 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _run_streaming(
+def run_streaming(
     cmd: Sequence[str], *, timeout: float, on_line: EventCallback
 ) -> tuple[int | None, deque[str]]:
     """Run cmd, passing each output line to on_line; return (exit code or None on timeout, tail)."""

@@ -25,7 +25,7 @@ from orchestrate.images.recipes import (
     _canonical,
     _Recipe,
     _recipe,
-    _wheelhouse_spec,
+    wheelhouse_spec,
 )
 from orchestrate.images.util import (
     _dir_size,
@@ -34,8 +34,8 @@ from orchestrate.images.util import (
     _make_dir,
     _read_json,
     _remaining,
-    _run_streaming,
     _tail,
+    run_streaming,
 )
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def wheelhouse(
     deadline = time.monotonic() + timeout
     cache_dir = _make_dir(Path(cache_dir), "the cache directory")
     dest = cache_dir / f"wheels-{kind}"
-    spec = _wheelhouse_spec(recipe)
+    spec = wheelhouse_spec(recipe)
 
     with file_lock(cache_dir / f".wheels-{kind}.lock", timeout=timeout, what=f"the {kind} wheelhouse"):
         if _read_json(dest / ".stamp.json") == spec and (dest / "requirements.lock").is_file():
@@ -154,7 +154,7 @@ def _pip_download(recipe: _Recipe, work: Path, emit: EventCallback, deadline: fl
         *recipe.requirements,
         _PIP_BOOTSTRAP,
     ]
-    code, tail = _run_streaming(
+    code, tail = run_streaming(
         cmd,
         timeout=_remaining(deadline, "downloading the wheelhouse"),
         on_line=lambda line: emit(Detail(f"pip: {line}")),

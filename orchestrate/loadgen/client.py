@@ -49,6 +49,8 @@ def _text(choice: dict[str, Any], chat: bool) -> Any:
 
 
 async def read_stream(resp: httpx.Response, rec: RequestResult, chat: bool) -> None:
+    """Read a streamed completion into rec, each chunk timed when it came off the socket where
+    the transport notes that (StreamTransport), else when httpx hands it over."""
     body = resp.extensions.get(ARRIVAL)  # StreamTransport's: when each read came off the socket
     await read_sse(resp.aiter_bytes(), rec, chat, (lambda: body.arrived) if body else time.perf_counter)
 

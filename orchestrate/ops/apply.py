@@ -424,7 +424,7 @@ def _dead(s: Session, node: NodePlan, what: str, code: int | None = None) -> Gat
     exit_code = code if code is not None else (c.exit_code if c else None)
     whole = _tail(s, node, 2000, limit=400_000)
     text = whole[-8000:]
-    cause, hint = _diagnose(text, s.plan)
+    cause, hint = known_failure(text, s.plan)
     if cause is None:  # vLLM's last lines are wrappers ("see root cause above"): find the cause
         found = root_cause(whole)
         if found is not None:
@@ -534,7 +534,7 @@ _KNOWN = {
 }
 
 
-def _diagnose(text: str, plan: Plan | None = None) -> tuple[str | None, str | None]:
+def known_failure(text: str, plan: Plan | None = None) -> tuple[str | None, str | None]:
     """(the log line that shows a known failure, what to do), or (None, None)."""
     for line in reversed(text.splitlines()):
         for needle, hint in _KNOWN.items():

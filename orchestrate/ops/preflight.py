@@ -545,11 +545,11 @@ _VERSION_PY = (
     "except m.PackageNotFoundError:\n    v = m.version(m.packages_distributions()['vllm'][0])\n"
     "print('VLLM=' + v)"
 )
-_PROBE = (
+IMAGE_PROBE = (
     "command -v ray >/dev/null && echo RAY=yes || echo RAY=no; "
     f'python3 -c "{_VERSION_PY}" 2>/dev/null || echo VLLM=none'
 )
-IMAGE_FACTS_ARGV = ("sh", "-c", _PROBE)  # run in the image: entrypoint sh, no network, removed
+IMAGE_FACTS_ARGV = ("sh", "-c", IMAGE_PROBE)  # run in the image: entrypoint sh, no network, removed
 
 
 def parse_image_facts(stdout: str) -> dict[str, str]:

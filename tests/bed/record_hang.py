@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import REPO
+from tests import ROOT
 from tests.conftest import CPU_BIND, CPU_SERVE, bed_inventory, deployed
 from tests.testbed import TestBed
 
-OUT = REPO / "tests" / "fixtures" / "metrics"
+OUT = ROOT / "tests" / "fixtures" / "metrics"
 
 
 @pytest.mark.bed

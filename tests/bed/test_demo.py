@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import REPO
+from tests import ROOT
 from tests.conftest import CACHE, CHILD_ENV, orch
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
-ROOT = REPO
 
 
 def readme_command(marker: str) -> str:

@@ -30,7 +30,7 @@ docker = pytest.importorskip("docker")
 
 @pytest.mark.parametrize("kind", ["vllm-cpu", "ray"])
 def test_dockerfiles_ship_with_the_package(kind: str) -> None:
-    text = recipes._dockerfile_text(kind)
+    text = recipes.dockerfile_text(kind)
     assert "ARG BASE=python:3.11-slim-bookworm" in text
     assert "--no-index" in text and "--break-system-packages" in text
     env = text[text.index("\nENV ") :]
@@ -42,7 +42,7 @@ def test_dockerfiles_ship_with_the_package(kind: str) -> None:
 
 
 def test_recipe_hash_depends_on_every_input() -> None:
-    df = recipes._dockerfile_text("ray")
+    df = recipes.dockerfile_text("ray")
     h = images.recipe_hash("ray", df, "sha256:aaa")
     assert h == images.recipe_hash("ray", df, "sha256:aaa")
     assert h != images.recipe_hash("ray", df, "sha256:bbb")
@@ -101,7 +101,7 @@ def test_missing_base_says_what_to_do(tmp_path: Path) -> None:
 
 def test_matching_label_skips_the_build(tmp_path: Path) -> None:
     base = _FakeImage("sha256:" + "b" * 64)
-    wanted = images.recipe_hash("ray", recipes._dockerfile_text("ray"), base.id)
+    wanted = images.recipe_hash("ray", recipes.dockerfile_text("ray"), base.id)
     built = _FakeImage("sha256:" + "c" * 64, {images.LABEL_RECIPE: wanted})
     client: Any = _FakeClient({"base:1": base, images.RAY_IMAGE: built})
     events: list[str] = []
@@ -119,18 +119,18 @@ def test_wheelhouse_with_matching_stamp_does_not_download(
     dest = tmp_path / "wheels-ray"
     dest.mkdir()
     (dest / "requirements.lock").write_text("ray==2.60.0\n")
-    (dest / ".stamp.json").write_text(json.dumps(recipes._wheelhouse_spec(recipes._RECIPES["ray"])))
+    (dest / ".stamp.json").write_text(json.dumps(recipes.wheelhouse_spec(recipes.RECIPES["ray"])))
 
     def no_pip(*_: Any, **__: Any) -> None:
         raise AssertionError("pip must not run")
 
-    monkeypatch.setattr(wheels, "_run_streaming", no_pip)
+    monkeypatch.setattr(wheels, "run_streaming", no_pip)
     assert images.wheelhouse("ray", tmp_path) == dest
 
 
 def test_wheelhouse_is_served_on_loopback(tmp_path: Path) -> None:
     (tmp_path / "requirements.lock").write_text("ray==2.60.0\n")
-    with build._serve_directory(tmp_path) as url:
+    with build.serve_directory(tmp_path) as url:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
         with urllib.request.urlopen(f"{url}/requirements.lock", timeout=10) as response:
             assert response.read() == b"ray==2.60.0\n"

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import REPO
+from tests import ROOT
 
-ROOT = REPO
 PKG = ROOT / "orchestrate"
 
 SSH_DOCKER = {"docker", "fabric", "paramiko", "invoke", "requests", "urllib3"}
@@ -236,16 +235,39 @@ TESTS = ROOT / "tests"
 
 
 def _private_imports(path: Path) -> list[str]:
-    """orchestrate names starting with _ that a test file imports (module-level or in a function)."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    """orchestrate names starting with _ that a test file reaches: imported by name (at any depth)
+    or as an attribute of an orchestrate module it imported (`apply._x`), monkeypatch's string
+    form included (`setattr(apply, "_x", ...)`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found: list[str] = []
+    modules: dict[str, str] = {}
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("orchestrate"):
-            found += [
-                f"{node.module}.{a.name}"
-                for a in node.names
-                if a.name.startswith("_") and not a.name.startswith("__")
-            ]
-    return found
+            private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            found += [f"{node.module}.{name}" for name in private]
+            modules |= {a.asname or a.name: f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname or a.name: a.name for a in node.names if a.name.startswith("orchestrate")}
+
+    def note(owner: ast.expr, attr: str) -> None:
+        head = ast.unparse(owner).split(".")[0]
+        if head in modules and attr.startswith("_") and not attr.startswith("__"):
+            found.append(f"{ast.unparse(owner)}.{attr}")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            note(node.value, node.attr)
+        elif (
+            isinstance(node, ast.Call) and ast.unparse(node.func).endswith("setattr") and len(node.args) >= 2
+        ):
+            name = node.args[1]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                note(node.args[0], name.value)
+    return sorted(set(found) - ALLOWED_PRIVATE)
+
+
+# the package's own lazy-name table: test_all_lists_exactly_the_lazy_names compares __all__ to it
+ALLOWED_PRIVATE = {"orchestrate._PUBLIC"}
 
 
 def test_tests_use_no_private_names_of_the_package() -> None:
@@ -257,12 +279,22 @@ def test_tests_use_no_private_names_of_the_package() -> None:
         if (names := _private_imports(path))
     }
     assert not bad, f"tests import private names: {bad}"
-    probe = "from orchestrate.core.plan import _x, build_plan\ndef f():\n    from orchestrate.ops import _y\n"
+    probe = (
+        "from orchestrate.core.plan import _x, build_plan\nfrom orchestrate.ops import apply\n"
+        "import orchestrate.host.engine as eng\ndef f(monkeypatch):\n    from orchestrate.ops import _y\n"
+        "    apply._z(); eng.sdk._w; monkeypatch.setattr(apply, '_v', 1); apply.up; object()._u\n"
+    )
     scratch = TESTS / "unit" / "_probe_private.py"
     assert not scratch.exists()
     scratch.write_text(probe, encoding="utf-8")
     try:
-        assert _private_imports(scratch) == ["orchestrate.core.plan._x", "orchestrate.ops._y"]
+        assert _private_imports(scratch) == [
+            "apply._v",
+            "apply._z",
+            "eng.sdk._w",
+            "orchestrate.core.plan._x",
+            "orchestrate.ops._y",
+        ]
     finally:
         scratch.unlink()
 

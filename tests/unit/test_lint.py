@@ -5,9 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests import REPO
-
-ROOT = REPO
+from tests import ROOT
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ import pytest
 
 from orchestrate.agents import bundle
 from orchestrate.agents.supervisor import EXIT_CHILD_ZERO, EXIT_PEER
-from tests import REPO
+from tests import ROOT
 from tests.conftest import until
 
 SLEEPER = [sys.executable, "-c", "import time\nprint('child up', flush=True)\ntime.sleep(600)"]
@@ -363,8 +363,6 @@ def test_an_idle_engine_that_answers_its_canaries_is_left_alone(group: Group) ->
 
 
 # ---------------------------------------------------------------- how the plan ships it
-
-ROOT = REPO
 
 
 def _l20(**watchdog: object):  # type: ignore[no-untyped-def]

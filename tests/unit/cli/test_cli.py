@@ -11,9 +11,8 @@ from pathlib import Path
 import click
 import pytest
 
-from tests import FIXTURES, REPO
+from tests import FIXTURES, ROOT
 
-ROOT = REPO
 CASES = FIXTURES / "inventories"
 
 

@@ -14,9 +14,7 @@ from orchestrate.core import inventory, ports
 from orchestrate.core.plan import Plan, build_plan
 from orchestrate.errors import InventoryError, UsageError
 from orchestrate.render import k8s
-from tests import REPO
-
-ROOT = REPO
+from tests import ROOT
 
 
 def _data(**serve: Any) -> dict[str, Any]:

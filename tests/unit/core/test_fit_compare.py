@@ -30,9 +30,8 @@ from orchestrate.core.fit import (
     stage_bytes,
 )
 from orchestrate.ops import preflight
-from tests import FIXTURES, REPO
+from tests import FIXTURES, ROOT
 
-ROOT = REPO
 CONFIGS = FIXTURES / "model-configs"
 L20 = str(ROOT / "inventory" / "l20.yaml")
 Q32 = "Qwen2.5-32B-Instruct-GPTQ-Int4"

@@ -24,10 +24,9 @@ from orchestrate.host.engine import sdk_kwargs
 from orchestrate.render import fleet as fleet_r
 from orchestrate.render import fleet_data, rendered_fleet
 from orchestrate.render.docker import run_kwargs
-from tests import REPO
+from tests import ROOT
 from tests.support import golden
 
-ROOT = REPO
 L20 = ROOT / "inventory" / "l20.yaml"
 REPLICAS = ROOT / "inventory" / "l20-replicas.yaml"
 K8S_VERSION = "1.33.0"

@@ -18,9 +18,8 @@ from orchestrate.agents import scripts
 from orchestrate.core import inventory, ports
 from orchestrate.core.plan import Plan, build_plan
 from orchestrate.ops import preflight
-from tests import REPO
+from tests import ROOT
 
-ROOT = REPO
 VALID = ROOT / "tests" / "fixtures" / "inventories" / "valid"
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from orchestrate.core.inventory import load
 from orchestrate.core.plan import LABEL_HASH, Plan, build_plan
 from orchestrate.core.reconcile import Observed, reconcile
-from tests import REPO
-
-ROOT = REPO
+from tests import ROOT
 
 
 def _plan() -> Plan:

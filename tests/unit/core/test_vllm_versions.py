@@ -16,9 +16,8 @@ from orchestrate.core import inventory, vllm_caps
 from orchestrate.core.plan import Plan, build_plan
 from orchestrate.errors import UsageError
 from orchestrate.ops import apply
-from tests import REPO
+from tests import ROOT
 
-ROOT = REPO
 REFERENCE = sorted((ROOT / "inventory").glob("*.yaml"))
 VERSIONS = vllm_caps.known_versions()
 
@@ -147,9 +146,9 @@ def test_headless_with_api_server_count_is_refused() -> None:
 def test_unrecognized_emitted_flag_gets_version_advice_not_extra_args() -> None:
     plan = build_plan(inventory.parse(_data(ROOT / "inventory" / "local-cpu.yaml", "mp", "0.32.0")))
     log = "vllm: error: unrecognized arguments: --nnodes 2 --node-rank 0 --master-addr 172.30.99.11"
-    cause, hint = apply._diagnose(log, plan)
+    cause, hint = apply.known_failure(log, plan)
     assert cause and hint and "extra_args" not in hint and "0.11.1" in hint
-    _, hint2 = apply._diagnose("vllm: error: unrecognized arguments: --kv-cache-memory-bytes 64M", plan)
+    _, hint2 = apply.known_failure("vllm: error: unrecognized arguments: --kv-cache-memory-bytes 64M", plan)
     assert hint2 and "extra_args" in hint2
 
 
@@ -238,7 +237,7 @@ def test_image_probe_reads_the_version_of_whichever_distribution_installed_vllm(
         )
         (info / "RECORD").write_text("vllm/__init__.py,,\n")
         (info / "top_level.txt").write_text("vllm\n")
-    probe = preflight._PROBE.replace("python3 ", f"{sys.executable} ", 1)
+    probe = preflight.IMAGE_PROBE.replace("python3 ", f"{sys.executable} ", 1)
     env = {**os.environ, "PATH": "/nonexistent", "PYTHONPATH": str(site)}  # no ray on PATH
     out = subprocess.run(
         ["/bin/sh", "-c", probe], capture_output=True, text=True, timeout=60, env=env, check=False

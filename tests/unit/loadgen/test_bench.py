@@ -55,9 +55,7 @@ from orchestrate.loadgen import (
 from orchestrate.loadgen.client import read_stream
 from orchestrate.loadgen.transport import Body, Connection, TimedReader
 from orchestrate.ops.observe import parse_metrics
-from tests import REPO
-
-ROOT = REPO
+from tests import ROOT
 
 Stub = Callable[..., StubServer]
 
@@ -372,7 +370,7 @@ def test_ctrl_c_keeps_finished_levels(stub: Stub) -> None:
     report = run(cfg, "test", _InterruptAt())
     assert report.interrupted and [r.completed for r in report.levels] == [4]
     with pytest.raises(BenchInterrupted, match="1 of 3 load level"):
-        bench_cli._exit_status(report)
+        bench_cli.exit_status(report)
 
 
 # ---------------------------------------------------------------- the command
@@ -466,7 +464,7 @@ def test_cli_takes_model_and_key_from_the_inventory(stub: Stub) -> None:
 def test_target_from_the_inventory() -> None:
     inventory = str(ROOT / "inventory" / "local-cpu.yaml")
     ctx = types.SimpleNamespace(obj=types.SimpleNamespace(inventory=inventory))
-    assert bench_cli._target(ctx, None, None) == ("http://172.30.99.11:8009", "tiny", None)  # type: ignore[arg-type]
+    assert bench_cli.resolve_target(ctx, None, None) == ("http://172.30.99.11:8009", "tiny", None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -26,10 +26,9 @@ from orchestrate.errors import HostError
 from orchestrate.host.engine import EngineVersion
 from orchestrate.host.remote import Result
 from orchestrate.ops import preflight
-from tests import FIXTURES, REPO
+from tests import FIXTURES, ROOT
 
 HOSTS = FIXTURES / "hosts"
-ROOT = REPO
 FIXTURES = sorted(p.relative_to(HOSTS).with_suffix("").as_posix() for p in HOSTS.glob("*/*.json"))
 
 

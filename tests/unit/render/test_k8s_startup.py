@@ -18,11 +18,10 @@ from orchestrate.agents import bundle
 from orchestrate.core import inventory
 from orchestrate.core.plan import build_plan
 from orchestrate.render import k8s, rendered
-from tests import FIXTURES, REPO
+from tests import FIXTURES, ROOT
 from tests.support.k8s_sim import Node, Scenario, Sim
 from tests.unit.core.test_properties import valid_inventories
 
-ROOT = REPO
 VALID = FIXTURES / "inventories" / "valid"
 INVENTORIES = sorted(
     [

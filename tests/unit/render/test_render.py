@@ -20,10 +20,9 @@ from orchestrate.core import inventory
 from orchestrate.core.plan import build_plan
 from orchestrate.errors import InventoryError
 from orchestrate.render import compose, k8s, plan_data, rendered
-from tests import FIXTURES, REPO
+from tests import FIXTURES, ROOT
 from tests.support import golden
 
-ROOT = REPO
 CASES = FIXTURES / "inventories"
 VALID = sorted(p for p in (CASES / "valid").glob("*.yaml"))
 INVALID = sorted((CASES / "invalid").glob("*.yaml"))
