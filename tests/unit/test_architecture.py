@@ -306,3 +306,40 @@ def test_unit_tests_mirror_the_package() -> None:
     folders = {p.name for p in (TESTS / "unit").iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert folders, "tests/unit has no folders"
     assert folders <= packages, f"tests/unit folders that name no package: {sorted(folders - packages)}"
+
+
+# the session fixtures that start real infrastructure (tests/conftest.py)
+INFRASTRUCTURE = {"bed", "base_image", "ray_image", "smg_image", "cpu_image", "tiny_model", "ray_model"}
+
+
+def _is_docker(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value == "docker"
+
+
+def _infrastructure_used(path: Path) -> list[str]:
+    """What in a test file needs an engine or the bed: those fixtures as parameters, the bed and
+    slow marks, a Docker client, a `["docker", ...]` command line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found += [f"{node.name}({a.arg})" for a in node.args.args if a.arg in INFRASTRUCTURE]
+        elif isinstance(node, ast.Attribute) and ast.unparse(node) in ("pytest.mark.bed", "pytest.mark.slow"):
+            found.append(ast.unparse(node))
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("docker.from_env", "local_client"):
+            found.append(ast.unparse(node.func))
+        elif isinstance(node, ast.List) and node.elts and _is_docker(node.elts[0]):
+            found.append("a docker command line")
+    return found
+
+
+def test_unit_tests_need_no_engine_and_no_bed() -> None:
+    """tests/unit runs first and on any machine: what needs Docker lives in tests/images, what
+    needs the bed in tests/bed."""
+    bad = {
+        str(path.relative_to(ROOT)): used
+        for path in sorted((TESTS / "unit").rglob("test_*.py"))
+        if (used := _infrastructure_used(path))
+    }
+    assert not bad, f"unit tests that need infrastructure: {bad}"
+    assert _infrastructure_used(TESTS / "bed" / "test_replicas.py")  # the check sees them
+    assert _infrastructure_used(TESTS / "images" / "test_smg_parser.py")
