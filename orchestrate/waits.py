@@ -11,12 +11,16 @@ arrives, and when that frame is a finalizer (paramiko's `Channel.__del__`, run b
 collector in the middle of a wait) the interpreter prints "Exception ignored" and carries on,
 so `up` kept waiting for vLLM after Ctrl-C. `catch_sigint()` (the CLI installs it) remembers
 the signal as well as raising it, and every wait here checks that memory before each attempt
-and during each sleep, so a swallowed Ctrl-C is raised again within one sleep slice.
+and during each sleep, so a swallowed Ctrl-C is raised again within one sleep slice. The same
+call keeps Python from printing the swallowed one ("Exception ignored in ...", a traceback):
+it is not lost, so there is nothing to tell (CI, stop 22: a weakref callback of the garbage
+collector took the Ctrl-C and the user saw its traceback above the one-line message).
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,11 +42,28 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _unraisable(args: sys.UnraisableHookArgs) -> None:
+    """Python's hook for an exception it cannot raise (in a finalizer, a weakref callback):
+    our remembered Ctrl-C is raised again by the next wait, so it is not printed; anything
+    else goes to the hook that was there before."""
+    if args.exc_type is not None and issubclass(args.exc_type, KeyboardInterrupt) and _interrupted.is_set():
+        return
+    _previous_hook(args)
+
+
+_previous_hook = sys.unraisablehook
+
+
 def catch_sigint() -> None:
-    """Make SIGINT both raise KeyboardInterrupt and be remembered (main thread only)."""
+    """Make SIGINT both raise KeyboardInterrupt and be remembered (main thread only), and a
+    Ctrl-C swallowed by a finalizer silent (it is raised again, not lost)."""
+    global _previous_hook
     _interrupted.clear()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)
+        if sys.unraisablehook is not _unraisable:
+            _previous_hook = sys.unraisablehook
+            sys.unraisablehook = _unraisable
 
 
 def check_interrupt() -> None:
