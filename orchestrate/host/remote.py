@@ -151,11 +151,17 @@ class Liveness:
         except paramiko.ChannelException:
             return None  # a refusal (e.g. MaxSessions) is an answer
         except (paramiko.SSHException, EOFError, OSError):
-            if not self.transport.is_active():
-                return "the SSH connection dropped"
-            return f"the host stopped answering over SSH (no reply within {limit:g}s)"
-        chan.close()
+            return self._lost(limit)
+        try:
+            chan.close()  # sends a message too: a host that crashed right after answering fails it
+        except (paramiko.SSHException, EOFError, OSError):
+            return self._lost(limit)
         return None
+
+    def _lost(self, limit: float) -> str:
+        if not self.transport.is_active():
+            return "the SSH connection dropped"
+        return f"the host stopped answering over SSH (no reply within {limit:g}s)"
 
     def stop(self) -> None:
         self._stopped.set()
