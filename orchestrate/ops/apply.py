@@ -423,6 +423,8 @@ def _dead(s: Session, node: NodePlan, what: str, code: int | None = None) -> Gat
     c = engine.container(node.container.name)
     exit_code = code if code is not None else (c.exit_code if c else None)
     whole = _tail(s, node, 2000, limit=400_000)
+    if c is not None and c.status in ("running", "restarting"):  # its restart policy started it again
+        whole = died_life(whole)
     text = whole[-8000:]
     cause, hint = known_failure(text, s.plan)
     if cause is None:  # vLLM's last lines are wrappers ("see root cause above"): find the cause
@@ -438,6 +440,27 @@ def _dead(s: Session, node: NodePlan, what: str, code: int | None = None) -> Gat
         tail=text,
         hint=hint or f"orchestrate logs {node.alias} --tail 200",
     )
+
+
+# the supervisor's report of a life's end (agents/supervisor.py, Supervisor.end)
+_LIFE_END = re.compile(r"^orchestrate-supervisor (\[[^\]]*\]): exit -?\d+: .*$", re.M)
+
+
+def died_life(log: str) -> str:
+    """The log up to the end of the last life that ended (its supervisor's final lines
+    included). When the restart policy has started the container again, the new life's first
+    lines would push the death out of the tail that people see (CI, stop 22: Ray's start
+    banner hid vLLM's traceback and the gate's line)."""
+    ends = list(_LIFE_END.finditer(log))
+    if not ends:
+        return log
+    prefix = f"orchestrate-supervisor {ends[-1].group(1)}: "
+    cut = ends[-1].end()
+    for line in log[cut:].split("\n")[1:]:
+        if not line.startswith(prefix):
+            break
+        cut += 1 + len(line)
+    return log[:cut]
 
 
 def _wait_gcs(s: Session) -> None:
