@@ -63,6 +63,16 @@ class _Flow:
     callers: Callers  # who connects to it
 
 
+# why each port is open, as `orchestrate firewall` prints it
+VLLM_PORTS_WHY = "vLLM's VLLM_PORT block (torch.distributed init store, data-parallel ports)"
+EPHEMERAL_WHY = "NCCL, Gloo and vLLM's message queue bind random ports (cannot be pinned)"
+RAYLET_WHY = "Ray raylet (called by the GCS and by the other nodes)"
+OBJECTS_WHY = "Ray object manager (object transfers between nodes)"
+RAY_WORKERS_WHY = "Ray worker processes' gRPC servers (vLLM's RayWorkerWrapper actors and the driver)"
+AGENT_GRPC_WHY = "Ray dashboard agent gRPC (called by the head)"
+AGENT_HTTP_WHY = "Ray dashboard agent HTTP (called by the head)"
+
+
 def _one(port: int, field: str, why: str, listens: Listens, callers: Callers) -> _Flow:
     return _Flow(port, port, field, why, listens, callers)
 
@@ -96,15 +106,6 @@ def _flows(plan: Plan) -> list[_Flow]:
         _one(p.dashboard_agent_listen_port, "ray.dashboard_agent_listen_port", AGENT_HTTP_WHY, "all", "head"),
         *common,
     ]
-
-
-VLLM_PORTS_WHY = "vLLM's VLLM_PORT block (torch.distributed init store, data-parallel ports)"
-EPHEMERAL_WHY = "NCCL, Gloo and vLLM's message queue bind random ports (cannot be pinned)"
-RAYLET_WHY = "Ray raylet (called by the GCS and by the other nodes)"
-OBJECTS_WHY = "Ray object manager (object transfers between nodes)"
-RAY_WORKERS_WHY = "Ray worker processes' gRPC servers (vLLM's RayWorkerWrapper actors and the driver)"
-AGENT_GRPC_WHY = "Ray dashboard agent gRPC (called by the head)"
-AGENT_HTTP_WHY = "Ray dashboard agent HTTP (called by the head)"
 
 
 def needs(plan: Plan) -> list[Need]:

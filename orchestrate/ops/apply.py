@@ -41,7 +41,7 @@ from orchestrate.host.remote import runner_for
 from orchestrate.host.session import Session, fan_out
 from orchestrate.ops import checks, images_dist, observe, preflight
 from orchestrate.paths import cache_dir
-from orchestrate.render.docker import run_kwargs
+from orchestrate.render.docker import SUPERVISOR_NAME, run_kwargs
 from orchestrate.waits import poll
 
 POLL_S = 0.25
@@ -442,8 +442,8 @@ def _dead(s: Session, node: NodePlan, what: str, code: int | None = None) -> Gat
     )
 
 
-# the supervisor's report of a life's end (agents/supervisor.py, Supervisor.end)
-_LIFE_END = re.compile(r"^orchestrate-supervisor (\[[^\]]*\]): exit -?\d+: .*$", re.M)
+# the supervisor's report of a life's end: Supervisor.end says it, Supervisor.say prefixes it
+_LIFE_END = re.compile(rf"^{SUPERVISOR_NAME} (\[[^\]]*\]): exit -?\d+: .*$", re.M)
 
 
 def died_life(log: str) -> str:
@@ -454,7 +454,7 @@ def died_life(log: str) -> str:
     ends = list(_LIFE_END.finditer(log))
     if not ends:
         return log
-    prefix = f"orchestrate-supervisor {ends[-1].group(1)}: "
+    prefix = f"{SUPERVISOR_NAME} {ends[-1].group(1)}: "
     cut = ends[-1].end()
     for line in log[cut:].split("\n")[1:]:
         if not line.startswith(prefix):

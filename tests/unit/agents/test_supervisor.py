@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,19 +19,14 @@ from orchestrate.agents import bundle
 from orchestrate.agents.supervisor import EXIT_CHILD_ZERO, EXIT_PEER
 from tests import ROOT
 from tests.conftest import until
+from tests.support.net import free_port
 
 SLEEPER = [sys.executable, "-c", "import time\nprint('child up', flush=True)\ntime.sleep(600)"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Group:
     def __init__(self, tmp: Path) -> None:
-        self.tmp, self.port = tmp, _free_port()
+        self.tmp, self.port = tmp, free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, role: str, rank: int, child: list[str], **env: str) -> subprocess.Popen[bytes]:
@@ -213,7 +207,7 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 def test_a_busy_engine_whose_counters_stop_is_a_hang(group: Group) -> None:
     """/health says 200 and two requests run, but no token is generated: exit 71."""
-    api = _free_port()
+    api = free_port()
     p = group.start(
         "head",
         0,
@@ -243,7 +237,7 @@ server.serve_forever(); server.server_close(); time.sleep(600)
 
 def test_an_api_that_stops_answering_is_a_hang(group: Group) -> None:
     """The process lives on, but its API went silent after serving: exit 71, not a wait forever."""
-    api = _free_port()
+    api = free_port()
     p = group.start(
         "head",
         0,
@@ -276,7 +270,7 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 def test_a_health_that_keeps_failing_is_a_hang_even_while_metrics_answer(group: Group) -> None:
     """What a /health liveness probe would restart (vLLM 0.6 answers /health from the engine)."""
-    api = _free_port()
+    api = free_port()
     p = group.start(
         "head",
         0,
@@ -326,7 +320,7 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 def test_an_engine_that_looks_idle_but_cannot_answer_a_canary_is_a_hang(group: Group) -> None:
     """P7 found it under a real `orchestrate bench`: the hung engine's gauges said idle."""
-    api, log = _free_port(), group.tmp / "canaries"
+    api, log = free_port(), group.tmp / "canaries"
     p = group.start(
         "head",
         0,
@@ -343,7 +337,7 @@ def test_an_engine_that_looks_idle_but_cannot_answer_a_canary_is_a_hang(group: G
 
 
 def test_an_idle_engine_that_answers_its_canaries_is_left_alone(group: Group) -> None:
-    api, log = _free_port(), group.tmp / "canaries"
+    api, log = free_port(), group.tmp / "canaries"
     p = group.start(
         "head",
         0,

@@ -5,12 +5,11 @@ traceback from the probe's thread."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from orchestrate.core.plan import SSHTarget
 from orchestrate.host.remote import Liveness
+from tests.support.net import free_port
 
 
 class _Channel:
@@ -40,12 +39,6 @@ class _Transport:
         self.closed = True
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     "error,still_active,cause",
     [
@@ -56,7 +49,7 @@ def _closed_port() -> int:
 def test_a_host_lost_while_the_probe_closes_its_channel_is_a_named_fault(
     error: BaseException, still_active: bool, cause: str
 ) -> None:
-    target = SSHTarget(False, "127.0.0.1", _closed_port(), "root", None, "/dev/null", "strict", 2, 5)
+    target = SSHTarget(False, "127.0.0.1", free_port(), "root", None, "/dev/null", "strict", 2, 5)
     transport = _Transport(error, still_active)
     live = Liveness("hb2", target, transport)  # type: ignore[arg-type]
     try:
